@@ -1,0 +1,393 @@
+//! The client side of the protocol: connect, send a script, stream its I/O, return its end.
+//!
+//! Used by the `pyexec` binary, the benchmark and the tests. Generic over the streams, so
+//! a caller can hand it the terminal or in-memory buffers alike.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::protocol::{
+    CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
+    PROTOCOL_VERSION,
+};
+use crate::tls::{self, TlsError};
+
+pub const DEFAULT_SERVER: &str = "localhost:12344";
+pub const DEFAULT_CA: &str = "certs/ca.pem";
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port`; the host is also the name the server's certificate must carry.
+    pub server: String,
+    /// PEM file with the CA certificate(s) to trust.
+    pub ca: PathBuf,
+    /// Bound on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(server: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
+        ClientConfig {
+            server: server.into(),
+            ca: ca.into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub script: Bytes,
+    /// File name shown as `sys.argv[0]` and in tracebacks (e.g. `hello.py`).
+    pub name: Option<String>,
+    /// `sys.argv[1:]`.
+    pub args: Vec<String>,
+}
+
+/// Requests from the user while the script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Send SIGINT to the script (first Ctrl-C).
+    Interrupt,
+    /// End the session (second Ctrl-C).
+    Cancel,
+}
+
+/// Things the caller may want to show while the session runs.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Welcome(Welcome),
+    Queued(u32),
+    Started(Started),
+}
+
+/// The streams and channels of one run.
+pub struct Io<I, O, E> {
+    /// The script's stdin; `None` gives the script EOF at once.
+    pub stdin: Option<I>,
+    pub stdout: O,
+    pub stderr: E,
+    pub control: Option<mpsc::UnboundedReceiver<Control>>,
+    pub notices: Option<mpsc::UnboundedSender<Notice>>,
+}
+
+/// How the session ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub end: End,
+    pub session: String,
+    /// Our stdout was closed by its reader (EPIPE); the session was cancelled then.
+    pub stdout_closed: bool,
+}
+
+impl Outcome {
+    /// The status `pyexec` exits with.
+    pub fn exit_code(&self) -> i32 {
+        if self.stdout_closed {
+            128 + 13 // as if killed by SIGPIPE, like a local process writing to a closed pipe
+        } else {
+            self.end.exit_code
+        }
+    }
+}
+
+/// Why the script could not be run (the CLI exits 125 for all of these).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {0}")]
+    ConnectTimeout(String),
+    #[error("invalid server address '{0}' (expected HOST:PORT)")]
+    BadServer(String),
+    #[error(transparent)]
+    Config(#[from] TlsError),
+    #[error("TLS handshake with {server} failed: {source}")]
+    Tls {
+        server: String,
+        source: std::io::Error,
+    },
+    /// The server refused or aborted the session with an ERROR frame.
+    #[error("{}", .0.message)]
+    Server(ErrorMsg),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("connection lost: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => ClientError::Io(e),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+fn host_of(server: &str) -> Option<&str> {
+    let (host, port) = server.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Opens a TLS 1.3 connection to the server.
+pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
+    let host = host_of(&cfg.server).ok_or_else(|| ClientError::BadServer(cfg.server.clone()))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| ClientError::BadServer(cfg.server.clone()))?;
+    let connector = TlsConnector::from(tls::client_config(&cfg.ca)?);
+    let server = cfg.server.clone();
+    let connecting = async {
+        let tcp = TcpStream::connect(&cfg.server)
+            .await
+            .map_err(|source| ClientError::Connect {
+                server: server.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ClientError::Tls {
+                server: server.clone(),
+                source,
+            })
+    };
+    tokio::time::timeout(cfg.connect_timeout, connecting)
+        .await
+        .map_err(|_| ClientError::ConnectTimeout(cfg.server.clone()))?
+}
+
+/// Runs one script to its end.
+pub async fn run<I, O, E>(
+    cfg: &ClientConfig,
+    req: Request,
+    io: Io<I, O, E>,
+) -> Result<Outcome, ClientError>
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let stream = connect(cfg).await?;
+    let (read, write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::new());
+    let (tx, rx) = mpsc::channel::<Frame>(16);
+    let writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new()), rx));
+
+    let Io {
+        stdin,
+        mut stdout,
+        mut stderr,
+        mut control,
+        notices,
+    } = io;
+    let notify = |n| {
+        if let Some(tx) = &notices {
+            let _ = tx.send(n);
+        }
+    };
+    let send = |frame| {
+        let tx = tx.clone();
+        async move { tx.send(frame).await.is_ok() }
+    };
+    // Pipelined: HELLO and the whole script go out before the server has answered, from a
+    // task of their own so that an early ERROR is read while the upload is still going.
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        script_size: req.script.len() as u64,
+        args: req.args,
+        name: req.name,
+        client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+    };
+    let window = Arc::new(Semaphore::new(0));
+    let uploader = tokio::spawn(upload(hello, req.script, stdin, tx.clone(), window.clone()));
+    let mut session = String::new();
+    let mut stdout_closed = false;
+
+    let result = loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                let frame = match c {
+                    Control::Interrupt => Frame::Signal(2),
+                    Control::Cancel => Frame::Cancel,
+                };
+                send(frame).await;
+                continue;
+            }
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => break Err(e.into()),
+            None => {
+                break Err(ClientError::Protocol(
+                    "the server closed the connection before the session ended".into(),
+                ))
+            }
+        };
+        match frame {
+            Frame::Welcome(w) => {
+                session = w.session.clone();
+                window.add_permits(w.limits.stdin_window as usize);
+                notify(Notice::Welcome(w));
+            }
+            Frame::Queued(q) => notify(Notice::Queued(q.position)),
+            Frame::Started(s) => notify(Notice::Started(s)),
+            Frame::Stdout(data) => {
+                if stdout_closed {
+                    continue;
+                }
+                if let Err(e) = write_now(&mut stdout, &data).await {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        stdout_closed = true;
+                        send(Frame::Cancel).await;
+                    } else {
+                        break Err(ClientError::Io(e));
+                    }
+                }
+            }
+            Frame::Stderr(data) => {
+                let _ = write_now(&mut stderr, &data).await;
+            }
+            Frame::StdinCredit(n) => window.add_permits(n as usize),
+            Frame::End(end) => {
+                break Ok(Outcome {
+                    end,
+                    session: session.clone(),
+                    stdout_closed,
+                })
+            }
+            Frame::Error(e) => break Err(ClientError::Server(e)),
+            other => {
+                break Err(ClientError::Protocol(format!(
+                    "unexpected {} frame from the server",
+                    other.frame_type().name()
+                )))
+            }
+        }
+    };
+
+    uploader.abort();
+    // Closing the last sender makes the writer send close_notify; then wait for the
+    // server's close so that nothing is cut off by a reset.
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = frames.next().await {}
+        })
+        .await;
+    }
+    result
+}
+
+async fn write_now<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// Sends HELLO and the script, then stdin as STDIN frames, never more than the server's
+/// window allows (the window opens with WELCOME).
+async fn upload<I: AsyncRead + Unpin>(
+    hello: Hello,
+    mut script: Bytes,
+    input: Option<I>,
+    tx: mpsc::Sender<Frame>,
+    window: Arc<Semaphore>,
+) {
+    if tx.send(Frame::Hello(hello)).await.is_err() {
+        return;
+    }
+    while !script.is_empty() {
+        let chunk = script.split_to(script.len().min(DATA_CHUNK));
+        if tx.send(Frame::Script(chunk)).await.is_err() {
+            return;
+        }
+    }
+    let Some(mut input) = input else {
+        let _ = tx.send(Frame::StdinEof).await;
+        return;
+    };
+    let mut buf = vec![0u8; DATA_CHUNK];
+    loop {
+        // Take what the window allows (at least one byte) before reading, so that a
+        // chunk once read can always be sent.
+        let Ok(first) = window.acquire().await else {
+            return;
+        };
+        first.forget();
+        let extra = window.available_permits().min(DATA_CHUNK - 1);
+        if let Ok(more) = window.try_acquire_many(extra as u32) {
+            more.forget();
+        }
+        let cap = 1 + extra;
+        let n = match input.read(&mut buf[..cap]).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Frame::StdinEof).await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        window.add_permits(cap - n);
+        if tx
+            .send(Frame::Stdin(Bytes::copy_from_slice(&buf[..n])))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Writes frames in order, flushing whenever nothing else is waiting, and closes the TLS
+/// stream (close_notify) once every sender is gone.
+async fn write_frames(
+    mut sink: FramedWrite<tokio::io::WriteHalf<Tls>, FrameCodec>,
+    mut rx: mpsc::Receiver<Frame>,
+) -> Result<(), CodecError> {
+    while let Some(frame) = rx.recv().await {
+        sink.feed(frame).await?;
+        if rx.is_empty() {
+            sink.flush().await?;
+        }
+    }
+    sink.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(host_of("localhost:12344"), Some("localhost"));
+        assert_eq!(host_of("[::1]:12344"), Some("::1"));
+        assert_eq!(host_of("10.0.0.1:1"), Some("10.0.0.1"));
+        assert_eq!(host_of("localhost"), None);
+        assert_eq!(host_of(":12344"), None);
+        assert_eq!(host_of("h:99999"), None);
+    }
+}

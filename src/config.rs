@@ -1,0 +1,370 @@
+//! The daemon's command line and environment (`PYEXECD_*`), resolved into a `Config`.
+//!
+//! Every flag can also come from an environment variable named `PYEXECD_` plus the flag
+//! in upper case with `-` turned into `_` (`--max-sessions` is `PYEXECD_MAX_SESSIONS`).
+//! Durations accept a plain number of seconds or a suffix (`500ms`, `90s`, `2m`, `1h`);
+//! sizes accept bytes or a binary suffix (`64k`, `256m`, `1g`, also `MiB` style).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The sandbox image `build-image` makes and `pyexecd` uses unless told otherwise. The
+/// suffix is the recipe's version: a changed recipe gets a new tag, so an old image is
+/// never mistaken for a current one.
+pub const DEFAULT_IMAGE: &str = "pyexec/sandbox:bookworm-1";
+pub const DEFAULT_CERT_DIR: &str = "certs";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:12344";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pyexecd",
+    version,
+    about = "Runs Python scripts sent over TLS 1.3 in fresh Docker containers, streaming their I/O live",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Write a CA and a server certificate signed by it.
+    GenCerts(GenCertsArgs),
+    /// Build the default sandbox image from Debian packages, without any registry.
+    BuildImage(BuildImageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PYEXECD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM). Default certs/server.pem, generated when absent.
+    #[arg(long, env = "PYEXECD_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM). Default certs/server.key, generated when absent.
+    #[arg(long, env = "PYEXECD_KEY")]
+    pub key: Option<PathBuf>,
+    /// Sandbox image. The default is built on first use; others are pulled if absent.
+    #[arg(long, env = "PYEXECD_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    /// Scripts running at once; further sessions queue.
+    #[arg(long, env = "PYEXECD_MAX_SESSIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_sessions: u32,
+    /// Sessions waiting for a slot; past this a client is refused as busy.
+    #[arg(long, env = "PYEXECD_MAX_QUEUE", default_value_t = 32)]
+    pub max_queue: u32,
+    /// Longest a session may last, counted from accept.
+    #[arg(long, env = "PYEXECD_SESSION_TIMEOUT", default_value = "60", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long running sessions may go on before they are ended.
+    #[arg(long, env = "PYEXECD_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Longest a TLS handshake may take.
+    #[arg(long, env = "PYEXECD_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Longest a client may take, after the handshake, to send HELLO and its whole script.
+    #[arg(long, env = "PYEXECD_UPLOAD_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+    /// Largest script accepted.
+    #[arg(long, env = "PYEXECD_MAX_SCRIPT_SIZE", default_value = "1m", value_parser = parse_size)]
+    pub max_script_size: u64,
+    /// Connections open at once (handshaking, queued or running); more are closed at once.
+    #[arg(long, env = "PYEXECD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: u32,
+    /// Bytes of stdout plus stderr a session may produce before the script is stopped.
+    #[arg(long, env = "PYEXECD_OUTPUT_LIMIT", default_value = "1g", value_parser = parse_size)]
+    pub output_limit: u64,
+    /// Memory limit per container (no swap on top).
+    #[arg(long, env = "PYEXECD_MEMORY", default_value = "256m", value_parser = parse_size)]
+    pub memory: u64,
+    /// Processes and threads per container.
+    #[arg(long, env = "PYEXECD_PIDS_LIMIT", default_value_t = 64)]
+    pub pids_limit: i64,
+    /// CPUs per container.
+    #[arg(long, env = "PYEXECD_CPUS", default_value_t = 1.0)]
+    pub cpus: f64,
+    /// Size of the writable tmpfs at /tmp (the script lives there too).
+    #[arg(long, env = "PYEXECD_TMP_SIZE", default_value = "64m", value_parser = parse_size)]
+    pub tmp_size: u64,
+    /// User the script runs as inside the container.
+    #[arg(long, env = "PYEXECD_USER", default_value = "65534:65534")]
+    pub user: String,
+    /// Give containers Docker's default network instead of none.
+    #[arg(long, env = "PYEXECD_NETWORK")]
+    pub network: bool,
+    /// Make the container's root filesystem read-only (`/tmp` stays writable).
+    #[arg(long, env = "PYEXECD_READ_ONLY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub read_only: bool,
+    /// Docker runtime for sandbox containers, e.g. `runsc` for gVisor.
+    #[arg(long, env = "PYEXECD_RUNTIME")]
+    pub runtime: Option<String>,
+    /// Name that labels this daemon's containers; leftovers with the same name are
+    /// removed at start-up. Give each daemon sharing a Docker Engine its own name.
+    #[arg(long, env = "PYEXECD_INSTANCE", default_value = "pyexecd")]
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenCertsArgs {
+    /// Directory to write ca.pem, ca.key, server.pem and server.key into.
+    #[arg(long, default_value = DEFAULT_CERT_DIR)]
+    pub dir: PathBuf,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildImageArgs {
+    /// Tag of the image to build.
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    pub tag: String,
+    /// Debian suite to build from.
+    #[arg(long, default_value = "bookworm")]
+    pub suite: String,
+}
+
+/// The daemon's effective settings, resolved from `ServeArgs`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when cert and key are the default paths, which may be generated.
+    pub default_certs: bool,
+    pub image: String,
+    pub max_sessions: usize,
+    pub max_queue: usize,
+    pub session_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
+    pub upload_timeout: Duration,
+    pub max_script_size: u64,
+    pub max_connections: usize,
+    pub output_limit: u64,
+    pub sandbox: SandboxConfig,
+    pub instance: String,
+}
+
+/// Limits and isolation applied to every sandbox container.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub image: String,
+    pub memory: u64,
+    pub pids_limit: i64,
+    pub cpus: f64,
+    pub tmp_size: u64,
+    pub user: String,
+    pub network: bool,
+    pub read_only: bool,
+    pub runtime: Option<String>,
+}
+
+/// A value given on the command line or in the environment that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let err = |flag, reason: &str| ConfigError {
+            flag,
+            reason: reason.to_string(),
+        };
+        if self.session_timeout.is_zero() {
+            return Err(err("session-timeout", "must be more than zero"));
+        }
+        if !(self.cpus > 0.0 && self.cpus <= 1024.0) {
+            return Err(err("cpus", "must be between 0 and 1024"));
+        }
+        if self.memory < 16 << 20 {
+            return Err(err(
+                "memory",
+                "must be at least 16m (Python needs ~10 MiB to start)",
+            ));
+        }
+        if self.pids_limit < 4 {
+            return Err(err("pids-limit", "must be at least 4"));
+        }
+        if self.tmp_size < self.max_script_size {
+            return Err(err("tmp-size", "must hold at least --max-script-size"));
+        }
+        if self.max_script_size > u32::MAX as u64 {
+            return Err(err("max-script-size", "must be below 4 GiB"));
+        }
+        if self.instance.is_empty()
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "instance",
+                "use letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        let default_certs = self.cert.is_none() && self.key.is_none();
+        let cert_dir = PathBuf::from(DEFAULT_CERT_DIR);
+        Ok(Config {
+            listen: self.listen,
+            cert: self.cert.unwrap_or_else(|| cert_dir.join("server.pem")),
+            key: self.key.unwrap_or_else(|| cert_dir.join("server.key")),
+            default_certs,
+            image: self.image.clone(),
+            max_sessions: self.max_sessions as usize,
+            max_queue: self.max_queue as usize,
+            session_timeout: self.session_timeout,
+            shutdown_grace: self.shutdown_grace,
+            handshake_timeout: self.handshake_timeout,
+            upload_timeout: self.upload_timeout,
+            max_script_size: self.max_script_size,
+            max_connections: self.max_connections.max(1) as usize,
+            output_limit: self.output_limit,
+            sandbox: SandboxConfig {
+                image: self.image,
+                memory: self.memory,
+                pids_limit: self.pids_limit,
+                cpus: self.cpus,
+                tmp_size: self.tmp_size,
+                user: self.user,
+                network: self.network,
+                read_only: self.read_only,
+                runtime: self.runtime,
+            },
+            instance: self.instance,
+        })
+    }
+}
+
+/// Parses `60`, `60s`, `500ms`, `2m`, `1h`, `1.5s`. A plain number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 60, 90s, 2m or 500ms)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `64k`, `256m`, `1g`, `256MiB`, `1GB` (all binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 1048576, 64k, 256m or 1g)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown unit '{other}' in '{s}' (use k, m or g)")),
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is out of range"))
+}
+
+/// Formats a byte count the way the flags take it.
+pub fn format_size(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if n >= scale && n % scale == 0 {
+            return format!("{} {unit}", n / scale);
+        }
+    }
+    format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("1t").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999g").is_err());
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli =
+            Cli::try_parse_from(["pyexecd", "--max-sessions", "3", "--session-timeout", "2m"])
+                .unwrap();
+        assert!(cli.command.is_none());
+        let cfg = cli.serve.resolve().unwrap();
+        assert_eq!(cfg.max_sessions, 3);
+        assert_eq!(cfg.session_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.cert, PathBuf::from("certs/server.pem"));
+        assert!(cfg.default_certs);
+        assert_eq!(cfg.listen.port(), 12344);
+        assert!(cfg.sandbox.read_only && !cfg.sandbox.network);
+
+        let cli = Cli::try_parse_from(["pyexecd", "gen-certs", "--host", "a.example", "--force"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::GenCerts(ref g)) if g.force && g.hosts == ["a.example"])
+        );
+        assert!(Cli::try_parse_from(["pyexecd", "--max-sessions", "0"]).is_err());
+    }
+
+    #[test]
+    fn impossible_values_name_the_flag() {
+        let cli = Cli::try_parse_from(["pyexecd", "--tmp-size", "1k"]).unwrap();
+        let err = cli.serve.resolve().unwrap_err();
+        assert_eq!(err.flag, "tmp-size");
+    }
+}

@@ -1,0 +1,188 @@
+//! The tokio-util codec that turns a byte stream into `Frame`s and back, with a size bound.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use super::frame::{Frame, FrameError};
+use super::MAX_FRAME_PAYLOAD;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The length prefix announces more than `MAX_FRAME_PAYLOAD`: refused before any of
+    /// it is buffered, so a hostile peer cannot make us allocate.
+    #[error("frame larger than the limit of {} bytes", MAX_FRAME_PAYLOAD + 1)]
+    Oversized,
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({0} bytes left over)")]
+    Truncated(usize),
+}
+
+impl CodecError {
+    /// Errors that mean the peer broke the protocol, as opposed to the transport failing.
+    pub fn is_protocol(&self) -> bool {
+        !matches!(self, CodecError::Io(_))
+    }
+}
+
+/// Length-prefixed typed frames: `u32` big-endian length, then the frame body.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_type::<u32>()
+                .max_frame_length(MAX_FRAME_PAYLOAD + 1)
+                .new_codec(),
+        }
+    }
+}
+
+impl FrameCodec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.inner.decode(src) {
+            Ok(Some(body)) => Ok(Some(Frame::parse(body.freeze())?)),
+            Ok(None) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(CodecError::Oversized),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(CodecError::Truncated(src.len())),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        frame.encode(dst).map_err(CodecError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{ErrorCode, ErrorMsg};
+    use bytes::{BufMut, Bytes};
+
+    fn encode_all(frames: &[Frame]) -> BytesMut {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        for f in frames {
+            codec.encode(f.clone(), &mut buf).unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn round_trip_through_the_codec() {
+        let frames = vec![
+            Frame::Stdout(Bytes::from_static(b"Name: ")),
+            Frame::StdinCredit(7),
+            Frame::Error(ErrorMsg::new(ErrorCode::TooLarge, "script too large")),
+        ];
+        let mut buf = encode_all(&frames);
+        let mut codec = FrameCodec::new();
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode_eof(&mut buf).unwrap() {
+            out.push(f);
+        }
+        assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_boundary_decode_the_same() {
+        let frames = vec![
+            Frame::Stdin(Bytes::from_static(b"hello\n")),
+            Frame::StdinEof,
+            Frame::Signal(2),
+        ];
+        let wire = encode_all(&frames);
+        for cut in 0..wire.len() {
+            let mut codec = FrameCodec::new();
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut out = Vec::new();
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert_eq!(out, frames, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn truncated_frame_at_eof_is_an_error() {
+        let wire = encode_all(&[Frame::Stdout(Bytes::from_static(b"abcdef"))]);
+        let mut buf = BytesMut::from(&wire[..wire.len() - 2]);
+        let mut codec = FrameCodec::new();
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(CodecError::Truncated(n)) if n == wire.len() - 2
+        ));
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32((MAX_FRAME_PAYLOAD + 2) as u32);
+        buf.put_u8(0x84);
+        let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::Oversized), "{err}");
+        assert!(err.is_protocol());
+    }
+
+    #[test]
+    fn largest_allowed_frame_is_accepted() {
+        let frame = Frame::Stdout(Bytes::from(vec![7u8; MAX_FRAME_PAYLOAD]));
+        let mut buf = encode_all(std::slice::from_ref(&frame));
+        assert_eq!(FrameCodec::new().decode(&mut buf).unwrap(), Some(frame));
+    }
+
+    #[test]
+    fn unknown_frame_type_is_a_protocol_error() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(3);
+        buf.put_slice(&[0x7f, 1, 2]);
+        let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::Frame(FrameError::UnknownType(0x7f))
+        ));
+    }
+
+    #[test]
+    fn zero_length_frame_is_a_protocol_error() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::Frame(FrameError::Empty)));
+    }
+}

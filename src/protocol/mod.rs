@@ -1,0 +1,29 @@
+//! The pyexec wire protocol: typed frames (`frame`) and their tokio-util codec (`codec`).
+//!
+//! `docs/protocol.md` is the normative description; this module is its executable twin.
+//! Parsing lives in `frame.rs` and touches no I/O, so it can be unit-tested and fuzzed
+//! byte by byte; `codec.rs` only adds the length prefix and the size bound.
+
+pub mod codec;
+pub mod frame;
+
+pub use codec::{CodecError, FrameCodec};
+pub use frame::{
+    End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
+    Started, Welcome,
+};
+
+/// The protocol version this build speaks. Sent in `HELLO` and `WELCOME`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN identifier offered by clients and required by nothing: it lets a TLS-terminating
+/// proxy or a packet capture tell pyexec traffic apart.
+pub const ALPN: &[u8] = b"pyexec/1";
+
+/// Largest frame body (type byte excluded) either side may send. Bounds every buffer
+/// on both ends: a peer announcing more is cut off before anything is allocated.
+pub const MAX_FRAME_PAYLOAD: usize = 128 * 1024;
+
+/// Largest chunk a sender should put in one data frame (SCRIPT, STDIN, STDOUT, STDERR).
+/// Smaller than `MAX_FRAME_PAYLOAD` so that control frames never wait long behind data.
+pub const DATA_CHUNK: usize = 64 * 1024;

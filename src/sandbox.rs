@@ -1,0 +1,263 @@
+//! What a sandbox container is: its Docker create body, its labels and the bootstrap request.
+//!
+//! Pure data, no I/O: the ContainerActor sends what this module builds. Every isolation
+//! setting lives here, in one place, so that `docs/security.md` can point at it.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::config::SandboxConfig;
+
+/// Label carried by every container this project creates.
+pub const LABEL_MANAGED: &str = "pyexec.managed";
+/// Label naming the daemon instance that owns the container.
+pub const LABEL_INSTANCE: &str = "pyexec.instance";
+
+/// The bootstrap program (see `src/bootstrap.py`).
+pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+/// Script name used when the client gives none, or one that is not a plain file name.
+pub const DEFAULT_SCRIPT_NAME: &str = "main.py";
+
+/// Limits on the arguments, checked before anything runs. Linux refuses a single
+/// argument above 128 KiB and an argv above a few MiB; staying well below both means the
+/// exec in the bootstrap cannot fail for size.
+pub const MAX_ARGS: usize = 4096;
+pub const MAX_ARGS_BYTES: usize = 64 * 1024;
+
+/// A complete specification for sandbox containers of one daemon.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub config: SandboxConfig,
+    pub instance: String,
+}
+
+impl SandboxSpec {
+    pub fn new(config: SandboxConfig, instance: String) -> Self {
+        SandboxSpec { config, instance }
+    }
+
+    pub fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+        ])
+    }
+
+    /// The create body. The container starts the bootstrap, which blocks until the
+    /// server sends the script over stdin: this is what lets a container be created,
+    /// attached and started before its script is known.
+    pub fn create_body(&self) -> ContainerCreateBody {
+        let c = &self.config;
+        let mut tmpfs = HashMap::new();
+        tmpfs.insert(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,noexec,size={},mode=1777", c.tmp_size),
+        );
+        ContainerCreateBody {
+            image: Some(c.image.clone()),
+            // Reset any ENTRYPOINT of a registry image such as python:3.12-slim.
+            entrypoint: Some(vec![]),
+            cmd: Some(vec![
+                "python3".into(),
+                "-I".into(),
+                "-S".into(),
+                "-c".into(),
+                BOOTSTRAP.into(),
+            ]),
+            env: Some(vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                "HOME=/tmp".into(),
+                "LANG=C.UTF-8".into(),
+                "PYTHONDONTWRITEBYTECODE=1".into(),
+            ]),
+            user: Some(c.user.clone()),
+            working_dir: Some("/tmp".into()),
+            hostname: Some("sandbox".into()),
+            labels: Some(self.labels()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            // With stdin_once, closing our end of the attach gives the script EOF.
+            stdin_once: Some(true),
+            tty: Some(false),
+            // Leaves only `lo`, and is twice as fast to set up as `NetworkMode: none`.
+            network_disabled: Some(!c.network),
+            host_config: Some(HostConfig {
+                memory: Some(c.memory as i64),
+                memory_swap: Some(c.memory as i64),
+                nano_cpus: Some((c.cpus * 1e9) as i64),
+                pids_limit: Some(c.pids_limit),
+                readonly_rootfs: Some(c.read_only),
+                tmpfs: Some(tmpfs),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                init: Some(true),
+                ulimits: Some(vec![
+                    ResourcesUlimits {
+                        name: Some("nofile".into()),
+                        soft: Some(1024),
+                        hard: Some(1024),
+                    },
+                    ResourcesUlimits {
+                        name: Some("core".into()),
+                        soft: Some(0),
+                        hard: Some(0),
+                    },
+                ]),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".into()),
+                    config: None,
+                }),
+                runtime: c.runtime.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a script name or its arguments cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("too many arguments ({0}, the limit is {MAX_ARGS})")]
+    TooManyArgs(usize),
+    #[error("arguments too large ({0} bytes, the limit is {MAX_ARGS_BYTES})")]
+    ArgsTooLarge(usize),
+    #[error("argument {0} contains a NUL byte")]
+    NulInArg(usize),
+}
+
+pub fn check_args(args: &[String]) -> Result<(), RequestError> {
+    if args.len() > MAX_ARGS {
+        return Err(RequestError::TooManyArgs(args.len()));
+    }
+    let total: usize = args.iter().map(|a| a.len() + 1).sum();
+    if total > MAX_ARGS_BYTES {
+        return Err(RequestError::ArgsTooLarge(total));
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(RequestError::NulInArg(i + 1));
+    }
+    Ok(())
+}
+
+/// The file name the script is written to: the client's name when it is a plain,
+/// harmless file name, so that `sys.argv[0]` and tracebacks read as they would locally.
+pub fn script_name(requested: Option<&str>) -> String {
+    match requested {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && !n.starts_with('.')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+        {
+            n.to_string()
+        }
+        _ => DEFAULT_SCRIPT_NAME.to_string(),
+    }
+}
+
+/// The one request the bootstrap reads from stdin. `args` must have passed `check_args`.
+pub fn bootstrap_request(script: &[u8], name: &str, args: &[String]) -> Bytes {
+    let args_len: usize = args
+        .iter()
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let mut buf = BytesMut::with_capacity(16 + script.len() + name.len() + args_len);
+    buf.put_slice(b"PYX1");
+    // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
+    buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
+    buf.put_u32(name.len() as u32);
+    buf.put_u32(args_len as u32);
+    buf.put_slice(script);
+    buf.put_slice(name.as_bytes());
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(0);
+        }
+        buf.put_slice(a.as_bytes());
+    }
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec::new(
+            SandboxConfig {
+                image: "img".into(),
+                memory: 256 << 20,
+                pids_limit: 64,
+                cpus: 1.0,
+                tmp_size: 64 << 20,
+                user: "65534:65534".into(),
+                network: false,
+                read_only: true,
+                runtime: None,
+            },
+            "test".into(),
+        )
+    }
+
+    #[test]
+    fn create_body_isolates_by_default() {
+        let body = spec().create_body();
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(body.network_disabled, Some(true));
+        assert_eq!(host.memory, host.memory_swap, "no swap on top of memory");
+        assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.init, Some(true));
+        assert_eq!(
+            host.log_config.as_ref().unwrap().typ.as_deref(),
+            Some("none")
+        );
+        assert_eq!(body.stdin_once, Some(true));
+        assert_eq!(body.user.as_deref(), Some("65534:65534"));
+        assert_eq!(body.labels.unwrap()[LABEL_INSTANCE], "test");
+        assert!(host.tmpfs.as_ref().unwrap()["/tmp"].contains("noexec"));
+    }
+
+    #[test]
+    fn bootstrap_request_layout() {
+        let req = bootstrap_request(b"print(1)\n", "a.py", &["x".into(), "".into(), "z".into()]);
+        assert_eq!(&req[..4], b"PYX1");
+        assert_eq!(u32::from_be_bytes(req[4..8].try_into().unwrap()), 9);
+        assert_eq!(u32::from_be_bytes(req[8..12].try_into().unwrap()), 4);
+        assert_eq!(u32::from_be_bytes(req[12..16].try_into().unwrap()), 4);
+        assert_eq!(&req[16..], b"print(1)\na.pyx\0\0z");
+        let none = bootstrap_request(b"", "m.py", &[]);
+        assert_eq!(u32::from_be_bytes(none[12..16].try_into().unwrap()), 0);
+    }
+
+    #[test]
+    fn script_names_are_sanitised() {
+        assert_eq!(script_name(Some("hello.py")), "hello.py");
+        assert_eq!(script_name(Some("../etc/passwd")), DEFAULT_SCRIPT_NAME);
+        assert_eq!(script_name(Some(".bashrc")), DEFAULT_SCRIPT_NAME);
+        assert_eq!(script_name(Some("a b.py")), DEFAULT_SCRIPT_NAME);
+        assert_eq!(script_name(None), DEFAULT_SCRIPT_NAME);
+    }
+
+    #[test]
+    fn argument_limits() {
+        assert!(check_args(&["a".into()]).is_ok());
+        assert_eq!(check_args(&["a\0b".into()]), Err(RequestError::NulInArg(1)));
+        assert!(matches!(
+            check_args(&["x".repeat(MAX_ARGS_BYTES)]),
+            Err(RequestError::ArgsTooLarge(_))
+        ));
+        assert!(matches!(
+            check_args(&vec![String::new(); MAX_ARGS + 1]),
+            Err(RequestError::TooManyArgs(_))
+        ));
+    }
+}

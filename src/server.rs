@@ -1,0 +1,205 @@
+//! Wiring of the daemon: start-up checks, the actors, the signal loop and the drain.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::certs::{self, CertError};
+use crate::config::Config;
+use crate::container::ContainerDeps;
+use crate::docker::{self, DockerError};
+use crate::image::{self, ImageError};
+use crate::listener::{Listener, StopAccepting};
+use crate::sandbox::SandboxSpec;
+use crate::session::SessionDeps;
+use crate::shutdown::{SignalEvent, Signals};
+use crate::status::{ByteCounters, Dump, Status};
+use crate::supervisor::{Drain, DrainNow, Supervisor};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0} does not exist (it is only generated when --cert and --key are left at their defaults)")]
+    MissingFile(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Raises the soft open-files limit to the hard one: every session holds a TLS socket and
+/// a Docker attach connection, and the usual soft limit of 1024 is reached early.
+fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+struct Ready {
+    docker: bollard::Docker,
+    acceptor: TlsAcceptor,
+    listener: TcpListener,
+}
+
+async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
+    let docker = docker::connect().await?;
+    let leftovers = docker::sweep(&docker, &cfg.instance).await?;
+    if leftovers > 0 {
+        warn!(count = leftovers, instance = %cfg.instance, "removed containers left by an earlier run");
+    }
+
+    if cfg.default_certs && !cfg.cert.exists() && !cfg.key.exists() {
+        let dir = cfg.cert.parent().unwrap_or(std::path::Path::new("."));
+        let paths = certs::generate(dir, &[], false)?;
+        info!(
+            ca = %paths.ca_cert.display(),
+            "generated a CA and a server certificate; clients need the CA certificate"
+        );
+    }
+    for path in [&cfg.cert, &cfg.key] {
+        if !path.exists() {
+            return Err(ServeError::MissingFile(path.display().to_string()));
+        }
+    }
+    let acceptor = TlsAcceptor::from(tls::server_config(&cfg.cert, &cfg.key)?);
+
+    image::ensure(&docker, &cfg.image).await?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    Ok(Ready {
+        docker,
+        acceptor,
+        listener,
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. Must run inside an actix `System`.
+pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    let mut signals = Signals::new().map_err(ServeError::Signals)?;
+    raise_nofile_limit();
+    let cfg = Arc::new(cfg);
+
+    let ready = tokio::select! {
+        ready = prepare(&cfg) => ready?,
+        name = signals.terminated() => {
+            info!(signal = name, "interrupted during start-up");
+            return Ok(());
+        }
+    };
+    let local = ready
+        .listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+
+    let bytes = Arc::new(ByteCounters::default());
+    let status = Status::new(bytes.clone()).start();
+    let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
+    let supervisor = Supervisor::create(|ctx| {
+        let deps = ContainerDeps {
+            docker: ready.docker.clone(),
+            spec,
+            bytes: bytes.clone(),
+            gone: ctx.address().recipient(),
+            ready: None,
+        };
+        Supervisor::new(cfg.clone(), deps, status.clone())
+    });
+    let deps = Arc::new(SessionDeps {
+        cfg: cfg.clone(),
+        supervisor: supervisor.clone(),
+        status: status.clone(),
+        bytes,
+    });
+    let listener = Listener::new(ready.listener, ready.acceptor, deps).start();
+
+    info!(
+        addr = %local,
+        image = %cfg.image,
+        max_sessions = cfg.max_sessions,
+        max_queue = cfg.max_queue,
+        "listening"
+    );
+    // One machine-readable line on stdout, for scripts and tests that start us on port 0.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {local}");
+    let _ = out.flush();
+    drop(out);
+
+    let signal = loop {
+        match signals.next().await {
+            SignalEvent::Dump => status.do_send(Dump),
+            SignalEvent::Terminate(name) => break name,
+        }
+    };
+
+    info!(
+        signal,
+        grace_s = cfg.shutdown_grace.as_secs_f64(),
+        "shutting down"
+    );
+    let _ = listener.send(StopAccepting).await;
+    let (done_tx, mut done) = oneshot::channel();
+    supervisor.do_send(Drain {
+        grace: cfg.shutdown_grace,
+        done: done_tx,
+    });
+    let deadline = tokio::time::sleep(cfg.shutdown_grace + Duration::from_secs(15));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut done => break,
+            name = signals.terminated() => {
+                info!(signal = name, "second signal: ending every session now");
+                supervisor.do_send(DrainNow);
+            }
+            _ = &mut deadline => {
+                warn!("drain did not finish in time; removing what is left");
+                break;
+            }
+        }
+    }
+    status.do_send(Dump);
+    match docker::sweep(&ready.docker, &cfg.instance).await {
+        Ok(0) => {}
+        Ok(n) => warn!(
+            count = n,
+            "removed containers still present after the drain"
+        ),
+        Err(e) => warn!(error = %e, "cannot check for leftover containers"),
+    }
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,889 @@
+//! The Session actor: one client connection from the end of its TLS handshake to its close.
+//!
+//! Reading: the TLS read half is a `FramedRead` stream handled by this actor. It never
+//! blocks: stdin is bounded by the credit window the client must respect, not by
+//! stalling the socket, so a Ctrl-C or a disconnect is seen at once even when the script
+//! does not read its stdin.
+//!
+//! Writing: a writer task owns the TLS write half behind two channels: a bounded one for
+//! script output (its capacity is the backpressure on the container) and an unbounded one
+//! for the few control frames. It flushes whenever both are empty, so a prompt without a
+//! newline goes out at once while a flood is coalesced into full TLS records, and it ends
+//! with `close()`, which sends TLS close_notify before the TCP FIN.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures::SinkExt;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info, info_span, warn, Span};
+
+use crate::config::{format_size, Config};
+use crate::container::{
+    ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, Signal, StdinMsg,
+};
+use crate::protocol::{
+    CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
+    Started, Welcome, PROTOCOL_VERSION,
+};
+use crate::sandbox::{bootstrap_request, check_args, script_name};
+use crate::status::{
+    ByteCounters, ContainerStarted, Outcome, SessionAccepted, SessionEnded, Status,
+};
+use crate::supervisor::{Admission, Admit, Register, Supervisor, Unregister};
+
+type Tls = TlsStream<TcpStream>;
+
+/// Frames of script output buffered between the container and the socket, per session.
+/// Small on purpose: with chunks of at most 64 KiB this caps a session's output buffer.
+const OUTPUT_FRAMES: usize = 4;
+/// STDIN bytes a client may send ahead of STDIN_CREDIT.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
+/// After END/ERROR, how long to wait for the client's close before dropping it. Closing
+/// while the client still sends would make the kernel answer with a reset, which can
+/// destroy the END frame in the client's receive buffer.
+const LINGER: Duration = Duration::from_secs(2);
+/// Upper bound on ending a session whose client does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound on waiting for a killed container to report.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Signals a client may send, by number (Linux numbering, as in the protocol).
+fn signal_name(sig: u8) -> Option<&'static str> {
+    Some(match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        12 => "SIGUSR2",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// Name of a signal for messages, for the standard Linux signals.
+pub fn describe_signal(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(name) if !name.is_empty() => format!("signal {sig} ({name})"),
+        _ => format!("signal {sig}"),
+    }
+}
+
+/// What every session needs from the daemon.
+pub struct SessionDeps {
+    pub cfg: Arc<Config>,
+    pub supervisor: Addr<Supervisor>,
+    pub status: Addr<Status>,
+    pub bytes: Arc<ByteCounters>,
+}
+
+/// Keeps the listener's count of open connections honest: decremented on drop.
+pub struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl ConnectionGuard {
+    /// Counts one more connection, unless `max` are open already.
+    pub fn try_new(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let prev = count.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionGuard(count.clone()))
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The Supervisor's verdict for a queued session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Admitted {
+    pub container: Addr<ContainerActor>,
+}
+
+/// The session's new place in the queue (1 = next).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueuePosition(pub u32);
+
+/// Sent by the Supervisor: the session must end.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum SessionStop {
+    /// The session's time is up.
+    Timeout,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// The writer task is done; `clean` when close_notify went out.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterDone {
+    clean: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for HELLO.
+    Hello,
+    /// HELLO accepted; the script is arriving, the session may be queued or running.
+    Active,
+    /// END or ERROR has been queued; waiting for the writer and the client's close.
+    Closing,
+}
+
+pub struct Session {
+    id: u64,
+    span: Span,
+    deps: Arc<SessionDeps>,
+    accepted_at: Instant,
+    phase: Phase,
+    io: Option<(ReadHalf<Tls>, WriteHalf<Tls>)>,
+    control: mpsc::UnboundedSender<Frame>,
+    control_rx: Option<mpsc::UnboundedReceiver<Frame>>,
+    output: Option<mpsc::Sender<Frame>>,
+    output_rx: Option<mpsc::Receiver<Frame>>,
+    writer: Option<actix_rt::task::JoinHandle<()>>,
+    writer_done: bool,
+    read_done: bool,
+    hello: Option<Hello>,
+    script: BytesMut,
+    script_size: u64,
+    /// Every announced script byte has arrived (the buffer itself is handed on).
+    script_done: bool,
+    container: Option<Addr<ContainerActor>>,
+    queued_at: Option<Instant>,
+    admitted_at: Option<Instant>,
+    run_sent: bool,
+    running: bool,
+    stdin_tx: mpsc::UnboundedSender<StdinMsg>,
+    stdin_rx: Option<mpsc::UnboundedReceiver<StdinMsg>>,
+    stdin_in_flight: Arc<AtomicU64>,
+    stdin_closed: bool,
+    stop_cause: Option<KillCause>,
+    outcome: Option<Outcome>,
+    registered: bool,
+    _guard: ConnectionGuard,
+}
+
+impl Session {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: Tls,
+        deps: Arc<SessionDeps>,
+        accepted_at: Instant,
+        guard: ConnectionGuard,
+    ) -> Self {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (output, output_rx) = mpsc::channel(OUTPUT_FRAMES);
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        Session {
+            id,
+            span: info_span!("session", id, %peer),
+            deps,
+            accepted_at,
+            phase: Phase::Hello,
+            io: Some(tokio::io::split(stream)),
+            control,
+            control_rx: Some(control_rx),
+            output: Some(output),
+            output_rx: Some(output_rx),
+            writer: None,
+            writer_done: false,
+            read_done: false,
+            hello: None,
+            script: BytesMut::new(),
+            script_size: 0,
+            script_done: false,
+            container: None,
+            queued_at: None,
+            admitted_at: None,
+            run_sent: false,
+            running: false,
+            stdin_tx,
+            stdin_rx: Some(stdin_rx),
+            stdin_in_flight: Arc::new(AtomicU64::new(0)),
+            stdin_closed: false,
+            stop_cause: None,
+            outcome: None,
+            registered: false,
+            _guard: guard,
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.deps.cfg
+    }
+
+    fn send(&self, frame: Frame) {
+        let _ = self.control.send(frame);
+    }
+
+    fn script_complete(&self) -> bool {
+        self.script_done
+    }
+
+    /// Ends the session with an ERROR frame: the script could not run (or go on).
+    fn fail(&mut self, code: ErrorCode, message: impl Into<String>, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        let message = message.into();
+        info!(parent: &self.span, code = code.as_str(), %message, "session refused");
+        if let Some(c) = &self.container {
+            c.do_send(Kill(KillCause::ClientGone));
+        }
+        self.send(Frame::Error(ErrorMsg::new(code, message)));
+        self.close(Outcome::Error(code), ctx);
+    }
+
+    /// Ends the session with an END frame.
+    fn end(&mut self, end: End, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        info!(
+            parent: &self.span,
+            reason = end.reason.as_str(),
+            exit_code = end.exit_code,
+            duration_ms = end.duration_ms,
+            "session ended"
+        );
+        let reason = end.reason;
+        self.send(Frame::End(end));
+        self.close(Outcome::End(reason), ctx);
+    }
+
+    fn close(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closing;
+        self.outcome = Some(outcome);
+        // Nothing else will be written: the writer ends after the terminal frame.
+        self.output = None;
+        self.unregister();
+        ctx.run_later(CLOSE_TIMEOUT, |act, ctx| {
+            debug!(parent: &act.span, "client did not take the end of the session in time");
+            ctx.stop();
+        });
+        self.maybe_stop(ctx);
+    }
+
+    fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing && self.writer_done {
+            if self.read_done {
+                ctx.stop();
+            } else {
+                ctx.run_later(LINGER, |_, ctx| ctx.stop());
+            }
+        }
+    }
+
+    fn unregister(&mut self) {
+        if std::mem::take(&mut self.registered) {
+            self.deps.supervisor.do_send(Unregister { id: self.id });
+        }
+    }
+
+    fn duration_ms(&self) -> u64 {
+        self.accepted_at.elapsed().as_millis() as u64
+    }
+
+    /// Stops the script for `cause`; the session ends when the container reports back.
+    fn stop_script(&mut self, cause: KillCause, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing || self.stop_cause.is_some() {
+            return;
+        }
+        self.stop_cause = Some(cause);
+        match &self.container {
+            Some(container) => {
+                container.do_send(Kill(cause));
+                ctx.run_later(KILL_TIMEOUT, move |act, ctx| {
+                    warn!(parent: &act.span, "container did not report after a kill");
+                    let end = act.end_for_cause(cause);
+                    act.end(end, ctx);
+                });
+            }
+            None => {
+                let end = self.end_for_cause(cause);
+                self.end(end, ctx);
+            }
+        }
+    }
+
+    fn end_for_cause(&self, cause: KillCause) -> End {
+        let (reason, message) = match cause {
+            KillCause::Timeout => (
+                EndReason::Timeout,
+                format!(
+                    "session timed out after {}",
+                    humanize(self.cfg().session_timeout)
+                ),
+            ),
+            KillCause::Cancelled | KillCause::ClientGone => {
+                (EndReason::Cancelled, "cancelled by the client".to_string())
+            }
+            KillCause::Shutdown | KillCause::Discarded => (
+                EndReason::Shutdown,
+                "the server is shutting down".to_string(),
+            ),
+            KillCause::OutputLimit => (
+                EndReason::OutputLimit,
+                format!(
+                    "output limit of {} reached; the script was stopped",
+                    format_size(self.cfg().output_limit)
+                ),
+            ),
+        };
+        End {
+            reason,
+            exit_code: exit_code_for(reason, None),
+            signal: None,
+            duration_ms: self.duration_ms(),
+            message,
+        }
+    }
+
+    /// Turns the container's report into the session's last frame.
+    fn conclude(&mut self, f: Finished, ctx: &mut Context<Self>) {
+        let cause = f.killed.or(if f.exit_code.is_none() {
+            self.stop_cause
+        } else {
+            None
+        });
+        if let Some(cause) = cause {
+            let end = self.end_for_cause(cause);
+            return self.end(end, ctx);
+        }
+        match (f.exit_code, f.error) {
+            (Some(_), _) if f.oom => {
+                let end = End {
+                    reason: EndReason::Oom,
+                    exit_code: exit_code_for(EndReason::Oom, None),
+                    signal: Some(9),
+                    duration_ms: self.duration_ms(),
+                    message: format!(
+                        "out of memory (limit {}); the script was killed",
+                        format_size(self.cfg().sandbox.memory)
+                    ),
+                };
+                self.end(end, ctx)
+            }
+            (Some(code), _) => {
+                let end = classify_exit(code, self.duration_ms());
+                self.end(end, ctx)
+            }
+            (None, Some(err)) => self.fail(ErrorCode::Docker, err, ctx),
+            (None, None) => self.fail(ErrorCode::Internal, "the script's status is unknown", ctx),
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        if hello.version != PROTOCOL_VERSION {
+            return self.fail(
+                ErrorCode::Version,
+                format!(
+                    "unsupported protocol version {}; this server speaks {PROTOCOL_VERSION}",
+                    hello.version
+                ),
+                ctx,
+            );
+        }
+        let max = self.cfg().max_script_size;
+        if hello.script_size > max {
+            return self.fail(
+                ErrorCode::TooLarge,
+                format!(
+                    "script too large: {} bytes, the limit is {}",
+                    hello.script_size,
+                    format_size(max)
+                ),
+                ctx,
+            );
+        }
+        if let Err(e) = check_args(&hello.args) {
+            return self.fail(ErrorCode::TooLarge, e.to_string(), ctx);
+        }
+        debug!(parent: &self.span, client = %hello.client, script_size = hello.script_size, args = hello.args.len(), "hello");
+        self.script_size = hello.script_size;
+        self.script_done = hello.script_size == 0;
+        self.script
+            .reserve(hello.script_size.min(64 * 1024) as usize);
+        self.hello = Some(hello);
+        self.phase = Phase::Active;
+        let cfg = self.cfg();
+        self.send(Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            server: format!("pyexecd {}", env!("CARGO_PKG_VERSION")),
+            session: self.id.to_string(),
+            limits: Limits {
+                script_size: cfg.max_script_size,
+                timeout_ms: cfg.session_timeout.as_millis() as u64,
+                output_bytes: cfg.output_limit,
+                stdin_window: STDIN_WINDOW,
+            },
+        }));
+        let admit = self.deps.supervisor.send(Admit { id: self.id });
+        ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Admission::Granted(container)) => act.admitted(container, ctx),
+            Ok(Admission::Queued(position)) => {
+                act.queued_at = Some(Instant::now());
+                debug!(parent: &act.span, position, "queued");
+                act.send(Frame::Queued(Queued { position }));
+            }
+            Ok(Admission::Busy { running, queued }) => act.fail(
+                ErrorCode::Busy,
+                format!(
+                    "server busy: {running} scripts running and {queued} waiting; try again later"
+                ),
+                ctx,
+            ),
+            Ok(Admission::ShuttingDown) => act.stop_script(KillCause::Shutdown, ctx),
+            Err(e) => act.fail(
+                ErrorCode::Internal,
+                format!("supervisor unavailable: {e}"),
+                ctx,
+            ),
+        }));
+        self.maybe_run(ctx);
+    }
+
+    fn admitted(&mut self, container: Addr<ContainerActor>, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            // Ended while the verdict was on its way: give the slot straight back.
+            container.do_send(Kill(KillCause::ClientGone));
+            return;
+        }
+        self.admitted_at = Some(Instant::now());
+        self.container = Some(container);
+        if let Some(cause) = self.stop_cause.take() {
+            return self.stop_script(cause, ctx);
+        }
+        self.maybe_run(ctx);
+    }
+
+    fn maybe_run(&mut self, ctx: &mut Context<Self>) {
+        if self.run_sent || !self.script_complete() || self.phase != Phase::Active {
+            return;
+        }
+        let (Some(container), Some(hello)) = (&self.container, &self.hello) else {
+            return;
+        };
+        let (Some(stdin), Some(output)) = (self.stdin_rx.take(), self.output.take()) else {
+            return;
+        };
+        self.run_sent = true;
+        let script = std::mem::take(&mut self.script);
+        let request = bootstrap_request(&script, &script_name(hello.name.as_deref()), &hello.args);
+        container.do_send(Run {
+            request,
+            stdin,
+            output,
+            control: self.control.clone(),
+            stdin_in_flight: self.stdin_in_flight.clone(),
+            output_limit: self.cfg().output_limit,
+            events: ctx.address().recipient(),
+        });
+    }
+
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match (self.phase, frame) {
+            (Phase::Closing, _) => {}
+            (Phase::Hello, Frame::Hello(hello)) => self.on_hello(hello, ctx),
+            (Phase::Hello, other) => self.fail(
+                ErrorCode::Protocol,
+                format!("expected HELLO, got {}", other.frame_type().name()),
+                ctx,
+            ),
+            (Phase::Active, Frame::Script(chunk)) => {
+                if self.script_done
+                    || self.script.len() as u64 + chunk.len() as u64 > self.script_size
+                {
+                    return self.fail(
+                        ErrorCode::Protocol,
+                        format!("more SCRIPT bytes than the {} announced", self.script_size),
+                        ctx,
+                    );
+                }
+                self.deps.bytes.add_in(chunk.len());
+                self.script.extend_from_slice(&chunk);
+                self.script_done = self.script.len() as u64 == self.script_size;
+                self.maybe_run(ctx);
+            }
+            (Phase::Active, Frame::Stdin(data)) => {
+                if !self.script_complete() || self.stdin_closed {
+                    let why = if self.stdin_closed {
+                        "STDIN after STDIN_EOF"
+                    } else {
+                        "STDIN before the whole script"
+                    };
+                    return self.fail(ErrorCode::Protocol, why, ctx);
+                }
+                let n = data.len() as u64;
+                let in_flight = self.stdin_in_flight.fetch_add(n, Ordering::Relaxed) + n;
+                if in_flight > STDIN_WINDOW as u64 {
+                    return self.fail(
+                        ErrorCode::Protocol,
+                        format!("STDIN window of {STDIN_WINDOW} bytes exceeded"),
+                        ctx,
+                    );
+                }
+                self.deps.bytes.add_in(data.len());
+                let _ = self.stdin_tx.send(StdinMsg::Data(data));
+            }
+            (Phase::Active, Frame::StdinEof) => {
+                if !self.script_complete() || self.stdin_closed {
+                    return self.fail(ErrorCode::Protocol, "unexpected STDIN_EOF", ctx);
+                }
+                self.stdin_closed = true;
+                let _ = self.stdin_tx.send(StdinMsg::Eof);
+            }
+            (Phase::Active, Frame::Signal(sig)) => {
+                let Some(name) = signal_name(sig) else {
+                    return self.fail(
+                        ErrorCode::Protocol,
+                        format!("signal {sig} may not be sent (allowed: 1, 2, 3, 9, 10, 12, 15)"),
+                        ctx,
+                    );
+                };
+                match (&self.container, self.running) {
+                    (Some(container), true) => container.do_send(Signal(name.to_string())),
+                    // Nothing runs yet: an interrupt means "never mind".
+                    _ => self.stop_script(KillCause::Cancelled, ctx),
+                }
+            }
+            (Phase::Active, Frame::Cancel) => self.stop_script(KillCause::Cancelled, ctx),
+            (_, other) => self.fail(
+                ErrorCode::Protocol,
+                format!("unexpected {} frame", other.frame_type().name()),
+                ctx,
+            ),
+        }
+    }
+}
+
+/// Maps a reason to the status a client exits with (the table in docs/protocol.md).
+pub fn exit_code_for(reason: EndReason, status: Option<i32>) -> i32 {
+    match reason {
+        EndReason::Exited | EndReason::Signal => status.unwrap_or(1),
+        EndReason::Timeout => 124,
+        EndReason::Oom | EndReason::OutputLimit => 137,
+        EndReason::Cancelled => 130,
+        EndReason::Shutdown => 143,
+        EndReason::Unknown => 125,
+    }
+}
+
+/// Reads a container's exit status as a shell does: above 128 means death by a signal.
+/// docker-init reports a child killed by signal N as 128 + N; a script that calls
+/// `sys.exit(137)` looks the same, and is reported the same way a shell would.
+pub fn classify_exit(code: i64, duration_ms: u64) -> End {
+    let status = code.clamp(0, 255) as i32;
+    if (129..=128 + 64).contains(&status) {
+        let sig = status - 128;
+        End {
+            reason: EndReason::Signal,
+            exit_code: status,
+            signal: Some(sig),
+            duration_ms,
+            message: format!("killed by {}", describe_signal(sig)),
+        }
+    } else {
+        End {
+            reason: EndReason::Exited,
+            exit_code: status,
+            signal: None,
+            duration_ms,
+            message: String::new(),
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        debug!(parent: &self.span, "session started");
+        self.deps.status.do_send(SessionAccepted);
+        self.deps.supervisor.do_send(Register {
+            id: self.id,
+            addr: ctx.address(),
+            accepted_at: self.accepted_at,
+        });
+        self.registered = true;
+        let (read, write) = self.io.take().expect("io is set in new()");
+        ctx.add_stream(FramedRead::new(read, FrameCodec::new()));
+        let writer = write_frames(
+            FramedWrite::new(write, FrameCodec::new()),
+            self.output_rx.take().expect("set in new()"),
+            self.control_rx.take().expect("set in new()"),
+            ctx.address(),
+        );
+        self.writer = Some(actix_rt::spawn(writer));
+        let upload_timeout = self.cfg().upload_timeout;
+        ctx.run_later(upload_timeout, move |act, ctx| {
+            if act.phase != Phase::Closing && !act.script_complete() {
+                act.fail(
+                    ErrorCode::UploadTimeout,
+                    format!("no complete script within {}", humanize(upload_timeout)),
+                    ctx,
+                );
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+        if self.outcome.is_none() {
+            info!(parent: &self.span, duration_ms = self.duration_ms(), "client disconnected");
+            if let Some(c) = &self.container {
+                c.do_send(Kill(KillCause::ClientGone));
+            }
+        }
+        self.unregister();
+        let outcome = self.outcome.unwrap_or(Outcome::Disconnected);
+        self.deps.status.do_send(SessionEnded(outcome));
+    }
+}
+
+impl StreamHandler<Result<Frame, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Frame, CodecError>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(e) if e.is_protocol() => self.fail(ErrorCode::Protocol, e.to_string(), ctx),
+            Err(e) => {
+                debug!(parent: &self.span, error = %e, "read failed");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.read_done = true;
+        if self.phase == Phase::Closing {
+            self.maybe_stop(ctx);
+        } else {
+            // The client is gone mid-session: nobody to tell, stop everything now.
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Admitted> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: Admitted, ctx: &mut Context<Self>) {
+        self.admitted(msg.container, ctx);
+    }
+}
+
+impl Handler<QueuePosition> for Session {
+    type Result = ();
+    fn handle(&mut self, QueuePosition(position): QueuePosition, _: &mut Context<Self>) {
+        if self.phase == Phase::Active && self.container.is_none() {
+            self.send(Frame::Queued(Queued { position }));
+        }
+    }
+}
+
+impl Handler<SessionStop> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: SessionStop, ctx: &mut Context<Self>) {
+        let cause = match msg {
+            SessionStop::Timeout => KillCause::Timeout,
+            SessionStop::Shutdown => KillCause::Shutdown,
+        };
+        if self.phase == Phase::Hello && msg == SessionStop::Shutdown {
+            // No HELLO yet: there is no session to end, only a connection to refuse.
+            return self.fail(ErrorCode::Shutdown, "the server is shutting down", ctx);
+        }
+        self.stop_script(cause, ctx);
+    }
+}
+
+impl Handler<ContainerEvent> for Session {
+    type Result = ();
+    fn handle(&mut self, event: ContainerEvent, ctx: &mut Context<Self>) {
+        match event {
+            ContainerEvent::Started { latency, warm } => {
+                self.running = true;
+                let admitted = self.admitted_at.unwrap_or(self.accepted_at);
+                let queued_ms = match self.queued_at {
+                    Some(q) => admitted.saturating_duration_since(q).as_millis() as u64,
+                    None => 0,
+                };
+                debug!(parent: &self.span, latency_ms = latency.as_millis() as u64, warm, "script started");
+                self.deps.status.do_send(ContainerStarted { latency });
+                self.send(Frame::Started(Started {
+                    queued_ms,
+                    start_ms: admitted.elapsed().as_millis() as u64,
+                    warm,
+                }));
+            }
+            ContainerEvent::Finished(f) => {
+                self.container = None;
+                self.conclude(f, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<WriterDone> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: WriterDone, ctx: &mut Context<Self>) {
+        self.writer_done = true;
+        self.writer = None;
+        if !msg.clean && self.phase != Phase::Closing {
+            // The socket failed: the client is gone.
+            return ctx.stop();
+        }
+        self.maybe_stop(ctx);
+    }
+}
+
+/// Owns the TLS write half. Output frames come first (biased), except that a terminal
+/// frame is written only after every output frame queued before it.
+async fn write_frames(
+    mut sink: FramedWrite<WriteHalf<Tls>, FrameCodec>,
+    mut output: mpsc::Receiver<Frame>,
+    mut control: mpsc::UnboundedReceiver<Frame>,
+    session: Addr<Session>,
+) {
+    let result: Result<(), CodecError> = async {
+        loop {
+            let frame = tokio::select! {
+                Some(frame) = output.recv() => frame,
+                frame = control.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
+            if frame.is_terminal() {
+                while let Ok(pending) = output.try_recv() {
+                    sink.feed(pending).await?;
+                }
+                sink.feed(frame).await?;
+                break;
+            }
+            sink.feed(frame).await?;
+            if output.is_empty() && control.is_empty() {
+                sink.flush().await?;
+            }
+        }
+        // Flushes, then sends close_notify and shuts the TCP write side.
+        sink.close().await
+    }
+    .await;
+    session.do_send(WriterDone {
+        clean: result.is_ok(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_like_a_shell() {
+        let e = classify_exit(0, 5);
+        assert_eq!(
+            (e.reason, e.exit_code, e.signal),
+            (EndReason::Exited, 0, None)
+        );
+        let e = classify_exit(3, 5);
+        assert_eq!((e.reason, e.exit_code), (EndReason::Exited, 3));
+        let e = classify_exit(137, 5);
+        assert_eq!(
+            (e.reason, e.exit_code, e.signal),
+            (EndReason::Signal, 137, Some(9))
+        );
+        assert_eq!(e.message, "killed by signal 9 (SIGKILL)");
+        let e = classify_exit(143, 5);
+        assert_eq!(e.signal, Some(15));
+        let e = classify_exit(255, 5);
+        assert_eq!((e.reason, e.exit_code), (EndReason::Exited, 255));
+    }
+
+    #[test]
+    fn reasons_map_to_documented_statuses() {
+        assert_eq!(exit_code_for(EndReason::Timeout, None), 124);
+        assert_eq!(exit_code_for(EndReason::Oom, None), 137);
+        assert_eq!(exit_code_for(EndReason::OutputLimit, None), 137);
+        assert_eq!(exit_code_for(EndReason::Cancelled, None), 130);
+        assert_eq!(exit_code_for(EndReason::Shutdown, None), 143);
+        assert_eq!(exit_code_for(EndReason::Exited, Some(7)), 7);
+    }
+
+    #[test]
+    fn only_listed_signals_may_be_sent() {
+        assert_eq!(signal_name(2), Some("SIGINT"));
+        assert_eq!(signal_name(19), None);
+        assert_eq!(describe_signal(9), "signal 9 (SIGKILL)");
+        assert_eq!(describe_signal(40), "signal 40");
+    }
+
+    #[test]
+    fn connection_guard_caps_and_releases() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = ConnectionGuard::try_new(&count, 2).unwrap();
+        let _b = ConnectionGuard::try_new(&count, 2).unwrap();
+        assert!(ConnectionGuard::try_new(&count, 2).is_none());
+        drop(a);
+        assert!(ConnectionGuard::try_new(&count, 2).is_some());
+    }
+}

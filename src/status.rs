@@ -1,0 +1,298 @@
+//! The Status actor: the daemon's counters, gauges and latency samples, and the SIGUSR1 dump.
+//!
+//! Events arrive as small messages; byte counts, which change on every chunk of output,
+//! are plain atomics shared with the streaming path so that it never sends a message per
+//! chunk.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::protocol::{EndReason, ErrorCode};
+
+/// Counters updated straight from the streaming path.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    /// Bytes received from clients (script and stdin).
+    pub bytes_in: AtomicU64,
+    /// Bytes of script output sent to clients.
+    pub bytes_out: AtomicU64,
+}
+
+impl ByteCounters {
+    pub fn add_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// How a session ended, from the server's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// An END frame was sent with this reason.
+    End(EndReason),
+    /// An ERROR frame was sent with this code.
+    Error(ErrorCode),
+    /// The client went away before the session could end properly.
+    Disconnected,
+}
+
+impl Outcome {
+    pub fn label(self) -> String {
+        match self {
+            Outcome::End(r) => r.as_str().to_string(),
+            Outcome::Error(c) => format!("error_{}", c.as_str()),
+            Outcome::Disconnected => "disconnected".to_string(),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionAccepted;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionEnded(pub Outcome);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TlsFailed;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ContainerStarted {
+    /// From asking Docker for a container to the script being handed to Python.
+    pub latency: Duration,
+}
+
+/// Current load, pushed by the Supervisor whenever it changes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Gauges {
+    pub running: usize,
+    pub queued: usize,
+}
+
+/// Log one snapshot (SIGUSR1).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dump;
+
+/// Ask for a snapshot.
+#[derive(Message)]
+#[rtype(result = "Snapshot")]
+pub struct GetSnapshot;
+
+/// Everything the Status actor knows, at one instant.
+#[derive(Debug, Clone, MessageResponse)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    pub accepted: u64,
+    pub running: usize,
+    pub queued: usize,
+    pub finished: BTreeMap<String, u64>,
+    pub busy: u64,
+    pub tls_failures: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub start_p50: Option<Duration>,
+    pub start_p99: Option<Duration>,
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms =
+            |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
+        let finished = self
+            .finished
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        write!(
+            f,
+            "uptime={}s accepted={} running={} queued={} finished=[{}] busy={} tls_failures={} \
+             bytes_in={} bytes_out={} start_p50={} start_p99={}",
+            self.uptime.as_secs(),
+            self.accepted,
+            self.running,
+            self.queued,
+            finished,
+            self.busy,
+            self.tls_failures,
+            self.bytes_in,
+            self.bytes_out,
+            ms(self.start_p50),
+            ms(self.start_p99),
+        )
+    }
+}
+
+/// Keeps the last `CAPACITY` start latencies: enough for stable percentiles, bounded memory.
+#[derive(Debug, Default)]
+struct Samples(VecDeque<Duration>);
+
+impl Samples {
+    const CAPACITY: usize = 1024;
+
+    fn push(&mut self, d: Duration) {
+        if self.0.len() == Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(d);
+    }
+
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut v: Vec<_> = self.0.iter().copied().collect();
+        v.sort_unstable();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.clamp(1, v.len()) - 1])
+    }
+}
+
+pub struct Status {
+    started: Instant,
+    bytes: Arc<ByteCounters>,
+    accepted: u64,
+    running: usize,
+    queued: usize,
+    finished: BTreeMap<Outcome, u64>,
+    tls_failures: u64,
+    start_latency: Samples,
+}
+
+impl Status {
+    pub fn new(bytes: Arc<ByteCounters>) -> Self {
+        Status {
+            started: Instant::now(),
+            bytes,
+            accepted: 0,
+            running: 0,
+            queued: 0,
+            finished: BTreeMap::new(),
+            tls_failures: 0,
+            start_latency: Samples::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime: self.started.elapsed(),
+            accepted: self.accepted,
+            running: self.running,
+            queued: self.queued,
+            finished: self.finished.iter().map(|(k, v)| (k.label(), *v)).collect(),
+            busy: self
+                .finished
+                .get(&Outcome::Error(ErrorCode::Busy))
+                .copied()
+                .unwrap_or(0),
+            tls_failures: self.tls_failures,
+            bytes_in: self.bytes.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes.bytes_out.load(Ordering::Relaxed),
+            start_p50: self.start_latency.percentile(50.0),
+            start_p99: self.start_latency.percentile(99.0),
+        }
+    }
+}
+
+impl Actor for Status {
+    type Context = Context<Self>;
+}
+
+impl Handler<SessionAccepted> for Status {
+    type Result = ();
+    fn handle(&mut self, _: SessionAccepted, _: &mut Context<Self>) {
+        self.accepted += 1;
+    }
+}
+
+impl Handler<SessionEnded> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: SessionEnded, _: &mut Context<Self>) {
+        *self.finished.entry(msg.0).or_default() += 1;
+    }
+}
+
+impl Handler<TlsFailed> for Status {
+    type Result = ();
+    fn handle(&mut self, _: TlsFailed, _: &mut Context<Self>) {
+        self.tls_failures += 1;
+    }
+}
+
+impl Handler<ContainerStarted> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: ContainerStarted, _: &mut Context<Self>) {
+        self.start_latency.push(msg.latency);
+    }
+}
+
+impl Handler<Gauges> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: Gauges, _: &mut Context<Self>) {
+        self.running = msg.running;
+        self.queued = msg.queued;
+    }
+}
+
+impl Handler<Dump> for Status {
+    type Result = ();
+    fn handle(&mut self, _: Dump, _: &mut Context<Self>) {
+        tracing::info!(target: "pyexecd::status", "status: {}", self.snapshot());
+    }
+}
+
+impl Handler<GetSnapshot> for Status {
+    type Result = Snapshot;
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Snapshot {
+        self.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut s = Samples::default();
+        assert_eq!(s.percentile(50.0), None);
+        for ms in 1..=100 {
+            s.push(Duration::from_millis(ms));
+        }
+        assert_eq!(s.percentile(50.0), Some(Duration::from_millis(50)));
+        assert_eq!(s.percentile(99.0), Some(Duration::from_millis(99)));
+        for _ in 0..Samples::CAPACITY {
+            s.push(Duration::from_millis(7));
+        }
+        assert_eq!(s.percentile(99.0), Some(Duration::from_millis(7)));
+    }
+
+    #[actix_rt::test]
+    async fn counts_outcomes_and_busy() {
+        let bytes = Arc::new(ByteCounters::default());
+        let status = Status::new(bytes.clone()).start();
+        status.do_send(SessionAccepted);
+        status.do_send(SessionEnded(Outcome::End(EndReason::Exited)));
+        status.do_send(SessionEnded(Outcome::Error(ErrorCode::Busy)));
+        status.do_send(TlsFailed);
+        bytes.add_out(10);
+        let snap = status.send(GetSnapshot).await.unwrap();
+        assert_eq!(snap.accepted, 1);
+        assert_eq!(snap.busy, 1);
+        assert_eq!(snap.tls_failures, 1);
+        assert_eq!(snap.bytes_out, 10);
+        assert_eq!(snap.finished.get("exited"), Some(&1));
+        assert!(snap.to_string().contains("busy=1"));
+    }
+}
