@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a CA and a server certificate signed by it.
     GenCerts(GenCertsArgs),
     /// Build the default sandbox image from Debian packages, without any registry.

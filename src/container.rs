@@ -497,8 +497,9 @@ impl Handler<Signal> for ContainerActor {
         let opts = KillContainerOptionsBuilder::default().signal(&sig).build();
         ctx.spawn(
             async move {
-                if let Err(e) = docker.kill_container(&id, Some(opts)).await {
-                    debug!(error = %e, signal = %sig, "signal not delivered");
+                match docker.kill_container(&id, Some(opts)).await {
+                    Ok(()) => debug!(signal = %sig, "signal forwarded"),
+                    Err(e) => debug!(error = %e, signal = %sig, "signal not delivered"),
                 }
             }
             .into_actor(self),

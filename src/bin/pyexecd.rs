@@ -52,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", args.tag);
             Ok(())
         }
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }

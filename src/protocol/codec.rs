@@ -19,8 +19,8 @@ pub enum CodecError {
     /// it is buffered, so a hostile peer cannot make us allocate.
     #[error("frame larger than the limit of {} bytes", MAX_FRAME_PAYLOAD + 1)]
     Oversized,
-    /// The stream ended in the middle of a frame.
-    #[error("connection closed in the middle of a frame ({0} bytes left over)")]
+    /// The stream ended in the middle of a frame (with this many bytes of it buffered).
+    #[error("connection closed in the middle of a frame ({0} bytes of it received)")]
     Truncated(usize),
 }
 
@@ -144,9 +144,10 @@ mod tests {
         let mut buf = BytesMut::from(&wire[..wire.len() - 2]);
         let mut codec = FrameCodec::new();
         assert!(codec.decode(&mut buf).unwrap().is_none());
+        // The codec has consumed the length prefix; the payload bytes are what is left.
         assert!(matches!(
             codec.decode_eof(&mut buf),
-            Err(CodecError::Truncated(n)) if n == wire.len() - 2
+            Err(CodecError::Truncated(n)) if n == wire.len() - 2 - 4
         ));
     }
 
