@@ -78,7 +78,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PYEXECD_MAX_SCRIPT_SIZE", default_value = "1m", value_parser = parse_size)]
     pub max_script_size: u64,
     /// Connections open at once (handshaking, queued or running); more are closed at once.
-    #[arg(long, env = "PYEXECD_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "PYEXECD_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: u32,
     /// Bytes of stdout plus stderr a session may produce before the script is stopped.
     #[arg(long, env = "PYEXECD_OUTPUT_LIMIT", default_value = "1g", value_parser = parse_size)]

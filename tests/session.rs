@@ -312,3 +312,25 @@ fn ctrl_c_interrupts_the_script() {
     assert_eq!(status.code(), Some(5));
     d.stop();
 }
+
+#[test]
+fn closed_stdout_cancels_the_session_like_sigpipe() {
+    let d = Daemon::start(&[]);
+    let mut child = d
+        .pyexec("while True:\n    print('y' * 100)\n")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    drop(out); // like `| head -c 10`
+    let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("client exits");
+    assert_eq!(status.code(), Some(141));
+    assert!(wait_until(Duration::from_secs(3), || d
+        .containers()
+        .is_empty()));
+    d.stop();
+}
