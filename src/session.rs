@@ -23,7 +23,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tracing::{debug, info, info_span, warn, Span};
 
 use crate::config::{format_size, Config};
@@ -109,6 +109,50 @@ pub fn describe_signal(sig: i32) -> String {
     match NAMES.get(sig as usize) {
         Some(name) if !name.is_empty() => format!("signal {sig} ({name})"),
         _ => format!("signal {sig}"),
+    }
+}
+
+/// The session's decoder: frames until the first protocol error, which it reports once as
+/// an item, then it swallows whatever else the client sends. The stream stays open, so
+/// the session can deliver its ERROR frame and linger; closing a socket with unread data
+/// would make the kernel reset the connection and could destroy that ERROR in transit.
+#[derive(Default)]
+struct SessionCodec {
+    codec: FrameCodec,
+    failed: bool,
+}
+
+impl Decoder for SessionCodec {
+    type Item = Result<Frame, CodecError>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+        if self.failed {
+            src.clear();
+            return Ok(None);
+        }
+        match self.codec.decode(src) {
+            Ok(frame) => Ok(frame.map(Ok)),
+            Err(e) if e.is_protocol() => {
+                self.failed = true;
+                src.clear();
+                Ok(Some(Err(e)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                self.failed = true;
+                let left = src.len();
+                src.clear();
+                Ok(Some(Err(CodecError::Truncated(left))))
+            }
+        }
     }
 }
 
@@ -473,6 +517,8 @@ impl Session {
         let admit = self.deps.supervisor.send(Admit { id: self.id });
         ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
             Ok(Admission::Granted(container)) => act.admitted(container, ctx),
+            // `Admitted` may overtake this reply: then the session is no longer queued.
+            Ok(Admission::Queued(_)) if act.container.is_some() || act.phase == Phase::Closing => {}
             Ok(Admission::Queued(position)) => {
                 act.queued_at = Some(Instant::now());
                 debug!(parent: &act.span, position, "queued");
@@ -595,7 +641,9 @@ impl Session {
                 };
                 match (&self.container, self.running) {
                     (Some(container), true) => container.do_send(Signal(name.to_string())),
-                    // Nothing runs yet: an interrupt means "never mind".
+                    // Nothing runs yet: a terminating signal means "never mind"; the
+                    // user-defined ones have no one to reach and are dropped.
+                    _ if matches!(sig, 10 | 12) => {}
                     _ => self.stop_script(KillCause::Cancelled, ctx),
                 }
             }
@@ -667,7 +715,7 @@ impl Actor for Session {
         });
         self.registered = true;
         let (read, write) = self.io.take().expect("io is set in new()");
-        ctx.add_stream(FramedRead::new(read, FrameCodec::new()));
+        ctx.add_stream(FramedRead::new(read, SessionCodec::default()));
         let writer = write_frames(
             FramedWrite::new(write, FrameCodec::new()),
             self.output_rx.take().expect("set in new()"),
@@ -703,11 +751,15 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<Frame, CodecError>> for Session {
-    fn handle(&mut self, item: Result<Frame, CodecError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Result<Frame, CodecError>, CodecError>> for Session {
+    fn handle(
+        &mut self,
+        item: Result<Result<Frame, CodecError>, CodecError>,
+        ctx: &mut Context<Self>,
+    ) {
         match item {
-            Ok(frame) => self.on_frame(frame, ctx),
-            Err(e) if e.is_protocol() => self.fail(ErrorCode::Protocol, e.to_string(), ctx),
+            Ok(Ok(frame)) => self.on_frame(frame, ctx),
+            Ok(Err(e)) => self.fail(ErrorCode::Protocol, e.to_string(), ctx),
             Err(e) => {
                 debug!(parent: &self.span, error = %e, "read failed");
             }
@@ -796,8 +848,9 @@ impl Handler<WriterDone> for Session {
     }
 }
 
-/// Owns the TLS write half. Output frames come first (biased), except that a terminal
-/// frame is written only after every output frame queued before it.
+/// Owns the TLS write half. Output and control frames are taken fairly (an output flood
+/// must not starve STDIN_CREDIT), but a terminal frame is written only after every output
+/// frame queued before it: the container reports its end only once its output is queued.
 async fn write_frames(
     mut sink: FramedWrite<WriteHalf<Tls>, FrameCodec>,
     mut output: mpsc::Receiver<Frame>,
@@ -875,6 +928,17 @@ mod tests {
         assert_eq!(signal_name(19), None);
         assert_eq!(describe_signal(9), "signal 9 (SIGKILL)");
         assert_eq!(describe_signal(40), "signal 40");
+    }
+
+    #[test]
+    fn session_codec_reports_one_error_then_swallows_the_rest() {
+        let mut codec = SessionCodec::default();
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 0x7f, 0][..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(_)))));
+        buf.extend_from_slice(&[0, 0, 0, 1, 0x04]); // even a valid frame is ignored now
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        assert!(buf.is_empty());
+        assert!(matches!(codec.decode_eof(&mut buf), Ok(None)));
     }
 
     #[test]

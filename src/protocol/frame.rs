@@ -247,6 +247,7 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMsg {
     pub code: ErrorCode,
+    #[serde(default)]
     pub message: String,
 }
 
