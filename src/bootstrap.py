@@ -1,12 +1,28 @@
-# pyexec bootstrap: runs as the sandbox container's main process (under docker-init).
-# It reads exactly one request from stdin, never a byte more, so that everything after it
-# on stdin belongs to the script:
-#   b"PYX1" | u32 script_len | u32 name_len | u32 args_len | script | name | args (NUL-separated)
-# then writes the script to /tmp/<name> and execs `python3 -u /tmp/<name> args...`, which
-# gives the script exactly the semantics of `python3 script.py`.
+# pyexec bootstrap: the main process of every sandbox container (under docker-init).
+#
+# Started before its script is known (that is what makes a warm pool possible), it reads
+# exactly one request from stdin, never a byte more, so that everything after it on stdin
+# belongs to the script:
+#   b"PYX2" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
+#   | script | name | args (NUL-separated)
+# It writes the script to /tmp/<name> (tracebacks and inspect read it from there), writes
+# one ACK byte (0x06) to stdout, which the server strips and takes as "the script is in",
+# and forks. The child runs the script with the semantics of `python3 -u /tmp/<name> args`:
+#   - mode "exec": by exec'ing a fresh interpreter, which is exact by construction;
+#   - mode "inprocess" (default): in this interpreter, already started, which saves a
+#     whole interpreter start-up per session. sys.argv, sys.path[0], a fresh __main__
+#     module with __file__ and __loader__, and the exit status (SystemExit, uncaught
+#     exceptions, KeyboardInterrupt ending by SIGINT) are what `python3 script.py` gives,
+#     because the script's exceptions propagate out of this program into the
+#     interpreter's own handling; the one frame this program adds is cut from tracebacks.
+# The parent forwards signals to the child, waits for it, and writes a trailer, the nonce
+# followed by b"E" + exit status or b"S" + signal number, to stdout and to stderr. The
+# server ends the session on seeing it on both streams: Docker reports a container's exit
+# tens of milliseconds after the fact, the trailer is there at once, and each stream being
+# in order, everything the script wrote comes before it.
 import os, sys
 
-def read_exact(n):
+def _read_exact(n):
     buf = bytearray()
     while len(buf) < n:
         chunk = os.read(0, n - len(buf))
@@ -15,20 +31,105 @@ def read_exact(n):
         buf += chunk
     return bytes(buf)
 
-head = read_exact(16)
-if head[:4] != b"PYX1":
-    os.write(2, b"pyexec bootstrap: bad request header\n")
-    os._exit(125)
-script = read_exact(int.from_bytes(head[4:8], "big"))
-name = read_exact(int.from_bytes(head[8:12], "big")).decode()
-n = int.from_bytes(head[12:16], "big")
-args = read_exact(n).split(b"\0") if n else []
-os.chdir("/tmp")
-path = "/tmp/" + name
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-view = memoryview(script)
-while view:
-    view = view[os.write(fd, view):]
-os.close(fd)
-# A relative path gives sys.argv[0] == name, as `python3 name` would.
-os.execv(sys.executable, [sys.executable, "-u", name] + args)
+def _receive():
+    head = _read_exact(32)
+    if head[:4] != b"PYX2":
+        os.write(2, b"pyexec bootstrap: bad request header\n")
+        os._exit(125)
+    script = _read_exact(int.from_bytes(head[4:8], "big"))
+    name = _read_exact(int.from_bytes(head[8:12], "big")).decode()
+    n = int.from_bytes(head[12:16], "big")
+    args = _read_exact(n).split(b"\0") if n else []
+    os.chdir("/tmp")
+    path = "/tmp/" + name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    view = memoryview(script)
+    while view:
+        view = view[os.write(fd, view):]
+    os.close(fd)
+    os.write(1, b"\x06")
+    return script, name, path, args, head[16:32]
+
+_script, _name, _path, _args, _nonce = _receive()
+
+import signal
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+              signal.SIGUSR1, signal.SIGUSR2)
+_child = 0
+
+def _forward(sig, frame):
+    if _child:
+        try:
+            os.kill(_child, sig)
+        except ProcessLookupError:
+            pass
+
+for _sig in _FORWARDED:
+    signal.signal(_sig, _forward)
+_child = os.fork()
+
+if _child:
+    # The parent: wait, then report. Nothing here touches the script's streams except the
+    # trailer, written once the pipes are drained so that Docker reads it in one piece.
+    del _script
+    _, _status = os.waitpid(_child, 0)
+    if os.WIFSIGNALED(_status):
+        _kind, _value, _code = b"S", os.WTERMSIG(_status), 128 + os.WTERMSIG(_status)
+    else:
+        _kind, _value = b"E", os.WEXITSTATUS(_status)
+        _code = _value
+    import fcntl, termios, time
+    def _pending(fd):
+        try:
+            return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+        except OSError:
+            return 0
+    _deadline = time.monotonic() + 0.05
+    while (_pending(1) or _pending(2)) and time.monotonic() < _deadline:
+        time.sleep(0.0005)
+    _trailer = _nonce + _kind + bytes([_value & 0xFF])
+    for _fd in (1, 2):
+        try:
+            os.write(_fd, _trailer)
+        except OSError:
+            pass
+    os._exit(_code)
+
+# The child: the script's process, with a fresh interpreter's signal dispositions.
+_nonce = None
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in _FORWARDED[1:]:
+    signal.signal(_sig, signal.SIG_DFL)
+
+if sys.argv[1:] == ["exec"]:
+    # A relative path gives sys.argv[0] == name, as `python3 name` would.
+    os.execv(sys.executable, [sys.executable, "-u", _name] + _args)
+
+import builtins, types
+from importlib.machinery import SourceFileLoader
+
+sys.argv[:] = [_name] + [os.fsdecode(a) for a in _args]
+if hasattr(sys, "orig_argv"):
+    sys.orig_argv[:] = [sys.orig_argv[0], "-u", _name] + sys.argv[1:]
+sys.path[0] = "/tmp"  # the script's directory, where `-c` would have put ''
+
+def _cut_bootstrap(excepthook=sys.excepthook, boot=sys._getframe().f_code):
+    def hook(kind, value, tb):
+        while tb is not None and tb.tb_frame.f_code is boot:
+            tb = tb.tb_next
+        # The display reads the exception's own __traceback__, not only this argument.
+        if isinstance(value, BaseException):
+            value.__traceback__ = tb
+        excepthook(kind, value, tb)
+    return hook
+
+sys.excepthook = _cut_bootstrap()
+_main = types.ModuleType("__main__")
+_main.__file__ = _path
+_main.__cached__ = None
+_main.__builtins__ = builtins
+_main.__loader__ = SourceFileLoader("__main__", _path)
+sys.modules["__main__"] = _main
+_code = compile(_script, _path, "exec", dont_inherit=True)
+del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
+exec(_code, _main.__dict__)

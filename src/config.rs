@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// Scripts running at once; further sessions queue.
     #[arg(long, env = "PYEXECD_MAX_SESSIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_sessions: u32,
+    /// Containers kept started and waiting for a script, so that a session starts in
+    /// milliseconds. They count toward --max-sessions. Default: --max-sessions (every free
+    /// slot is warm); 0 turns the pool off.
+    #[arg(long, env = "PYEXECD_WARM")]
+    pub warm: Option<u32>,
+    /// How the bootstrap runs the script: `inprocess` in its already started interpreter
+    /// (fastest), or `exec` in a fresh one.
+    #[arg(long, env = "PYEXECD_BOOTSTRAP", value_enum, default_value_t = BootstrapMode::Inprocess)]
+    pub bootstrap: BootstrapMode,
     /// Sessions waiting for a slot; past this a client is refused as busy.
     #[arg(long, env = "PYEXECD_MAX_QUEUE", default_value_t = 32)]
     pub max_queue: u32,
@@ -113,6 +122,13 @@ pub struct ServeArgs {
     pub instance: String,
 }
 
+/// See `src/bootstrap.py`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootstrapMode {
+    Inprocess,
+    Exec,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct GenCertsArgs {
     /// Directory to write ca.pem, ca.key, server.pem and server.key into.
@@ -146,6 +162,7 @@ pub struct Config {
     pub default_certs: bool,
     pub image: String,
     pub max_sessions: usize,
+    pub warm: usize,
     pub max_queue: usize,
     pub session_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -170,6 +187,7 @@ pub struct SandboxConfig {
     pub network: bool,
     pub read_only: bool,
     pub runtime: Option<String>,
+    pub bootstrap: BootstrapMode,
 }
 
 /// A value given on the command line or in the environment that cannot work.
@@ -227,6 +245,10 @@ impl ServeArgs {
             default_certs,
             image: self.image.clone(),
             max_sessions: self.max_sessions as usize,
+            warm: self
+                .warm
+                .unwrap_or(self.max_sessions)
+                .min(self.max_sessions) as usize,
             max_queue: self.max_queue as usize,
             session_timeout: self.session_timeout,
             shutdown_grace: self.shutdown_grace,
@@ -245,6 +267,7 @@ impl ServeArgs {
                 network: self.network,
                 read_only: self.read_only,
                 runtime: self.runtime,
+                bootstrap: self.bootstrap,
             },
             instance: self.instance,
         })
@@ -352,6 +375,11 @@ mod tests {
         assert!(cfg.default_certs);
         assert_eq!(cfg.listen.port(), 12344);
         assert!(cfg.sandbox.read_only && !cfg.sandbox.network);
+        assert_eq!(cfg.warm, 3, "every free slot is warm by default");
+        assert_eq!(cfg.sandbox.bootstrap, BootstrapMode::Inprocess);
+        let cli = Cli::try_parse_from(["pyexecd", "--warm", "0", "--bootstrap", "exec"]).unwrap();
+        let cfg = cli.serve.resolve().unwrap();
+        assert_eq!((cfg.warm, cfg.sandbox.bootstrap), (0, BootstrapMode::Exec));
 
         let cli = Cli::try_parse_from(["pyexecd", "gen-certs", "--host", "a.example", "--force"])
             .unwrap();

@@ -23,11 +23,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::docker::{is_conflict, is_not_found, remove};
 use crate::protocol::{Frame, DATA_CHUNK};
-use crate::sandbox::SandboxSpec;
+use crate::sandbox::{SandboxSpec, NONCE_LEN};
 use crate::status::ByteCounters;
 
 type AttachOutput = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
@@ -64,6 +64,8 @@ pub enum StdinMsg {
 pub struct Run {
     /// The bootstrap request (`sandbox::bootstrap_request`).
     pub request: Bytes,
+    /// The nonce inside `request`, which marks the bootstrap's trailer.
+    pub nonce: [u8; NONCE_LEN],
     pub stdin: mpsc::UnboundedReceiver<StdinMsg>,
     /// Bounded: this is where backpressure from a slow client comes from.
     pub output: mpsc::Sender<Frame>,
@@ -95,10 +97,20 @@ pub enum ContainerEvent {
     Finished(Finished),
 }
 
+/// How the script's process ended, as its parent in the container saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptExit {
+    Code(i32),
+    Signal(i32),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Finished {
-    /// The container's exit status, when it ran and was waited for.
+    /// The container's exit status, when it ran and was waited for (128 + N for a signal).
     pub exit_code: Option<i64>,
+    /// The script's own end, when the bootstrap reported it: this tells `sys.exit(137)`
+    /// from death by SIGKILL, which the container's status cannot.
+    pub script_exit: Option<ScriptExit>,
     /// The kernel's OOM killer fired in the container.
     pub oom: bool,
     /// The server killed the script, and why.
@@ -125,12 +137,26 @@ pub struct ContainerReady {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Creating, attaching, starting.
     Launching,
+    /// Started, the bootstrap waiting for its script.
     Ready,
+    /// The script is being written; waiting for the bootstrap's ACK.
+    Handover,
     Running,
+    /// The container has exited; the last output may still be on its way.
     Exited,
     Removing,
 }
+
+/// A container that dies before it has accepted its script is replaced, transparently,
+/// this many times in all before the session is told that Docker failed.
+const MAX_LAUNCHES: u32 = 3;
+
+/// A container whose removal failed, handed to the owner for a later retry.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Orphaned(pub String);
 
 /// Everything the actor needs from its creator.
 #[derive(Clone)]
@@ -139,24 +165,32 @@ pub struct ContainerDeps {
     pub spec: Arc<SandboxSpec>,
     pub bytes: Arc<ByteCounters>,
     pub gone: Recipient<ContainerGone>,
-    pub ready: Option<Recipient<ContainerReady>>,
+    pub ready: Recipient<ContainerReady>,
+    pub orphaned: Recipient<Orphaned>,
 }
 
 pub struct ContainerActor {
     deps: ContainerDeps,
     key: u64,
+    /// Started ahead of demand (reported in STARTED); false again after a replacement.
     warm: bool,
+    launches: u32,
     id: Option<String>,
     phase: Phase,
     attach: Option<(AttachOutput, AttachInput)>,
-    pending: Option<Run>,
+    /// The session's request, kept until the bootstrap has accepted the script, so that a
+    /// replacement container can take it over.
+    run: Option<Run>,
     events: Option<Recipient<ContainerEvent>>,
     launched_at: Instant,
     run_at: Option<Instant>,
     exited_tx: watch::Sender<bool>,
     exit_code: Option<i64>,
+    script_exit: Option<ScriptExit>,
     error: Option<String>,
     output_done: bool,
+    wait: Option<SpawnHandle>,
+    handover: Option<SpawnHandle>,
     pump: Option<SpawnHandle>,
     killed: Option<KillCause>,
     kill_requested: Option<KillCause>,
@@ -171,17 +205,21 @@ impl ContainerActor {
             deps,
             key,
             warm,
+            launches: 0,
             id: None,
             phase: Phase::Launching,
             attach: None,
-            pending: None,
+            run: None,
             events: None,
             launched_at: Instant::now(),
             run_at: None,
             exited_tx: watch::channel(false).0,
             exit_code: None,
+            script_exit: None,
             error: None,
             output_done: false,
+            wait: None,
+            handover: None,
             pump: None,
             killed: None,
             kill_requested: None,
@@ -192,6 +230,17 @@ impl ContainerActor {
 
     fn short_id(&self) -> &str {
         self.id.as_deref().map_or("-", |id| &id[..id.len().min(12)])
+    }
+
+    fn launch(&mut self, ctx: &mut Context<Self>) {
+        self.launches += 1;
+        self.phase = Phase::Launching;
+        self.launched_at = Instant::now();
+        let fut = launch(self.deps.docker.clone(), self.deps.spec.clone());
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((id, attach)) => act.launched(id, attach, ctx),
+            Err((id, e)) => act.launch_failed(id, e, ctx),
+        }));
     }
 
     fn launched(
@@ -207,19 +256,20 @@ impl ContainerActor {
         // Polled from now on, i.e. after start: a wait first polled after the exit still
         // answers with the default condition.
         let wait = wait_exit(self.deps.docker.clone(), id);
-        ctx.spawn(
-            wait.into_actor(self)
-                .map(|res, act, ctx| act.exited(res, ctx)),
+        self.wait = Some(
+            ctx.spawn(
+                wait.into_actor(self)
+                    .map(|res, act, ctx| act.exited(res, ctx)),
+            ),
         );
         if let Some(cause) = self.kill_requested {
             self.killed = Some(cause);
-            return self.remove(ctx);
+            return self.finish(ctx);
         }
-        if let Some(ready) = &self.deps.ready {
-            ready.do_send(ContainerReady { key: self.key });
-        }
-        if let Some(run) = self.pending.take() {
-            self.begin(run, ctx);
+        if self.run.is_some() {
+            self.hand_over(ctx);
+        } else {
+            self.deps.ready.do_send(ContainerReady { key: self.key });
         }
     }
 
@@ -235,35 +285,94 @@ impl ContainerActor {
         self.finish(ctx);
     }
 
-    fn begin(&mut self, run: Run, ctx: &mut Context<Self>) {
-        let Some((output, input)) = self.attach.take() else {
-            // The container is already gone (it died while warm): report it as failed.
-            self.events = Some(run.events);
-            self.error.get_or_insert_with(|| {
-                "the sandbox container exited before its script arrived".into()
-            });
-            return self.finish(ctx);
+    /// Writes the script and waits for the bootstrap's ACK, keeping the session's
+    /// request until then.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let (Some((output, input)), Some(run)) = (self.attach.take(), self.run.as_ref()) else {
+            return;
         };
+        self.phase = Phase::Handover;
+        let fut = hand_over(input, output, run.request.clone());
+        self.handover = Some(ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.handover = None;
+            match res {
+                Ok((input, output, first)) => act.running(input, output, first, ctx),
+                Err(reason) => act.replace(reason, ctx),
+            }
+        })));
+    }
+
+    /// The container died (or misbehaved) before accepting its script: start another one
+    /// for the same request, unless that has failed too often already.
+    fn replace(&mut self, reason: String, ctx: &mut Context<Self>) {
+        if self.killed.is_some() || self.kill_requested.is_some() {
+            return self.finish(ctx);
+        }
+        if self.launches >= MAX_LAUNCHES {
+            self.error = Some(format!(
+                "the sandbox container failed before running the script: {reason}"
+            ));
+            return self.finish(ctx);
+        }
+        info!(container = self.short_id(), %reason, "sandbox container lost before its script started; replacing it");
+        for handle in [self.wait.take(), self.handover.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        self.attach = None;
+        if let Some(id) = self.id.take() {
+            let docker = self.deps.docker.clone();
+            let orphaned = self.deps.orphaned.clone();
+            actix_rt::spawn(async move {
+                if remove(&docker, &id).await.is_err() {
+                    orphaned.do_send(Orphaned(id));
+                }
+            });
+        }
+        self.exited_tx = watch::channel(false).0;
+        self.exit_code = None;
+        self.error = None;
+        self.warm = false;
+        self.launch(ctx);
+    }
+
+    /// The script is in: wire the session's streams and start pumping.
+    fn running(
+        &mut self,
+        input: AttachInput,
+        output: AttachOutput,
+        first: Option<LogOutput>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(run) = self.run.take() else { return };
         self.phase = Phase::Running;
+        let since = self
+            .run_at
+            .map_or(self.launched_at, |r| r.max(self.launched_at));
+        run.events.do_send(ContainerEvent::Started {
+            latency: since.elapsed(),
+            warm: self.warm,
+        });
         self.events = Some(run.events);
 
-        let addr = ctx.address();
         let stdin = pump_stdin(
             input,
-            run.request,
             run.stdin,
             run.control,
             run.stdin_in_flight,
             self.exited_tx.subscribe(),
-            addr,
         );
         ctx.spawn(stdin.into_actor(self));
 
+        let output = futures::stream::iter(first.map(Ok)).chain(output);
         let pump = pump_output(
-            output,
+            Box::pin(output),
             run.output,
             self.exited_tx.subscribe(),
             run.output_limit,
+            Trailers::new(&run.nonce),
             self.deps.bytes.clone(),
         );
         self.pump = Some(
@@ -275,6 +384,7 @@ impl ContainerActor {
     }
 
     fn exited(&mut self, res: Result<i64, String>, ctx: &mut Context<Self>) {
+        self.wait = None;
         match res {
             Ok(code) => self.exit_code = Some(code),
             Err(e) => {
@@ -291,15 +401,15 @@ impl ContainerActor {
                     self.finish(ctx);
                 }
             }
-            // A warm container that died before it was used: nobody is waiting on it.
+            Phase::Handover => {
+                let reason = format!("it exited with status {:?} first", self.exit_code);
+                self.replace(reason, ctx);
+            }
+            // A warm container that died unused (killed from outside, Docker restarted):
+            // remove it; the owner starts another.
             Phase::Ready => {
-                self.attach = None;
-                if self.pending.is_none() && self.events.is_none() {
-                    self.error.get_or_insert_with(|| {
-                        "the sandbox container exited before its script arrived".into()
-                    });
-                    self.finish(ctx);
-                }
+                warn!(container = self.short_id(), code = ?self.exit_code, "warm container died unused");
+                self.finish(ctx);
             }
             _ => {}
         }
@@ -310,6 +420,21 @@ impl ContainerActor {
         self.output_done = true;
         match end {
             PumpEnd::Eof | PumpEnd::Drained => {}
+            // Death by SIGKILL may be the OOM killer: only the Engine can tell, once the
+            // container has exited, so that case takes the slow path.
+            PumpEnd::Trailer(ScriptExit::Signal(9)) => {}
+            PumpEnd::Trailer(exit) => {
+                self.script_exit = Some(exit);
+                self.exit_code = Some(match exit {
+                    ScriptExit::Code(c) => c as i64,
+                    ScriptExit::Signal(n) => 128 + n as i64,
+                });
+                if let Some(wait) = self.wait.take() {
+                    ctx.cancel_future(wait);
+                }
+                let _ = self.exited_tx.send(true);
+                return self.finish(ctx);
+            }
             PumpEnd::Limit => self.kill(KillCause::OutputLimit, ctx),
             PumpEnd::ClientGone => self.kill(KillCause::ClientGone, ctx),
             PumpEnd::Failed(e) => {
@@ -332,22 +457,26 @@ impl ContainerActor {
                 self.killed.get_or_insert(cause);
                 self.finish(ctx);
             }
-            Phase::Running => {
+            Phase::Handover | Phase::Running => {
                 if self.killed.is_some() {
                     return;
                 }
                 self.killed = Some(cause);
+                if self.phase == Phase::Handover {
+                    // The script never started: nothing to wait for.
+                    return self.finish(ctx);
+                }
                 let docker = self.deps.docker.clone();
                 let id = self.id.clone().unwrap_or_default();
                 let opts = KillContainerOptionsBuilder::default()
                     .signal("SIGKILL")
                     .build();
                 let fut = async move { docker.kill_container(&id, Some(opts)).await };
-                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(()) => {}
                     // It had exited on its own just before: its own status stands.
                     Err(e) if is_conflict(&e) || is_not_found(&e) => {
-                        if act.exit_code.is_some() && act.killed != Some(KillCause::OutputLimit) {
+                        if cause != KillCause::OutputLimit {
                             act.killed = None;
                         }
                     }
@@ -377,7 +506,8 @@ impl ContainerActor {
             return;
         }
         self.finished = true;
-        let oom_possible = self.exit_code == Some(137) && self.killed.is_none();
+        let oom_possible =
+            self.exit_code == Some(137) && self.killed.is_none() && self.script_exit.is_none();
         match (oom_possible, self.id.clone()) {
             (true, Some(id)) => {
                 let docker = self.deps.docker.clone();
@@ -400,13 +530,14 @@ impl ContainerActor {
     }
 
     fn report(&mut self, oom: bool) {
-        if let Some(events) = self
+        let events = self
             .events
             .take()
-            .or_else(|| self.pending.take().map(|r| r.events))
-        {
+            .or_else(|| self.run.take().map(|r| r.events));
+        if let Some(events) = events {
             events.do_send(ContainerEvent::Finished(Finished {
                 exit_code: self.exit_code,
+                script_exit: self.script_exit,
                 oom,
                 killed: self.killed,
                 error: self.error.clone(),
@@ -440,16 +571,7 @@ impl Actor for ContainerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let docker = self.deps.docker.clone();
-        let spec = self.deps.spec.clone();
-        ctx.spawn(
-            launch(docker, spec)
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok((id, attach)) => act.launched(id, attach, ctx),
-                    Err((id, e)) => act.launch_failed(id, e, ctx),
-                }),
-        );
+        self.launch(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -473,8 +595,11 @@ impl Handler<Run> for ContainerActor {
     fn handle(&mut self, run: Run, ctx: &mut Context<Self>) {
         self.run_at = Some(Instant::now());
         match self.phase {
-            Phase::Launching => self.pending = Some(run),
-            Phase::Ready => self.begin(run, ctx),
+            Phase::Launching if self.run.is_none() => self.run = Some(run),
+            Phase::Ready if self.run.is_none() => {
+                self.run = Some(run);
+                self.hand_over(ctx);
+            }
             _ => {
                 run.events.do_send(ContainerEvent::Finished(Finished {
                     error: Some("the sandbox container is no longer available".into()),
@@ -512,28 +637,6 @@ impl Handler<Kill> for ContainerActor {
 
     fn handle(&mut self, Kill(cause): Kill, ctx: &mut Context<Self>) {
         self.kill(cause, ctx);
-    }
-}
-
-/// Sent by the stdin pump once the bootstrap has the script.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Delivered;
-
-impl Handler<Delivered> for ContainerActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Delivered, _: &mut Context<Self>) {
-        // From whichever came last: the container being asked for, or the script.
-        let since = self
-            .run_at
-            .map_or(self.launched_at, |r| r.max(self.launched_at));
-        if let Some(events) = &self.events {
-            events.do_send(ContainerEvent::Started {
-                latency: since.elapsed(),
-                warm: self.warm,
-            });
-        }
     }
 }
 
@@ -577,22 +680,65 @@ async fn wait_exit(docker: Docker, id: String) -> Result<i64, String> {
     }
 }
 
-/// Writes the bootstrap request, then the client's stdin as it comes, acknowledging each
-/// chunk with STDIN_CREDIT once the container has taken it.
+/// The byte the bootstrap writes to stdout once it has the script.
+const ACK: u8 = 0x06;
+
+/// Error text the bootstrap may print before its ACK, kept for the error message.
+const MAX_BOOT_ERROR: usize = 2048;
+
+/// Writes the bootstrap request and waits for the ACK. Returns the streams and whatever
+/// output followed the ACK in the same Docker frame.
+async fn hand_over(
+    mut input: AttachInput,
+    mut output: AttachOutput,
+    request: Bytes,
+) -> Result<(AttachInput, AttachOutput, Option<LogOutput>), String> {
+    if let Err(e) = async {
+        input.write_all(&request).await?;
+        input.flush().await
+    }
+    .await
+    {
+        return Err(format!("cannot write the script: {e}"));
+    }
+    drop(request);
+    let mut errors = Vec::new();
+    loop {
+        match output.next().await {
+            Some(Ok(LogOutput::StdOut { mut message })) if message.first() == Some(&ACK) => {
+                let rest = message.split_off(1);
+                let first = (!rest.is_empty()).then_some(LogOutput::StdOut { message: rest });
+                return Ok((input, output, first));
+            }
+            Some(Ok(LogOutput::StdErr { message })) => {
+                let room = MAX_BOOT_ERROR.saturating_sub(errors.len());
+                errors.extend_from_slice(&message[..message.len().min(room)]);
+            }
+            Some(Ok(LogOutput::StdIn { .. })) => {}
+            Some(Ok(_)) => {
+                return Err("the sandbox image's python3 did not run the bootstrap".into())
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {
+                let text = String::from_utf8_lossy(&errors);
+                return Err(match text.trim() {
+                    "" => "its output closed before the script was accepted".into(),
+                    text => text.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Writes the client's stdin as it comes, acknowledging each chunk with STDIN_CREDIT once
+/// the container has taken it.
 async fn pump_stdin(
     mut input: AttachInput,
-    request: Bytes,
     mut stdin: mpsc::UnboundedReceiver<StdinMsg>,
     control: mpsc::UnboundedSender<Frame>,
     in_flight: Arc<AtomicU64>,
     mut exited: watch::Receiver<bool>,
-    actor: Addr<ContainerActor>,
 ) {
-    if input.write_all(&request).await.is_err() || input.flush().await.is_err() {
-        return;
-    }
-    drop(request);
-    actor.do_send(Delivered);
     loop {
         let msg = tokio::select! {
             msg = stdin.recv() => msg,
@@ -616,6 +762,54 @@ async fn pump_stdin(
     let _ = input.shutdown().await;
 }
 
+/// Finds the bootstrap's trailer (nonce, then `E` + status or `S` + signal) in each output
+/// stream. The bootstrap writes it with one write into drained pipes, so it arrives
+/// within one Docker frame.
+struct Trailers {
+    finder: memchr::memmem::Finder<'static>,
+    stdout: Option<ScriptExit>,
+    stderr: Option<ScriptExit>,
+}
+
+impl Trailers {
+    fn new(nonce: &[u8; NONCE_LEN]) -> Self {
+        Trailers {
+            finder: memchr::memmem::Finder::new(nonce).into_owned(),
+            stdout: None,
+            stderr: None,
+        }
+    }
+
+    /// Where the trailer starts in `data`, and what it says.
+    fn find(&self, data: &[u8]) -> Option<(usize, ScriptExit)> {
+        let at = self.finder.find(data)?;
+        let exit = match data.get(at + NONCE_LEN..at + NONCE_LEN + 2)? {
+            [b'E', code] => ScriptExit::Code(*code as i32),
+            [b'S', sig] => ScriptExit::Signal(*sig as i32),
+            _ => return None,
+        };
+        Some((at, exit))
+    }
+
+    fn seen(&self, stderr: bool) -> bool {
+        if stderr {
+            self.stderr.is_some()
+        } else {
+            self.stdout.is_some()
+        }
+    }
+
+    /// Notes a trailer on one stream; returns the script's end once both have one.
+    fn record(&mut self, stderr: bool, exit: ScriptExit) -> Option<ScriptExit> {
+        if stderr {
+            self.stderr = Some(exit);
+        } else {
+            self.stdout = Some(exit);
+        }
+        self.stdout.and(self.stderr)
+    }
+}
+
 #[derive(Debug)]
 enum PumpEnd {
     /// Docker closed the output stream.
@@ -627,6 +821,8 @@ enum PumpEnd {
     /// The session's output channel is closed.
     ClientGone,
     Failed(String),
+    /// Both streams carried the bootstrap's trailer: the script is over.
+    Trailer(ScriptExit),
 }
 
 /// Moves the container's output into the session's bounded channel, chunk by chunk, with
@@ -636,6 +832,7 @@ async fn pump_output(
     tx: mpsc::Sender<Frame>,
     mut exited: watch::Receiver<bool>,
     limit: u64,
+    mut trailers: Trailers,
     bytes: Arc<ByteCounters>,
 ) -> PumpEnd {
     let mut total: u64 = 0;
@@ -665,6 +862,14 @@ async fn pump_output(
             Some(Ok(LogOutput::StdErr { message })) => (message, true),
             Some(Ok(LogOutput::StdIn { .. })) => continue,
         };
+        if trailers.seen(stderr) {
+            continue; // written after the script ended, by a process it left behind
+        }
+        let mut ended = None;
+        if let Some((at, exit)) = trailers.find(&data) {
+            data.truncate(at);
+            ended = Some(trailers.record(stderr, exit));
+        }
         let room = limit.saturating_sub(total);
         let over = data.len() as u64 > room;
         if over {
@@ -686,6 +891,9 @@ async fn pump_output(
         }
         if over {
             return PumpEnd::Limit;
+        }
+        if let Some(Some(exit)) = ended {
+            return PumpEnd::Trailer(exit);
         }
     }
 }

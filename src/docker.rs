@@ -58,14 +58,15 @@ pub fn is_conflict(err: &bollard::errors::Error) -> bool {
 }
 
 /// Removes a container and its anonymous volumes, running or not. A container that is
-/// already gone counts as removed.
+/// already gone, or whose removal is already in progress (409: another removal, e.g. by
+/// a daemon that was killed mid-way, is under way), counts as removed.
 pub async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
     let opts = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
         .build();
     match docker.remove_container(id, Some(opts)).await {
-        Err(e) if !is_not_found(&e) => Err(e),
+        Err(e) if !is_not_found(&e) && !is_conflict(&e) => Err(e),
         _ => Ok(()),
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::config::SandboxConfig;
+use crate::config::{BootstrapMode, SandboxConfig};
 
 /// Label carried by every container this project creates.
 pub const LABEL_MANAGED: &str = "pyexec.managed";
@@ -39,6 +39,24 @@ impl SandboxSpec {
         SandboxSpec { config, instance }
     }
 
+    /// The container's command. In-process mode starts the interpreter exactly as
+    /// `python3 -u script.py` would (site and all), since the script will run in it; exec
+    /// mode starts a minimal one that only reads the request and execs the real thing.
+    pub fn command(&self) -> Vec<String> {
+        let mut cmd: Vec<String> = vec!["python3".into()];
+        match self.config.bootstrap {
+            BootstrapMode::Inprocess => cmd.extend(["-u".into(), "-c".into(), BOOTSTRAP.into()]),
+            BootstrapMode::Exec => cmd.extend([
+                "-I".into(),
+                "-S".into(),
+                "-c".into(),
+                BOOTSTRAP.into(),
+                "exec".into(),
+            ]),
+        }
+        cmd
+    }
+
     pub fn labels(&self) -> HashMap<String, String> {
         HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -60,13 +78,7 @@ impl SandboxSpec {
             image: Some(c.image.clone()),
             // Reset any ENTRYPOINT of a registry image such as python:3.12-slim.
             entrypoint: Some(vec![]),
-            cmd: Some(vec![
-                "python3".into(),
-                "-I".into(),
-                "-S".into(),
-                "-c".into(),
-                BOOTSTRAP.into(),
-            ]),
+            cmd: Some(self.command()),
             env: Some(vec![
                 "PATH=/usr/local/bin:/usr/bin:/bin".into(),
                 "HOME=/tmp".into(),
@@ -162,19 +174,36 @@ pub fn script_name(requested: Option<&str>) -> String {
     }
 }
 
+/// Length of the nonce that marks the bootstrap's end-of-script trailer.
+pub const NONCE_LEN: usize = 16;
+
+/// A fresh, unguessable nonce for one session's trailer.
+pub fn new_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("the system's random number generator works");
+    nonce
+}
+
 /// The one request the bootstrap reads from stdin. `args` must have passed `check_args`.
-pub fn bootstrap_request(script: &[u8], name: &str, args: &[String]) -> Bytes {
+pub fn bootstrap_request(
+    script: &[u8],
+    name: &str,
+    args: &[String],
+    nonce: &[u8; NONCE_LEN],
+) -> Bytes {
     let args_len: usize = args
         .iter()
         .map(|a| a.len() + 1)
         .sum::<usize>()
         .saturating_sub(1);
-    let mut buf = BytesMut::with_capacity(16 + script.len() + name.len() + args_len);
-    buf.put_slice(b"PYX1");
+    let mut buf = BytesMut::with_capacity(32 + script.len() + name.len() + args_len);
+    buf.put_slice(b"PYX2");
     // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
     buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
     buf.put_u32(name.len() as u32);
     buf.put_u32(args_len as u32);
+    buf.put_slice(nonce);
     buf.put_slice(script);
     buf.put_slice(name.as_bytes());
     for (i, a) in args.iter().enumerate() {
@@ -202,6 +231,7 @@ mod tests {
                 network: false,
                 read_only: true,
                 runtime: None,
+                bootstrap: BootstrapMode::Inprocess,
             },
             "test".into(),
         )
@@ -228,13 +258,21 @@ mod tests {
 
     #[test]
     fn bootstrap_request_layout() {
-        let req = bootstrap_request(b"print(1)\n", "a.py", &["x".into(), "".into(), "z".into()]);
-        assert_eq!(&req[..4], b"PYX1");
+        let nonce = [7u8; NONCE_LEN];
+        let req = bootstrap_request(
+            b"print(1)\n",
+            "a.py",
+            &["x".into(), "".into(), "z".into()],
+            &nonce,
+        );
+        assert_eq!(&req[..4], b"PYX2");
         assert_eq!(u32::from_be_bytes(req[4..8].try_into().unwrap()), 9);
         assert_eq!(u32::from_be_bytes(req[8..12].try_into().unwrap()), 4);
         assert_eq!(u32::from_be_bytes(req[12..16].try_into().unwrap()), 4);
-        assert_eq!(&req[16..], b"print(1)\na.pyx\0\0z");
-        let none = bootstrap_request(b"", "m.py", &[]);
+        assert_eq!(&req[16..32], &nonce);
+        assert_eq!(&req[32..], b"print(1)\na.pyx\0\0z");
+        assert_ne!(new_nonce(), new_nonce());
+        let none = bootstrap_request(b"", "m.py", &[], &nonce);
         assert_eq!(u32::from_be_bytes(none[12..16].try_into().unwrap()), 0);
     }
 

@@ -133,7 +133,8 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             spec,
             bytes: bytes.clone(),
             gone: ctx.address().recipient(),
-            ready: None,
+            ready: ctx.address().recipient(),
+            orphaned: ctx.address().recipient(),
         };
         Supervisor::new(cfg.clone(), deps, status.clone())
     });
@@ -149,6 +150,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         addr = %local,
         image = %cfg.image,
         max_sessions = cfg.max_sessions,
+        warm = cfg.warm,
         max_queue = cfg.max_queue,
         "listening"
     );

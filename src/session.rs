@@ -28,13 +28,13 @@ use tracing::{debug, info, info_span, warn, Span};
 
 use crate::config::{format_size, Config};
 use crate::container::{
-    ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, Signal, StdinMsg,
+    ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, ScriptExit, Signal, StdinMsg,
 };
 use crate::protocol::{
     CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
     Started, Welcome, PROTOCOL_VERSION,
 };
-use crate::sandbox::{bootstrap_request, check_args, script_name};
+use crate::sandbox::{bootstrap_request, check_args, new_nonce, script_name};
 use crate::status::{
     ByteCounters, ContainerStarted, Outcome, SessionAccepted, SessionEnded, Status,
 };
@@ -461,7 +461,10 @@ impl Session {
                 self.end(end, ctx)
             }
             (Some(code), _) => {
-                let end = classify_exit(code, self.duration_ms());
+                let end = match f.script_exit {
+                    Some(exit) => end_for_exit(exit, self.duration_ms()),
+                    None => classify_exit(code, self.duration_ms()),
+                };
                 self.end(end, ctx)
             }
             (None, Some(err)) => self.fail(ErrorCode::Docker, err, ctx),
@@ -567,9 +570,16 @@ impl Session {
         };
         self.run_sent = true;
         let script = std::mem::take(&mut self.script);
-        let request = bootstrap_request(&script, &script_name(hello.name.as_deref()), &hello.args);
+        let nonce = new_nonce();
+        let request = bootstrap_request(
+            &script,
+            &script_name(hello.name.as_deref()),
+            &hello.args,
+            &nonce,
+        );
         container.do_send(Run {
             request,
+            nonce,
             stdin,
             output,
             control: self.control.clone(),
@@ -691,6 +701,26 @@ pub fn classify_exit(code: i64, duration_ms: u64) -> End {
             duration_ms,
             message: String::new(),
         }
+    }
+}
+
+/// The END for a script whose end the bootstrap reported exactly.
+pub fn end_for_exit(exit: ScriptExit, duration_ms: u64) -> End {
+    match exit {
+        ScriptExit::Code(code) => End {
+            reason: EndReason::Exited,
+            exit_code: code,
+            signal: None,
+            duration_ms,
+            message: String::new(),
+        },
+        ScriptExit::Signal(sig) => End {
+            reason: EndReason::Signal,
+            exit_code: 128 + sig,
+            signal: Some(sig),
+            duration_ms,
+            message: format!("killed by {}", describe_signal(sig)),
+        },
     }
 }
 

@@ -77,6 +77,15 @@ pub struct ContainerStarted {
 pub struct Gauges {
     pub running: usize,
     pub queued: usize,
+    /// Warm containers ready for a script.
+    pub warm: usize,
+}
+
+/// A session got its container: from the warm pool (`hit`) or not.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PoolUse {
+    pub hit: bool,
 }
 
 /// Log one snapshot (SIGUSR1).
@@ -96,6 +105,9 @@ pub struct Snapshot {
     pub accepted: u64,
     pub running: usize,
     pub queued: usize,
+    pub warm: usize,
+    pub warm_hits: u64,
+    pub warm_misses: u64,
     pub finished: BTreeMap<String, u64>,
     pub busy: u64,
     pub tls_failures: u64,
@@ -117,12 +129,16 @@ impl std::fmt::Display for Snapshot {
             .join(",");
         write!(
             f,
-            "uptime={}s accepted={} running={} queued={} finished=[{}] busy={} tls_failures={} \
-             bytes_in={} bytes_out={} start_p50={} start_p99={}",
+            "uptime={}s accepted={} running={} queued={} warm={} warm_hits={} warm_misses={} \
+             finished=[{}] busy={} tls_failures={} bytes_in={} bytes_out={} start_p50={} \
+             start_p99={}",
             self.uptime.as_secs(),
             self.accepted,
             self.running,
             self.queued,
+            self.warm,
+            self.warm_hits,
+            self.warm_misses,
             finished,
             self.busy,
             self.tls_failures,
@@ -165,6 +181,9 @@ pub struct Status {
     accepted: u64,
     running: usize,
     queued: usize,
+    warm: usize,
+    warm_hits: u64,
+    warm_misses: u64,
     finished: BTreeMap<Outcome, u64>,
     tls_failures: u64,
     start_latency: Samples,
@@ -178,6 +197,9 @@ impl Status {
             accepted: 0,
             running: 0,
             queued: 0,
+            warm: 0,
+            warm_hits: 0,
+            warm_misses: 0,
             finished: BTreeMap::new(),
             tls_failures: 0,
             start_latency: Samples::default(),
@@ -190,6 +212,9 @@ impl Status {
             accepted: self.accepted,
             running: self.running,
             queued: self.queued,
+            warm: self.warm,
+            warm_hits: self.warm_hits,
+            warm_misses: self.warm_misses,
             finished: self.finished.iter().map(|(k, v)| (k.label(), *v)).collect(),
             busy: self
                 .finished
@@ -242,6 +267,18 @@ impl Handler<Gauges> for Status {
     fn handle(&mut self, msg: Gauges, _: &mut Context<Self>) {
         self.running = msg.running;
         self.queued = msg.queued;
+        self.warm = msg.warm;
+    }
+}
+
+impl Handler<PoolUse> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: PoolUse, _: &mut Context<Self>) {
+        if msg.hit {
+            self.warm_hits += 1;
+        } else {
+            self.warm_misses += 1;
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! The Supervisor actor: admission (the running cap and the bounded queue), each session's
 //! time limit, the containers' slots, and the drain at shutdown.
 //!
-//! A slot is taken when a container is launched for a session and given back only when
-//! that container has been removed, so `--max-sessions` bounds the containers that exist,
-//! not merely the sessions that are talking.
+//! A slot is taken when a container is launched and given back only when that container
+//! has been removed, so `--max-sessions` bounds the containers that exist, not merely the
+//! sessions that are talking. Free slots are kept warm: up to `--warm` containers are
+//! started ahead of demand, each blocked in the bootstrap until a session hands it a
+//! script. Every container still serves one session and is destroyed after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,9 +16,11 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::container::{ContainerActor, ContainerDeps, ContainerGone, Kill, KillCause};
+use crate::container::{
+    ContainerActor, ContainerDeps, ContainerGone, ContainerReady, Kill, KillCause, Orphaned,
+};
 use crate::session::{Admitted, QueuePosition, Session, SessionStop};
-use crate::status::{Gauges, Status};
+use crate::status::{Gauges, PoolUse, Status};
 
 /// A session introduces itself when it starts: from now on its time runs.
 #[derive(Message)]
@@ -83,7 +87,15 @@ struct Entry {
 
 struct Slot {
     addr: Addr<ContainerActor>,
+    /// Serving (or about to serve) a session, as opposed to waiting in the pool.
+    assigned: bool,
 }
+
+/// First pause before refilling the pool after a warm container failed to start; doubled
+/// on each further failure up to `MAX_REFILL_BACKOFF`, so a Docker outage is not met with
+/// a storm of create calls.
+const REFILL_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
     cfg: Arc<Config>,
@@ -92,6 +104,12 @@ pub struct Supervisor {
     sessions: HashMap<u64, Entry>,
     queue: VecDeque<u64>,
     slots: HashMap<u64, Slot>,
+    /// Warm containers ready for a script, oldest first.
+    pool: VecDeque<u64>,
+    /// Warm containers still starting.
+    warming: VecDeque<u64>,
+    refill_backoff: Duration,
+    refill_paused: bool,
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
@@ -99,7 +117,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// `deps.gone` is replaced by this actor's own address when it starts.
+    /// `deps` must point its recipients at this actor (see `Supervisor::create`).
     pub fn new(cfg: Arc<Config>, deps: ContainerDeps, status: Addr<Status>) -> Self {
         Supervisor {
             cfg,
@@ -108,6 +126,10 @@ impl Supervisor {
             sessions: HashMap::new(),
             queue: VecDeque::new(),
             slots: HashMap::new(),
+            pool: VecDeque::new(),
+            warming: VecDeque::new(),
+            refill_backoff: REFILL_BACKOFF,
+            refill_paused: false,
             next_key: 0,
             draining: false,
             drained: None,
@@ -117,44 +139,95 @@ impl Supervisor {
 
     fn gauges(&self) {
         self.status.do_send(Gauges {
-            running: self.slots.len(),
+            running: self.slots.values().filter(|s| s.assigned).count(),
             queued: self.queue.len(),
+            warm: self.pool.len(),
         });
     }
 
-    fn launch(&mut self, ctx: &mut Context<Self>) -> Addr<ContainerActor> {
+    fn launch(&mut self, assigned: bool) -> (u64, Addr<ContainerActor>) {
         self.next_key += 1;
         let key = self.next_key;
-        let mut deps = self.deps.clone();
-        deps.gone = ctx.address().recipient();
-        let addr = ContainerActor::new(deps, key, false).start();
-        self.slots.insert(key, Slot { addr: addr.clone() });
-        addr
+        let addr = ContainerActor::new(self.deps.clone(), key, !assigned).start();
+        self.slots.insert(
+            key,
+            Slot {
+                addr: addr.clone(),
+                assigned,
+            },
+        );
+        (key, addr)
     }
 
     fn has_room(&self) -> bool {
         self.slots.len() < self.cfg.max_sessions
     }
 
-    /// Admits queued sessions while there is room, then tells the rest their place.
-    fn advance_queue(&mut self, ctx: &mut Context<Self>) {
+    /// A container for a session: a ready warm one, else one still warming up, else a
+    /// cold start if there is room.
+    fn take_container(&mut self) -> Option<Addr<ContainerActor>> {
+        let (key, hit) = match (self.pool.pop_front(), self.warming.pop_front()) {
+            (Some(key), warming) => {
+                if let Some(w) = warming {
+                    self.warming.push_front(w);
+                }
+                (key, true)
+            }
+            (None, Some(key)) => (key, false),
+            (None, None) if self.has_room() => {
+                let (_, addr) = self.launch(true);
+                self.status.do_send(PoolUse { hit: false });
+                return Some(addr);
+            }
+            (None, None) => return None,
+        };
+        self.status.do_send(PoolUse { hit });
+        let slot = self
+            .slots
+            .get_mut(&key)
+            .expect("pooled containers have slots");
+        slot.assigned = true;
+        Some(slot.addr.clone())
+    }
+
+    /// Starts warm containers until the pool is full, the slots are taken, or someone
+    /// is queued (they get the next slot first).
+    fn fill_pool(&mut self) {
+        if self.draining || self.refill_paused {
+            return;
+        }
+        while self.queue.is_empty()
+            && self.has_room()
+            && self.pool.len() + self.warming.len() < self.cfg.warm
+        {
+            let (key, _) = self.launch(false);
+            self.warming.push_back(key);
+        }
+    }
+
+    /// Admits queued sessions while containers are available, then tells the rest their
+    /// place.
+    fn advance_queue(&mut self) {
         let mut moved = false;
-        while self.has_room() && !self.draining {
-            let Some(id) = self.queue.pop_front() else {
+        while !self.draining && !self.queue.is_empty() {
+            let Some(container) = self.take_container() else {
                 break;
             };
+            let id = self.queue.pop_front().expect("queue is not empty");
             moved = true;
-            let Some(entry) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            entry.state = SessionState::Running;
-            let addr = entry.addr.clone();
-            let container = self.launch(ctx);
-            addr.do_send(Admitted { container });
+            match self.sessions.get_mut(&id) {
+                Some(entry) => {
+                    entry.state = SessionState::Running;
+                    entry.addr.do_send(Admitted { container });
+                }
+                // Gone in the meantime: the container goes back to being a spare.
+                None => container.do_send(Kill(KillCause::Discarded)),
+            }
         }
         if moved {
             self.tell_positions(0);
         }
+        self.fill_pool();
         self.gauges();
     }
 
@@ -181,9 +254,13 @@ impl Supervisor {
                 entry.addr.do_send(SessionStop::Shutdown);
             }
         }
+        // Spares serve nobody now.
+        for key in self.pool.drain(..).chain(self.warming.drain(..)) {
+            if let Some(slot) = self.slots.get(&key) {
+                slot.addr.do_send(Kill(KillCause::Discarded));
+            }
+        }
         if running_too {
-            // Containers whose session is already gone (being removed) need no message;
-            // ones still warming up for a session are covered by the session's stop.
             for slot in self.slots.values() {
                 slot.addr.do_send(Kill(KillCause::Shutdown));
             }
@@ -219,6 +296,8 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.retry_orphans(ctx));
+        self.fill_pool();
+        self.gauges();
     }
 }
 
@@ -271,16 +350,21 @@ impl Handler<Unregister> for Supervisor {
 impl Handler<Admit> for Supervisor {
     type Result = Admission;
 
-    fn handle(&mut self, Admit { id }: Admit, ctx: &mut Context<Self>) -> Admission {
+    fn handle(&mut self, Admit { id }: Admit, _: &mut Context<Self>) -> Admission {
         if self.draining {
             return Admission::ShuttingDown;
         }
-        let Some(entry) = self.sessions.get_mut(&id) else {
+        if !self.sessions.contains_key(&id) {
             return Admission::ShuttingDown;
+        }
+        let container = match self.queue.is_empty() {
+            true => self.take_container(),
+            false => None,
         };
-        if self.slots.len() < self.cfg.max_sessions && self.queue.is_empty() {
+        let entry = self.sessions.get_mut(&id).expect("checked above");
+        if let Some(container) = container {
             entry.state = SessionState::Running;
-            let container = self.launch(ctx);
+            self.fill_pool();
             self.gauges();
             Admission::Granted(container)
         } else if self.queue.len() < self.cfg.max_queue {
@@ -302,11 +386,52 @@ impl Handler<ContainerGone> for Supervisor {
 
     fn handle(&mut self, gone: ContainerGone, ctx: &mut Context<Self>) {
         self.slots.remove(&gone.key);
+        self.pool.retain(|k| *k != gone.key);
+        if let Some(pos) = self.warming.iter().position(|k| *k == gone.key) {
+            // A spare that never became ready: its start failed. Back off before the
+            // next refill instead of hammering an Engine that is failing.
+            self.warming.remove(pos);
+            if !self.draining && !self.refill_paused {
+                self.refill_paused = true;
+                let pause = self.refill_backoff;
+                self.refill_backoff = (pause * 2).min(MAX_REFILL_BACKOFF);
+                warn!(
+                    pause_ms = pause.as_millis() as u64,
+                    "a warm container failed to start; pausing refills"
+                );
+                ctx.run_later(pause, |act, _| {
+                    act.refill_paused = false;
+                    act.fill_pool();
+                    act.gauges();
+                });
+            }
+        }
         if let Some(id) = gone.leaked {
             self.orphans.push(id);
         }
-        self.advance_queue(ctx);
+        self.advance_queue();
         self.check_drained();
+    }
+}
+
+impl Handler<ContainerReady> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, ready: ContainerReady, _: &mut Context<Self>) {
+        self.refill_backoff = REFILL_BACKOFF;
+        if let Some(pos) = self.warming.iter().position(|k| *k == ready.key) {
+            self.warming.remove(pos);
+            self.pool.push_back(ready.key);
+            self.gauges();
+        }
+    }
+}
+
+impl Handler<Orphaned> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Orphaned(id): Orphaned, _: &mut Context<Self>) {
+        self.orphans.push(id);
     }
 }
 

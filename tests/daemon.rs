@@ -105,12 +105,14 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
     assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
     let (dir, instance) = d.crash();
     let orphans = containers_of(&instance);
-    assert_eq!(orphans.len(), 1, "the crash left the session's container");
+    assert!(!orphans.is_empty(), "the crash left the session's container");
     let _ = child.kill();
 
     let d = Daemon::start_in(dir, &instance, &[]);
-    // Removed before the daemon said it was listening.
-    assert_eq!(d.containers(), Vec::<String>::new());
+    // Removed before the daemon said it was listening (its own spares are new ones).
+    for id in &orphans {
+        assert!(!container_listed(id), "leftover {id} still there");
+    }
     assert!(d
         .log()
         .contains("removed containers left by an earlier run"));

@@ -71,11 +71,13 @@ impl ContainerCensus {
         ContainerCensus { child, rx }
     }
 
-    /// Reads events until `destroys` containers have been destroyed; returns the peak
-    /// number alive at once and the number created.
-    fn peak_until_destroyed(mut self, destroys: usize) -> (usize, usize) {
+    /// Reads events until at least `created` containers were created and all of them are
+    /// gone again (call it after the daemon has stopped); returns the peak number alive at
+    /// once and the number created. Start the census before the daemon, so that it sees
+    /// every container, warm spares included.
+    fn finish(mut self, at_least: usize) -> (usize, usize) {
         let (mut alive, mut peak, mut created, mut destroyed) = (0usize, 0usize, 0usize, 0usize);
-        while destroyed < destroys {
+        while created < at_least || destroyed < created {
             let action = self
                 .rx
                 .recv_timeout(Duration::from_secs(60))
@@ -101,12 +103,16 @@ impl ContainerCensus {
 
 #[test]
 fn concurrency_cap_holds_and_every_queued_client_finishes() {
-    let d = Daemon::start(&["--max-sessions", "2", "--max-queue", "10"]);
-    let census = ContainerCensus::start(&d.instance);
+    let instance = unique_instance();
+    let census = ContainerCensus::start(&instance);
+    let d = Daemon::start_as(
+        &instance,
+        &["--max-sessions", "2", "--max-queue", "10", "--warm", "2"],
+    );
     let clients: Vec<_> = (0..6)
         .map(|i| {
             d.pyexec(&format!(
-                "import time\ntime.sleep(0.4)\nprint('done {i}')\n"
+                "{PRINT_CID}import time\ntime.sleep(0.4)\nprint('done {i}')\n"
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -115,6 +121,7 @@ fn concurrency_cap_holds_and_every_queued_client_finishes() {
             .unwrap()
         })
         .collect();
+    let mut seen = std::collections::HashSet::new();
     for (i, c) in clients.into_iter().enumerate() {
         let out = c.wait_with_output().unwrap();
         assert_eq!(
@@ -123,12 +130,20 @@ fn concurrency_cap_holds_and_every_queued_client_finishes() {
             "client {i}: {}",
             stderr_str(&out)
         );
-        assert_eq!(stdout_str(&out), format!("done {i}\n"));
+        let cid = cid_of(&out.stdout);
+        assert!(stdout_str(&out).ends_with(&format!("\ndone {i}\n")));
+        assert!(
+            seen.insert(cid.clone()),
+            "container {cid} served two sessions"
+        );
     }
-    let (peak, created) = census.peak_until_destroyed(6);
-    assert_eq!(created, 6, "one container per session");
-    assert_eq!(peak, 2, "at most --max-sessions containers at once");
     d.stop();
+    let (peak, created) = census.finish(6);
+    assert!(created >= 6, "one container per session");
+    assert_eq!(
+        peak, 2,
+        "at most --max-sessions containers at once, spares included"
+    );
 }
 
 /// Runs a session through the client library on a thread; reports notices as they come.
@@ -268,8 +283,9 @@ fn output_limit_stops_the_script() {
 
 #[test]
 fn oversized_script_is_refused_before_anything_runs() {
-    let d = Daemon::start(&[]);
-    let census = ContainerCensus::start(&d.instance);
+    let instance = unique_instance();
+    let census = ContainerCensus::start(&instance);
+    let d = Daemon::start_as(&instance, &["--warm", "0"]);
     let big = format!("# {}\nprint('ran')\n", "x".repeat(1 << 20));
     let out = d.run(&big, &[], b"");
     assert_eq!(out.status.code(), Some(125));
@@ -281,27 +297,28 @@ fn oversized_script_is_refused_before_anything_runs() {
     );
     // The next session's container is the first one this daemon ever made.
     assert_eq!(d.run("print(1)\n", &[], b"").status.code(), Some(0));
-    let (_, created) = census.peak_until_destroyed(1);
-    assert_eq!(created, 1);
     d.stop();
+    let (_, created) = census.finish(1);
+    assert_eq!(created, 1);
 }
 
 #[test]
 fn killed_client_leaves_no_container_two_seconds_later() {
     let d = Daemon::start(&[]);
     let mut child = d
-        .pyexec("import time\nprint('ready', flush=True)\ntime.sleep(50)\n")
+        .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(50)\n"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
-    assert_eq!(d.containers().len(), 1);
+    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
+    let cid = cid_of(&out.seen);
+    assert!(container_listed(&cid));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || d.containers().is_empty()),
+        wait_until(Duration::from_secs(2), || !container_listed(&cid)),
         "container still there 2 s after the client died"
     );
     assert!(d.wait_log("client disconnected", Duration::from_secs(2)));
@@ -312,16 +329,17 @@ fn killed_client_leaves_no_container_two_seconds_later() {
 fn second_ctrl_c_cancels_the_session() {
     let d = Daemon::start(&[]);
     // Ignores SIGINT, so only the cancel can end it.
-    let script = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(50)\n";
+    let script = format!("{PRINT_CID}import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(50)\n");
     let mut child = d
-        .pyexec(script)
+        .pyexec(&script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
+    let cid = cid_of(&out.seen);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // Two separate presses, not one merged signal: the first has reached the script.
@@ -329,8 +347,8 @@ fn second_ctrl_c_cancels_the_session() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("client exits");
     assert_eq!(status.code(), Some(130));
-    assert!(wait_until(Duration::from_secs(2), || d
-        .containers()
-        .is_empty()));
+    assert!(wait_until(Duration::from_secs(2), || !container_listed(
+        &cid
+    )));
     d.stop();
 }

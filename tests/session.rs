@@ -317,20 +317,21 @@ fn ctrl_c_interrupts_the_script() {
 fn closed_stdout_cancels_the_session_like_sigpipe() {
     let d = Daemon::start(&[]);
     let mut child = d
-        .pyexec("while True:\n    print('y' * 100)\n")
+        .pyexec(&format!("{PRINT_CID}while True:\n    print('y' * 100)\n"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut first = [0u8; 10];
-    std::io::Read::read_exact(&mut out, &mut first).unwrap();
-    drop(out); // like `| head -c 10`
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    drop(out); // like `| head -1`
+    let cid = cid_of(first.as_bytes());
     let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("client exits");
     assert_eq!(status.code(), Some(141));
-    assert!(wait_until(Duration::from_secs(3), || d
-        .containers()
-        .is_empty()));
+    assert!(wait_until(Duration::from_secs(3), || !container_listed(
+        &cid
+    )));
     d.stop();
 }

@@ -37,7 +37,8 @@ pub fn ensure_image() {
     });
 }
 
-fn unique_instance() -> String {
+/// A fresh instance name, for tests that must know it before the daemon starts.
+pub fn unique_instance() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
         "test-{}-{}",
@@ -57,16 +58,29 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        pyexec::certs::generate(dir.path(), &[], false).unwrap();
-        Self::start_in(dir, &unique_instance(), extra)
+        Self::start_as(&unique_instance(), extra)
     }
 
-    /// Starts a daemon with the given instance name and TLS material in `dir`.
+    /// Starts a daemon with a given instance name (see `unique_instance`).
+    pub fn start_as(instance: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        pyexec::certs::generate(dir.path(), &[], false).unwrap();
+        Self::start_in(dir, instance, extra)
+    }
+
+    /// Starts a daemon with the given instance name and TLS material in `dir`. Unless the
+    /// test sets `--warm`, the pool holds one container: dozens of daemons each warming a
+    /// full pool at once would slow two cores down for nothing.
     pub fn start_in(dir: tempfile::TempDir, instance: &str, extra: &[&str]) -> Daemon {
         ensure_image();
+        let warm: &[&str] = if extra.contains(&"--warm") {
+            &[]
+        } else {
+            &["--warm", "1"]
+        };
         let mut child = Command::new(PYEXECD)
             .args(["--listen", "127.0.0.1:0", "--instance", instance])
+            .args(warm)
             .arg("--cert")
             .arg(dir.path().join("server.pem"))
             .arg("--key")
@@ -348,4 +362,160 @@ pub fn stderr_str(out: &Output) -> String {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+// ---- Helpers for the hostile battery (tests/hostile_*.rs) ----
+
+/// Number of file descriptors `pid` has open right now (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// The resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status).
+pub fn vm_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Waits until the daemon has at most `baseline` descriptors open; on failure the
+/// message lists what is open, for the report.
+pub fn assert_fds_settle(d: &Daemon, baseline: usize, what: &str) {
+    let settled = wait_until(Duration::from_secs(10), || fd_count(d.pid()) <= baseline);
+    if !settled {
+        let open: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!(
+                            "{} -> {}",
+                            e.file_name().to_string_lossy(),
+                            target.display()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!(
+            "{what}: the daemon holds {} descriptors, {baseline} before:\n{}\n{}",
+            fd_count(d.pid()),
+            open.join("\n"),
+            d.log()
+        );
+    }
+}
+
+/// The daemon still serves: a hello-world right now succeeds, byte for byte.
+pub fn assert_healthy(d: &Daemon) {
+    let out = d.run("print('hello, world')\n", &[], b"");
+    assert_eq!(
+        (
+            out.status.code(),
+            stdout_str(&out).as_str(),
+            stderr_str(&out).as_str()
+        ),
+        (Some(0), "hello, world\n", ""),
+        "hello-world after the hostile case\n{}",
+        d.log()
+    );
+}
+
+/// Python that prints `cid <container id>` as the script's first line: the ID as Docker
+/// knows it, read from the container's own mount table, so that a test can check that
+/// this very container is gone (a warm pool keeps others around).
+pub const PRINT_CID: &str = "import re as _re\nprint('cid', _re.search(r'/containers/([0-9a-f]{64})/', open('/proc/self/mountinfo').read()).group(1), flush=True)\n";
+
+/// The container ID from output that starts with `PRINT_CID`'s line.
+pub fn cid_of(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let line = text.lines().next().unwrap_or_default();
+    let id = line
+        .strip_prefix("cid ")
+        .unwrap_or_else(|| panic!("no container ID line in {:?}", &text[..text.len().min(200)]));
+    assert_eq!(id.len(), 64, "container ID {id:?}");
+    id.to_string()
+}
+
+/// Whether a container with this full ID is listed by Docker (in any state).
+pub fn container_listed(id: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("id={id}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == id)
+}
+
+/// Waits until the container `id` no longer exists.
+pub fn assert_container_gone(id: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || !container_listed(id)),
+        "container {id} still exists {timeout:?} later"
+    );
+}
+
+/// How many warm containers the daemon keeps (`warm=N` in its "listening" line; 0 when
+/// the daemon has no pool).
+pub fn warm_target(d: &Daemon) -> usize {
+    let log = d.log();
+    log.lines()
+        .find(|l| l.contains(" listening"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("warm=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the daemon is idle (as many containers as its warm pool holds, and a
+/// descriptor count that no longer moves) and returns that descriptor count: the
+/// baseline a leak check compares against.
+pub fn idle_baseline(d: &Daemon) -> usize {
+    let warm = warm_target(d);
+    assert!(
+        wait_until(Duration::from_secs(30), || d.containers().len() == warm),
+        "the daemon did not settle to {warm} containers: {:?}",
+        d.containers()
+    );
+    let mut last = fd_count(d.pid());
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && stable_since.elapsed() < Duration::from_millis(500) {
+        thread::sleep(Duration::from_millis(50));
+        let now = fd_count(d.pid());
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    last
+}
+
+/// Waits for the daemon to be back to idle after a group of sessions: its containers
+/// back to the warm pool's size and its descriptors back to `baseline`.
+pub fn assert_back_to_idle(d: &Daemon, baseline: usize, what: &str) {
+    let warm = warm_target(d);
+    assert!(
+        wait_until(Duration::from_secs(15), || d.containers().len() == warm),
+        "{what}: {} containers, the warm pool holds {warm}\n{}",
+        d.containers().len(),
+        d.log()
+    );
+    assert_fds_settle(d, baseline, what);
+}
+
+/// Waits for a log line of session `id` that contains `needle`.
+pub fn wait_session_log(d: &Daemon, id: &str, needle: &str, timeout: Duration) -> bool {
+    let tag = format!("session{{id={id} ");
+    wait_until(timeout, || {
+        d.log()
+            .lines()
+            .any(|l| l.contains(&tag) && l.contains(needle))
+    })
 }
