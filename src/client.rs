@@ -180,6 +180,38 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
         .map_err(|_| ClientError::ConnectTimeout(cfg.server.clone()))?
 }
 
+/// Asks the server who it is (a HELLO with `probe`): returns its WELCOME. Runs nothing.
+pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
+    let stream = connect(cfg).await?;
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new());
+    framed
+        .send(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            script_size: 0,
+            args: Vec::new(),
+            name: None,
+            client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+            probe: true,
+        }))
+        .await?;
+    let mut welcome = None;
+    while let Some(frame) = framed.next().await {
+        match frame? {
+            Frame::Welcome(w) => welcome = Some(w),
+            Frame::End(_) => break,
+            Frame::Error(e) => return Err(ClientError::Server(e)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {} frame in answer to a probe",
+                    other.frame_type().name()
+                )))
+            }
+        }
+    }
+    let _ = framed.close().await;
+    welcome.ok_or_else(|| ClientError::Protocol("no WELCOME in answer to a probe".into()))
+}
+
 /// Runs one script to its end.
 pub async fn run<I, O, E>(
     cfg: &ClientConfig,
@@ -221,6 +253,7 @@ where
         args: req.args,
         name: req.name,
         client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+        probe: false,
     };
     let window = Arc::new(Semaphore::new(0));
     let uploader = tokio::spawn(upload(hello, req.script, stdin, tx.clone(), window.clone()));

@@ -498,6 +498,9 @@ impl Session {
         if let Err(e) = check_args(&hello.args) {
             return self.fail(ErrorCode::TooLarge, e.to_string(), ctx);
         }
+        if hello.probe && hello.script_size != 0 {
+            return self.fail(ErrorCode::Protocol, "a probe carries no script", ctx);
+        }
         debug!(parent: &self.span, client = %hello.client, script_size = hello.script_size, args = hello.args.len(), "hello");
         self.script_size = hello.script_size;
         self.script_done = hello.script_size == 0;
@@ -517,6 +520,16 @@ impl Session {
                 stdin_window: STDIN_WINDOW,
             },
         }));
+        if self.hello.as_ref().is_some_and(|h| h.probe) {
+            let end = End {
+                reason: EndReason::Exited,
+                exit_code: 0,
+                signal: None,
+                duration_ms: self.duration_ms(),
+                message: "probe: no script was run".into(),
+            };
+            return self.end(end, ctx);
+        }
         let admit = self.deps.supervisor.send(Admit { id: self.id });
         ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
             Ok(Admission::Granted(container)) => act.admitted(container, ctx),

@@ -98,6 +98,10 @@ pub struct Hello {
     /// Free-form client identification for the server's log, e.g. `pyexec 0.1.0`.
     #[serde(default)]
     pub client: String,
+    /// Only ask who the server is: it answers WELCOME, then END, and runs nothing.
+    /// `script_size` must be 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 /// The server's limits for this session, announced in WELCOME.
@@ -451,6 +455,7 @@ mod tests {
                 args: vec!["a".into(), "ü b".into()],
                 name: Some("hello.py".into()),
                 client: "test".into(),
+                probe: false,
             }),
             Frame::Script(Bytes::from_static(b"print('hi')\n")),
             Frame::Stdin(Bytes::from_static(b"\x00\xffline\n")),
@@ -560,6 +565,7 @@ mod tests {
             args: vec!["x".repeat(MAX_FRAME_PAYLOAD)],
             name: None,
             client: String::new(),
+            probe: false,
         });
         assert!(matches!(
             hello.encode(&mut buf),
