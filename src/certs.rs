@@ -1,4 +1,5 @@
-//! Certificate generation for `pyexecd gen-certs`: a private CA and a server certificate.
+//! Certificate generation for `pyexecd gen-certs`: a private CA, a server certificate, and
+//! client certificates for mutual TLS.
 //!
 //! Generated in Rust with rcgen so that a fresh machine needs no openssl. Keys are
 //! ECDSA P-256; private keys are written with mode 0600.
@@ -25,6 +26,10 @@ pub enum CertError {
     },
     #[error("cannot generate certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("cannot read the CA from {}: {reason}", path.display())]
+    Ca { path: PathBuf, reason: String },
+    #[error("client name '{0}' must be letters, digits, '.', '_' or '-' (at most 64)")]
+    BadName(String),
 }
 
 /// Where `generate` put its files.
@@ -116,6 +121,55 @@ pub fn generate(dir: &Path, hosts: &[String], force: bool) -> Result<CertPaths, 
     Ok(paths)
 }
 
+/// Where `issue_client` puts a client's certificate and key.
+pub fn client_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("client-{name}.pem")),
+        dir.join(format!("client-{name}.key")),
+    )
+}
+
+/// Issues a client certificate with subject `CN=<name>`, signed by the CA in `dir`.
+pub fn issue_client(dir: &Path, name: &str, force: bool) -> Result<(PathBuf, PathBuf), CertError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(CertError::BadName(name.to_string()));
+    }
+    let ca = CertPaths::in_dir(dir);
+    let ca_err = |reason: String| CertError::Ca {
+        path: dir.to_owned(),
+        reason,
+    };
+    let ca_pem = std::fs::read_to_string(&ca.ca_cert).map_err(|e| ca_err(e.to_string()))?;
+    let ca_key_pem = std::fs::read_to_string(&ca.ca_key).map_err(|e| ca_err(e.to_string()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+    let (cert_path, key_path) = client_paths(dir, name);
+    if !force {
+        if let Some(existing) = [&cert_path, &key_path].into_iter().find(|p| p.exists()) {
+            return Err(CertError::Exists(existing.clone()));
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(825);
+    let cert = params.signed_by(&key, &issuer)?;
+    write(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
 fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
     let err = |source| CertError::Write {
         path: path.to_owned(),
@@ -141,8 +195,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = generate(dir.path(), &["pyexec.example".into()], false).unwrap();
         // The rustls configs accept what was written: key matches cert, CA parses.
-        crate::tls::server_config(&paths.server_cert, &paths.server_key).unwrap();
-        crate::tls::client_config(&paths.ca_cert).unwrap();
+        crate::tls::server_config(&paths.server_cert, &paths.server_key, None).unwrap();
+        crate::tls::client_config(&paths.ca_cert, None).unwrap();
         let mode = std::fs::metadata(&paths.server_key).unwrap().permissions();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
@@ -152,5 +206,29 @@ mod tests {
         let again = generate(dir.path(), &[], false).unwrap_err();
         assert!(matches!(again, CertError::Exists(_)), "{again}");
         generate(dir.path(), &[], true).unwrap();
+    }
+
+    #[test]
+    fn client_certificates_are_signed_by_the_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = generate(dir.path(), &[], false).unwrap();
+        let (cert, key) = issue_client(dir.path(), "alice", false).unwrap();
+        let identity = crate::tls::Identity { cert, key };
+        crate::tls::client_config(&paths.ca_cert, Some(&identity)).unwrap();
+        crate::tls::server_config(&paths.server_cert, &paths.server_key, Some(&paths.ca_cert))
+            .unwrap();
+        assert!(matches!(
+            issue_client(dir.path(), "alice", false),
+            Err(CertError::Exists(_))
+        ));
+        assert!(matches!(
+            issue_client(dir.path(), "../x", false),
+            Err(CertError::BadName(_))
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            issue_client(empty.path(), "bob", false),
+            Err(CertError::Ca { .. })
+        ));
     }
 }

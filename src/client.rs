@@ -34,6 +34,8 @@ pub struct ClientConfig {
     pub ca: PathBuf,
     /// Bound on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// Client certificate and key, for servers that require mutual TLS.
+    pub identity: Option<tls::Identity>,
 }
 
 impl ClientConfig {
@@ -42,6 +44,7 @@ impl ClientConfig {
             server: server.into(),
             ca: ca.into(),
             connect_timeout: Duration::from_secs(10),
+            identity: None,
         }
     }
 }
@@ -157,7 +160,7 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
     let host = host_of(&cfg.server).ok_or_else(|| ClientError::BadServer(cfg.server.clone()))?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| ClientError::BadServer(cfg.server.clone()))?;
-    let connector = TlsConnector::from(tls::client_config(&cfg.ca)?);
+    let connector = TlsConnector::from(tls::client_config(&cfg.ca, cfg.identity.as_ref())?);
     let server = cfg.server.clone();
     let connecting = async {
         let tcp = TcpStream::connect(&cfg.server)

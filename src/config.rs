@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Server private key (PEM). Default certs/server.key, generated when absent.
     #[arg(long, env = "PYEXECD_KEY")]
     pub key: Option<PathBuf>,
+    /// CA certificate (PEM) for mutual TLS: clients must then present a certificate signed
+    /// by it (`pyexecd gen-certs --client NAME` issues one); its subject is the client's
+    /// identity in logs, limits and status.
+    #[arg(long, env = "PYEXECD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Sandbox image. The default is built on first use; others are pulled if absent.
     #[arg(long, env = "PYEXECD_IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
@@ -68,6 +73,13 @@ pub struct ServeArgs {
     /// (fastest), or `exec` in a fresh one.
     #[arg(long, env = "PYEXECD_BOOTSTRAP", value_enum, default_value_t = BootstrapMode::Inprocess)]
     pub bootstrap: BootstrapMode,
+    /// Sessions (running or queued) one client may have at once: per certificate subject
+    /// with --client-ca, per IP address without. 0: no limit.
+    #[arg(long, env = "PYEXECD_MAX_SESSIONS_PER_CLIENT", default_value_t = 0)]
+    pub max_sessions_per_client: u32,
+    /// New sessions one client may start per minute (same notion of client). 0: no limit.
+    #[arg(long, env = "PYEXECD_RATE", default_value_t = 0)]
+    pub rate: u32,
     /// Sessions waiting for a slot; past this a client is refused as busy.
     #[arg(long, env = "PYEXECD_MAX_QUEUE", default_value_t = 32)]
     pub max_queue: u32,
@@ -140,6 +152,11 @@ pub struct GenCertsArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Issue a client certificate (subject CN=NAME) for mutual TLS, signed by the CA in
+    /// --dir (which is created first if absent); repeatable. Written to
+    /// DIR/client-NAME.pem and DIR/client-NAME.key.
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,6 +177,9 @@ pub struct Config {
     pub key: PathBuf,
     /// True when cert and key are the default paths, which may be generated.
     pub default_certs: bool,
+    pub client_ca: Option<PathBuf>,
+    pub max_sessions_per_client: usize,
+    pub rate: usize,
     pub image: String,
     pub max_sessions: usize,
     pub warm: usize,
@@ -243,6 +263,9 @@ impl ServeArgs {
             cert: self.cert.unwrap_or_else(|| cert_dir.join("server.pem")),
             key: self.key.unwrap_or_else(|| cert_dir.join("server.key")),
             default_certs,
+            client_ca: self.client_ca,
+            max_sessions_per_client: self.max_sessions_per_client as usize,
+            rate: self.rate as usize,
             image: self.image.clone(),
             max_sessions: self.max_sessions as usize,
             warm: self

@@ -86,7 +86,11 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
             return Err(ServeError::MissingFile(path.display().to_string()));
         }
     }
-    let acceptor = TlsAcceptor::from(tls::server_config(&cfg.cert, &cfg.key)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(
+        &cfg.cert,
+        &cfg.key,
+        cfg.client_ca.as_deref(),
+    )?);
 
     image::ensure(&docker, &cfg.image).await?;
 

@@ -227,6 +227,8 @@ enum Phase {
 pub struct Session {
     id: u64,
     span: Span,
+    /// The key for per-client limits and the identity in logs and status.
+    client: String,
     deps: Arc<SessionDeps>,
     accepted_at: Instant,
     phase: Phase,
@@ -267,12 +269,16 @@ impl Session {
         accepted_at: Instant,
         guard: ConnectionGuard,
     ) -> Self {
+        // Who the client is: its certificate's subject under mutual TLS, else its address.
+        let client =
+            crate::tls::peer_identity(stream.get_ref().1).unwrap_or_else(|| peer.ip().to_string());
         let (control, control_rx) = mpsc::unbounded_channel();
         let (output, output_rx) = mpsc::channel(OUTPUT_FRAMES);
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
         Session {
             id,
-            span: info_span!("session", id, %peer),
+            span: info_span!("session", id, %peer, %client),
+            client,
             deps,
             accepted_at,
             phase: Phase::Hello,
@@ -547,6 +553,7 @@ impl Session {
                 ),
                 ctx,
             ),
+            Ok(Admission::Limited(why)) => act.fail(ErrorCode::Limited, why, ctx),
             Ok(Admission::ShuttingDown) => act.stop_script(KillCause::Shutdown, ctx),
             Err(e) => act.fail(
                 ErrorCode::Internal,
@@ -755,6 +762,7 @@ impl Actor for Session {
             id: self.id,
             addr: ctx.address(),
             accepted_at: self.accepted_at,
+            client: self.client.clone(),
         });
         self.registered = true;
         let (read, write) = self.io.take().expect("io is set in new()");

@@ -79,6 +79,8 @@ pub struct Gauges {
     pub queued: usize,
     /// Warm containers ready for a script.
     pub warm: usize,
+    /// Active sessions (queued or running) per client identity.
+    pub clients: Vec<(String, usize)>,
 }
 
 /// A session got its container: from the warm pool (`hit`) or not.
@@ -108,6 +110,8 @@ pub struct Snapshot {
     pub warm: usize,
     pub warm_hits: u64,
     pub warm_misses: u64,
+    /// Active sessions per client (certificate subject, or IP address without mTLS).
+    pub clients: Vec<(String, usize)>,
     pub finished: BTreeMap<String, u64>,
     pub busy: u64,
     pub tls_failures: u64,
@@ -121,6 +125,18 @@ impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms =
             |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
+        let mut clients = self.clients.clone();
+        clients.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = clients
+            .iter()
+            .take(20)
+            .map(|(c, n)| format!("{c:?}:{n}"))
+            .collect();
+        let more = clients.len().saturating_sub(20);
+        let clients = match more {
+            0 => shown.join(","),
+            n => format!("{},+{n} more", shown.join(",")),
+        };
         let finished = self
             .finished
             .iter()
@@ -130,8 +146,8 @@ impl std::fmt::Display for Snapshot {
         write!(
             f,
             "uptime={}s accepted={} running={} queued={} warm={} warm_hits={} warm_misses={} \
-             finished=[{}] busy={} tls_failures={} bytes_in={} bytes_out={} start_p50={} \
-             start_p99={}",
+             clients=[{}] finished=[{}] busy={} tls_failures={} bytes_in={} bytes_out={} \
+             start_p50={} start_p99={}",
             self.uptime.as_secs(),
             self.accepted,
             self.running,
@@ -139,6 +155,7 @@ impl std::fmt::Display for Snapshot {
             self.warm,
             self.warm_hits,
             self.warm_misses,
+            clients,
             finished,
             self.busy,
             self.tls_failures,
@@ -184,6 +201,7 @@ pub struct Status {
     warm: usize,
     warm_hits: u64,
     warm_misses: u64,
+    clients: Vec<(String, usize)>,
     finished: BTreeMap<Outcome, u64>,
     tls_failures: u64,
     start_latency: Samples,
@@ -200,6 +218,7 @@ impl Status {
             warm: 0,
             warm_hits: 0,
             warm_misses: 0,
+            clients: Vec::new(),
             finished: BTreeMap::new(),
             tls_failures: 0,
             start_latency: Samples::default(),
@@ -215,6 +234,7 @@ impl Status {
             warm: self.warm,
             warm_hits: self.warm_hits,
             warm_misses: self.warm_misses,
+            clients: self.clients.clone(),
             finished: self.finished.iter().map(|(k, v)| (k.label(), *v)).collect(),
             busy: self
                 .finished
@@ -268,6 +288,7 @@ impl Handler<Gauges> for Status {
         self.running = msg.running;
         self.queued = msg.queued;
         self.warm = msg.warm;
+        self.clients = msg.clients;
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Register {
     pub id: u64,
     pub addr: Addr<Session>,
     pub accepted_at: Instant,
+    /// Certificate subject or IP address: the key of per-client limits.
+    pub client: String,
 }
 
 /// A session is over (its container may still be being removed).
@@ -53,6 +55,8 @@ pub enum Admission {
     Queued(u32),
     /// Every slot and queue place is taken.
     Busy { running: usize, queued: usize },
+    /// This client is over one of its own limits; the text says which.
+    Limited(String),
     /// The server is draining.
     ShuttingDown,
 }
@@ -83,7 +87,19 @@ struct Entry {
     addr: Addr<Session>,
     state: SessionState,
     timer: SpawnHandle,
+    client: String,
 }
+
+/// What one client is doing, for `--max-sessions-per-client` and `--rate`.
+#[derive(Default)]
+struct ClientUse {
+    /// Sessions queued or running.
+    active: usize,
+    /// When its recent sessions were admitted, oldest first (at most a minute back).
+    starts: VecDeque<Instant>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 struct Slot {
     addr: Addr<ContainerActor>,
@@ -110,6 +126,7 @@ pub struct Supervisor {
     warming: VecDeque<u64>,
     refill_backoff: Duration,
     refill_paused: bool,
+    clients: HashMap<String, ClientUse>,
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
@@ -130,6 +147,7 @@ impl Supervisor {
             warming: VecDeque::new(),
             refill_backoff: REFILL_BACKOFF,
             refill_paused: false,
+            clients: HashMap::new(),
             next_key: 0,
             draining: false,
             drained: None,
@@ -142,7 +160,58 @@ impl Supervisor {
             running: self.slots.values().filter(|s| s.assigned).count(),
             queued: self.queue.len(),
             warm: self.pool.len(),
+            clients: self
+                .clients
+                .iter()
+                .filter(|(_, u)| u.active > 0)
+                .map(|(c, u)| (c.clone(), u.active))
+                .collect(),
         });
+    }
+
+    /// Checks and books one more session for `client` against its own limits.
+    fn admit_client(&mut self, client: &str) -> Result<(), String> {
+        let (max, rate) = (self.cfg.max_sessions_per_client, self.cfg.rate);
+        let now = Instant::now();
+        let usage = self.clients.entry(client.to_string()).or_default();
+        while usage
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            usage.starts.pop_front();
+        }
+        if max > 0 && usage.active >= max {
+            return Err(format!(
+                "per-client limit reached: {client} already has {} sessions \
+                 (--max-sessions-per-client {max})",
+                usage.active
+            ));
+        }
+        if rate > 0 && usage.starts.len() >= rate {
+            let wait = RATE_WINDOW.saturating_sub(now.duration_since(usage.starts[0]));
+            return Err(format!(
+                "rate limit reached: {client} started {} sessions in the last minute \
+                 (--rate {rate}); try again in {} s",
+                usage.starts.len(),
+                wait.as_secs().max(1)
+            ));
+        }
+        usage.active += 1;
+        if rate > 0 {
+            usage.starts.push_back(now);
+        }
+        Ok(())
+    }
+
+    /// Gives back the booking of `admit_client`.
+    fn release_client(&mut self, client: &str) {
+        if let Some(usage) = self.clients.get_mut(client) {
+            usage.active = usage.active.saturating_sub(1);
+            if usage.active == 0 && usage.starts.is_empty() {
+                self.clients.remove(client);
+            }
+        }
     }
 
     fn launch(&mut self, assigned: bool) -> (u64, Addr<ContainerActor>) {
@@ -324,6 +393,7 @@ impl Handler<Register> for Supervisor {
                 addr: msg.addr,
                 state: SessionState::Connected,
                 timer,
+                client: msg.client,
             },
         );
     }
@@ -335,6 +405,10 @@ impl Handler<Unregister> for Supervisor {
     fn handle(&mut self, Unregister { id }: Unregister, ctx: &mut Context<Self>) {
         if let Some(entry) = self.sessions.remove(&id) {
             ctx.cancel_future(entry.timer);
+            if entry.state != SessionState::Connected {
+                self.release_client(&entry.client);
+                self.gauges();
+            }
             if entry.state == SessionState::Queued {
                 if let Some(pos) = self.queue.iter().position(|q| *q == id) {
                     self.queue.remove(pos);
@@ -354,8 +428,11 @@ impl Handler<Admit> for Supervisor {
         if self.draining {
             return Admission::ShuttingDown;
         }
-        if !self.sessions.contains_key(&id) {
+        let Some(client) = self.sessions.get(&id).map(|e| e.client.clone()) else {
             return Admission::ShuttingDown;
+        };
+        if let Err(why) = self.admit_client(&client) {
+            return Admission::Limited(why);
         }
         let container = match self.queue.is_empty() {
             true => self.take_container(),
@@ -373,6 +450,7 @@ impl Handler<Admit> for Supervisor {
             self.gauges();
             Admission::Queued(self.queue.len() as u32)
         } else {
+            self.release_client(&client);
             Admission::Busy {
                 running: self.slots.len(),
                 queued: self.queue.len(),

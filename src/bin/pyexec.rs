@@ -40,6 +40,12 @@ struct Args {
     /// CA certificate that signed the server's certificate.
     #[arg(long, env = "PYEXEC_CA", default_value = client::DEFAULT_CA)]
     ca: PathBuf,
+    /// Client certificate (PEM), for servers that require mutual TLS.
+    #[arg(long, env = "PYEXEC_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "PYEXEC_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// Bound on connecting and the TLS handshake.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -92,6 +98,10 @@ fn main() {
         server: args.server,
         ca: args.ca,
         connect_timeout: args.connect_timeout,
+        identity: args
+            .cert
+            .zip(args.key)
+            .map(|(cert, key)| pyexec::tls::Identity { cert, key }),
     };
     let request = Request {
         script,

@@ -33,11 +33,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::GenCerts(args)) => {
-            let paths = certs::generate(&args.dir, &args.hosts, args.force)?;
-            println!("CA certificate:     {}", paths.ca_cert.display());
-            println!("CA key:             {}", paths.ca_key.display());
-            println!("server certificate: {}", paths.server_cert.display());
-            println!("server key:         {}", paths.server_key.display());
+            // With --client only, an existing CA issues the client certificates.
+            let ca_exists = certs::CertPaths::in_dir(&args.dir).ca_cert.exists();
+            if args.clients.is_empty() || !ca_exists || args.force && !args.hosts.is_empty() {
+                let paths = certs::generate(&args.dir, &args.hosts, args.force)?;
+                println!("CA certificate:     {}", paths.ca_cert.display());
+                println!("CA key:             {}", paths.ca_key.display());
+                println!("server certificate: {}", paths.server_cert.display());
+                println!("server key:         {}", paths.server_key.display());
+            }
+            for name in &args.clients {
+                let (cert, key) = certs::issue_client(&args.dir, name, args.force)?;
+                println!("client certificate: {} (CN={name})", cert.display());
+                println!("client key:         {}", key.display());
+            }
             Ok(())
         }
         Some(Command::BuildImage(args)) => {
