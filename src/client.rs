@@ -57,6 +57,8 @@ pub struct Request {
     pub name: Option<String>,
     /// `sys.argv[1:]`.
     pub args: Vec<String>,
+    /// A time limit shorter than the server's, enforced by the server.
+    pub timeout: Option<Duration>,
 }
 
 /// Requests from the user while the script runs.
@@ -194,6 +196,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             args: Vec::new(),
             name: None,
             client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+            timeout_ms: None,
             probe: true,
         }))
         .await?;
@@ -256,6 +259,7 @@ where
         args: req.args,
         name: req.name,
         client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+        timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
         probe: false,
     };
     let window = Arc::new(Semaphore::new(0));

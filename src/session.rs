@@ -408,14 +408,24 @@ impl Session {
         }
     }
 
+    /// The session's time limit: the server's, or the client's if it asked for less.
+    fn time_limit(&self) -> Duration {
+        let asked = self
+            .hello
+            .as_ref()
+            .and_then(|h| h.timeout_ms)
+            .map(Duration::from_millis);
+        match asked {
+            Some(t) if t < self.cfg().session_timeout => t,
+            _ => self.cfg().session_timeout,
+        }
+    }
+
     fn end_for_cause(&self, cause: KillCause) -> End {
         let (reason, message) = match cause {
             KillCause::Timeout => (
                 EndReason::Timeout,
-                format!(
-                    "session timed out after {}",
-                    humanize(self.cfg().session_timeout)
-                ),
+                format!("session timed out after {}", humanize(self.time_limit())),
             ),
             KillCause::Cancelled | KillCause::ClientGone => {
                 (EndReason::Cancelled, "cancelled by the client".to_string())
@@ -514,6 +524,12 @@ impl Session {
             .reserve(hello.script_size.min(64 * 1024) as usize);
         self.hello = Some(hello);
         self.phase = Phase::Active;
+        let limit = self.time_limit();
+        if limit < self.cfg().session_timeout {
+            // The client asked for less time than the Supervisor's limit: keep its own timer.
+            let left = limit.saturating_sub(self.accepted_at.elapsed());
+            ctx.run_later(left, |act, ctx| act.stop_script(KillCause::Timeout, ctx));
+        }
         let cfg = self.cfg();
         self.send(Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -521,7 +537,7 @@ impl Session {
             session: self.id.to_string(),
             limits: Limits {
                 script_size: cfg.max_script_size,
-                timeout_ms: cfg.session_timeout.as_millis() as u64,
+                timeout_ms: limit.as_millis() as u64,
                 output_bytes: cfg.output_limit,
                 stdin_window: STDIN_WINDOW,
             },

@@ -107,6 +107,7 @@ fn main() {
         script,
         name,
         args: script_args,
+        timeout: None,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -98,6 +98,10 @@ pub struct Hello {
     /// Free-form client identification for the server's log, e.g. `pyexec 0.1.0`.
     #[serde(default)]
     pub client: String,
+    /// A shorter time limit the client asks for (milliseconds from accept); the server
+    /// applies the smaller of this and its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Only ask who the server is: it answers WELCOME, then END, and runs nothing.
     /// `script_size` must be 0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -455,6 +459,7 @@ mod tests {
                 args: vec!["a".into(), "ü b".into()],
                 name: Some("hello.py".into()),
                 client: "test".into(),
+                timeout_ms: Some(5000),
                 probe: false,
             }),
             Frame::Script(Bytes::from_static(b"print('hi')\n")),
@@ -565,6 +570,7 @@ mod tests {
             args: vec!["x".repeat(MAX_FRAME_PAYLOAD)],
             name: None,
             client: String::new(),
+            timeout_ms: None,
             probe: false,
         });
         assert!(matches!(
