@@ -126,6 +126,8 @@ pub struct ContainerGone {
     pub key: u64,
     /// The container's ID if it was created but its removal failed: retry later.
     pub leaked: Option<String>,
+    /// Set when the Engine could not be reached: the owner stops launching until it can.
+    pub unreachable: Option<String>,
 }
 
 /// Sent to the owner when the container is started and waiting for its script.
@@ -196,6 +198,7 @@ pub struct ContainerActor {
     kill_requested: Option<KillCause>,
     finished: bool,
     leaked: bool,
+    unreachable: Option<String>,
 }
 
 impl ContainerActor {
@@ -225,6 +228,7 @@ impl ContainerActor {
             kill_requested: None,
             finished: false,
             leaked: false,
+            unreachable: None,
         }
     }
 
@@ -280,6 +284,9 @@ impl ContainerActor {
         ctx: &mut Context<Self>,
     ) {
         warn!(error = %err, "cannot start a sandbox container");
+        if crate::docker::is_unreachable(&err) {
+            self.unreachable = Some(err.to_string());
+        }
         self.id = id;
         self.error = Some(format!("cannot start a sandbox container: {err}"));
         self.finish(ctx);
@@ -389,7 +396,7 @@ impl ContainerActor {
             Ok(code) => self.exit_code = Some(code),
             Err(e) => {
                 self.error
-                    .get_or_insert(format!("lost track of the container: {e}"));
+                    .get_or_insert(format!("lost the connection to the Docker Engine: {e}"));
             }
         }
         debug!(container = self.short_id(), code = ?self.exit_code, "container exited");
@@ -439,7 +446,7 @@ impl ContainerActor {
             PumpEnd::ClientGone => self.kill(KillCause::ClientGone, ctx),
             PumpEnd::Failed(e) => {
                 self.error
-                    .get_or_insert(format!("lost the container's output: {e}"));
+                    .get_or_insert(format!("lost the connection to the Docker Engine: {e}"));
                 self.kill(KillCause::ClientGone, ctx);
             }
         }
@@ -585,6 +592,7 @@ impl Actor for ContainerActor {
         self.deps.gone.do_send(ContainerGone {
             key: self.key,
             leaked,
+            unreachable: self.unreachable.take(),
         });
     }
 }

@@ -46,6 +46,21 @@ pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     )
 }
 
+/// True when the Engine could not be reached at all (as opposed to answering with an
+/// error): the connection failed, broke, or timed out.
+pub fn is_unreachable(err: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error::*;
+    matches!(
+        err,
+        IOError { .. }
+            | HyperResponseError { .. }
+            | HyperLegacyError { .. }
+            | HttpClientError { .. }
+            | SocketNotFoundError(_)
+            | RequestTimeoutError
+    )
+}
+
 /// True for "container is not running" (409), which a kill racing an exit gets.
 pub fn is_conflict(err: &bollard::errors::Error) -> bool {
     matches!(

@@ -205,6 +205,8 @@ pub enum SessionStop {
     Timeout,
     /// The server is shutting down.
     Shutdown,
+    /// The Docker Engine is unreachable: whoever waits would wait in vain.
+    Unavailable,
 }
 
 /// The writer task is done; `clean` when close_notify went out.
@@ -453,6 +455,11 @@ impl Session {
 
     /// Turns the container's report into the session's last frame.
     fn conclude(&mut self, f: Finished, ctx: &mut Context<Self>) {
+        if let (None, Some(err)) = (f.exit_code, &f.error) {
+            // Docker failed before the script's end was known: that, not any kill we may
+            // have asked for meanwhile, is what the client must hear.
+            return self.fail(ErrorCode::Docker, err.clone(), ctx);
+        }
         let cause = f.killed.or(if f.exit_code.is_none() {
             self.stop_cause
         } else {
@@ -570,6 +577,11 @@ impl Session {
                 ctx,
             ),
             Ok(Admission::Limited(why)) => act.fail(ErrorCode::Limited, why, ctx),
+            Ok(Admission::Unavailable(why)) => act.fail(
+                ErrorCode::Docker,
+                format!("the Docker Engine is unreachable ({why}); try again later"),
+                ctx,
+            ),
             Ok(Admission::ShuttingDown) => act.stop_script(KillCause::Shutdown, ctx),
             Err(e) => act.fail(
                 ErrorCode::Internal,
@@ -866,6 +878,13 @@ impl Handler<SessionStop> for Session {
         let cause = match msg {
             SessionStop::Timeout => KillCause::Timeout,
             SessionStop::Shutdown => KillCause::Shutdown,
+            SessionStop::Unavailable => {
+                return self.fail(
+                    ErrorCode::Docker,
+                    "the Docker Engine is unreachable; try again later",
+                    ctx,
+                )
+            }
         };
         if self.phase == Phase::Hello && msg == SessionStop::Shutdown {
             // No HELLO yet: there is no session to end, only a connection to refuse.

@@ -57,6 +57,8 @@ pub enum Admission {
     Busy { running: usize, queued: usize },
     /// This client is over one of its own limits; the text says which.
     Limited(String),
+    /// The Docker Engine is unreachable (why).
+    Unavailable(String),
     /// The server is draining.
     ShuttingDown,
 }
@@ -127,6 +129,8 @@ pub struct Supervisor {
     refill_backoff: Duration,
     refill_paused: bool,
     clients: HashMap<String, ClientUse>,
+    /// Why the Docker Engine is considered down; `None` while it answers.
+    docker_down: Option<String>,
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
@@ -148,6 +152,7 @@ impl Supervisor {
             refill_backoff: REFILL_BACKOFF,
             refill_paused: false,
             clients: HashMap::new(),
+            docker_down: None,
             next_key: 0,
             draining: false,
             drained: None,
@@ -259,10 +264,45 @@ impl Supervisor {
         Some(slot.addr.clone())
     }
 
+    /// The Engine stopped answering: refuse new sessions at once (instead of letting each
+    /// try and fail), fail the queued ones, and ping until it is back.
+    fn docker_lost(&mut self, why: String, ctx: &mut Context<Self>) {
+        if self.docker_down.is_some() || self.draining {
+            return;
+        }
+        warn!(error = %why, "lost the Docker Engine; refusing new sessions until it is back");
+        self.docker_down = Some(why);
+        for id in self.queue.drain(..) {
+            if let Some(entry) = self.sessions.get(&id) {
+                entry.addr.do_send(SessionStop::Unavailable);
+            }
+        }
+        self.gauges();
+        self.ping_docker(ctx);
+    }
+
+    fn ping_docker(&mut self, ctx: &mut Context<Self>) {
+        let docker = self.deps.docker.clone();
+        let ping = async move { docker.ping().await };
+        ctx.spawn(ping.into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => {
+                info!("the Docker Engine is back");
+                act.docker_down = None;
+                act.refill_backoff = REFILL_BACKOFF;
+                act.refill_paused = false;
+                act.retry_orphans(ctx);
+                act.advance_queue();
+            }
+            Err(_) => {
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.ping_docker(ctx));
+            }
+        }));
+    }
+
     /// Starts warm containers until the pool is full, the slots are taken, or someone
     /// is queued (they get the next slot first).
     fn fill_pool(&mut self) {
-        if self.draining || self.refill_paused {
+        if self.draining || self.refill_paused || self.docker_down.is_some() {
             return;
         }
         while self.queue.is_empty()
@@ -278,7 +318,7 @@ impl Supervisor {
     /// place.
     fn advance_queue(&mut self) {
         let mut moved = false;
-        while !self.draining && !self.queue.is_empty() {
+        while !self.draining && self.docker_down.is_none() && !self.queue.is_empty() {
             let Some(container) = self.take_container() else {
                 break;
             };
@@ -431,6 +471,9 @@ impl Handler<Admit> for Supervisor {
         let Some(client) = self.sessions.get(&id).map(|e| e.client.clone()) else {
             return Admission::ShuttingDown;
         };
+        if let Some(why) = &self.docker_down {
+            return Admission::Unavailable(why.clone());
+        }
         if let Err(why) = self.admit_client(&client) {
             return Admission::Limited(why);
         }
@@ -486,6 +529,9 @@ impl Handler<ContainerGone> for Supervisor {
         }
         if let Some(id) = gone.leaked {
             self.orphans.push(id);
+        }
+        if let Some(why) = gone.unreachable {
+            self.docker_lost(why, ctx);
         }
         self.advance_queue();
         self.check_drained();

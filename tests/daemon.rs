@@ -105,7 +105,10 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
     assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
     let (dir, instance) = d.crash();
     let orphans = containers_of(&instance);
-    assert!(!orphans.is_empty(), "the crash left the session's container");
+    assert!(
+        !orphans.is_empty(),
+        "the crash left the session's container"
+    );
     let _ = child.kill();
 
     let d = Daemon::start_in(dir, &instance, &[]);

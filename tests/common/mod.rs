@@ -72,6 +72,16 @@ impl Daemon {
     /// test sets `--warm`, the pool holds one container: dozens of daemons each warming a
     /// full pool at once would slow two cores down for nothing.
     pub fn start_in(dir: tempfile::TempDir, instance: &str, extra: &[&str]) -> Daemon {
+        Self::start_with_env(dir, instance, extra, &[])
+    }
+
+    /// `start_in` with extra environment variables for the daemon (e.g. `DOCKER_HOST`).
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        instance: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Daemon {
         ensure_image();
         let warm: &[&str] = if extra.contains(&"--warm") {
             &[]
@@ -81,6 +91,7 @@ impl Daemon {
         let mut child = Command::new(PYEXECD)
             .args(["--listen", "127.0.0.1:0", "--instance", instance])
             .args(warm)
+            .envs(envs.iter().copied())
             .arg("--cert")
             .arg(dir.path().join("server.pem"))
             .arg("--key")
@@ -465,6 +476,8 @@ pub fn assert_container_gone(id: &str, timeout: Duration) {
 /// How many warm containers the daemon keeps (`warm=N` in its "listening" line; 0 when
 /// the daemon has no pool).
 pub fn warm_target(d: &Daemon) -> usize {
+    // The log is read on a thread of its own: the line may lag behind the start.
+    assert!(d.wait_log(" listening", Duration::from_secs(10)));
     let log = d.log();
     log.lines()
         .find(|l| l.contains(" listening"))

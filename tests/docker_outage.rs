@@ -1,0 +1,167 @@
+//! Losing the Docker Engine while serving, and getting it back: through a socket proxy the
+//! test can cut and restore, never by stopping the machine's Docker.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// A Unix socket that forwards every connection to the real Docker socket, until cut.
+struct DockerProxy {
+    path: PathBuf,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl DockerProxy {
+    fn start(dir: &Path) -> Self {
+        let path = dir.join("docker-proxy.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused: the Engine is "down"
+                    continue;
+                }
+                let Ok(engine) = UnixStream::connect(DOCKER_SOCKET) else {
+                    continue;
+                };
+                {
+                    let mut c = conns2.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(engine.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), engine.try_clone().unwrap());
+                pipe(engine, client);
+            }
+        });
+        DockerProxy { path, up, conns }
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Breaks every open connection and refuses new ones.
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: UnixStream, mut to: UnixStream) {
+    thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+#[test]
+fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    pyexec::certs::generate(dir.path(), &[], false).unwrap();
+    let proxy = DockerProxy::start(dir.path());
+    let host = proxy.docker_host();
+    let d = Daemon::start_with_env(
+        dir,
+        &unique_instance(),
+        &["--warm", "1"],
+        &[("DOCKER_HOST", host.as_str())],
+    );
+    assert_eq!(d.run("print('before')\n", &[], b"").status.code(), Some(0));
+
+    // A session running when the Engine goes away.
+    let mut running = d
+        .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(60)\n"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = OutputWatcher::stdout(&mut running);
+    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
+    let cid = cid_of(&out.seen);
+
+    proxy.cut();
+    let status = wait_timeout(&mut running, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the running session did not end\n{}", d.log()));
+    assert_eq!(status.code(), Some(125));
+    let mut err = String::new();
+    running
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.starts_with("pyexec: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A new client is refused at once, with a clear reason.
+    assert!(
+        d.wait_log("lost the Docker Engine", Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    let started = Instant::now();
+    let refused = d.run("print('during')\n", &[], b"");
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(
+        stderr_str(&refused).starts_with("pyexec: the Docker Engine is unreachable"),
+        "{}",
+        stderr_str(&refused)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+
+    proxy.restore();
+    assert!(
+        d.wait_log("the Docker Engine is back", Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            d.run("print('after')\n", &[], b"").status.code() == Some(0)
+        }),
+        "sessions run again after the Engine is back\n{}",
+        d.log()
+    );
+    // The container that was running during the cut is cleaned up once the Engine is back.
+    assert!(
+        wait_until(Duration::from_secs(20), || !container_listed(&cid)),
+        "container of the interrupted session still there"
+    );
+    d.stop();
+}
