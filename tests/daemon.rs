@@ -233,3 +233,97 @@ fn build_image_is_quick_when_the_image_exists_and_prints_the_tag_last() {
     );
     assert!(started.elapsed() < Duration::from_secs(10), "no rebuild");
 }
+
+#[test]
+fn check_config_shows_every_value_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pyexecd.toml");
+    std::fs::write(
+        &file,
+        "max_sessions = 3\nsession_timeout = \"90s\"\nnetwork = false\n",
+    )
+    .unwrap();
+    let out = Command::new(PYEXECD)
+        .args(["check-config", "--session-timeout", "30", "--config"])
+        .arg(&file)
+        .env("PYEXECD_MAX_QUEUE", "5")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_str(&out));
+    let text = stdout_str(&out);
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("max_sessions").contains("\"3\"")
+            && line("max_sessions").contains(&format!("# file {}", file.display()))
+    );
+    assert!(
+        line("session_timeout").contains("\"30\"") && line("session_timeout").ends_with("# flag"),
+        "flags beat the file"
+    );
+    assert!(
+        line("max_queue").contains("\"5\"")
+            && line("max_queue").ends_with("# env PYEXECD_MAX_QUEUE")
+    );
+    assert!(line("listen").contains("\"0.0.0.0:12344\"") && line("listen").ends_with("# default"));
+    assert!(text.contains("# configuration is valid"));
+}
+
+#[test]
+fn a_bad_config_value_exits_64_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pyexecd.toml");
+    std::fs::write(&file, "max_sessions = 2\nsession_timeout = \"soon\"\n").unwrap();
+    for args in [&["check-config"][..], &[][..]] {
+        let out = Command::new(PYEXECD)
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = stderr_str(&out);
+        assert!(
+            err.contains(&format!(
+                "{}: key `session_timeout`: invalid value 'soon'",
+                file.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(stdout_str(&out), "", "never started");
+    }
+    let out = Command::new(PYEXECD)
+        .args(["--max-sessions", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a bad flag is a usage error too"
+    );
+}
+
+#[test]
+fn the_config_file_configures_a_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    pyexec::certs::generate(dir.path(), &[], false).unwrap();
+    let file = dir.path().join("pyexecd.toml");
+    std::fs::write(&file, "session_timeout = 2\noutput_limit = \"64k\"\n").unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let d = Daemon::start_in(dir, &unique_instance(), &["--config", &file]);
+    let out = d.run("import sys\nsys.stdout.write('x' * 100000)\n", &[], b"");
+    assert_eq!(out.status.code(), Some(137));
+    assert_eq!(out.stdout.len(), 64 * 1024, "output_limit from the file");
+    let out = d.run("while True:\n    pass\n", &[], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "session_timeout from the file"
+    );
+    d.stop();
+}

@@ -1,37 +1,82 @@
-//! `pyexecd`: the daemon. Serves by default; `gen-certs` and `build-image` prepare a machine.
+//! `pyexecd`: the daemon. Serves by default; `gen-certs` and `build-image` prepare a machine;
+//! `check-config` shows the effective configuration.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use pyexec::config::{Cli, Command};
-use pyexec::{certs, docker, image, server};
+use pyexec::config::layers::{self, LoadError, Loaded};
+use pyexec::config::{Command, LogFormat, ServeArgs};
+use pyexec::{certs, docker, image, server, tls};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging() {
+/// sysexits' EX_USAGE: a bad flag, variable or config file value.
+const EXIT_CONFIG: u8 = 64;
+
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,bollard=warn,hyper=warn,rustls=warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let loaded = match layers::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Clap(e)) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
         Err(e) => {
+            eprintln!("pyexecd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let format = match &loaded.cli.command {
+        Some(Command::Serve(args)) => args.log_format,
+        None => loaded.cli.serve.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    match run(&loaded) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("pyexecd: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("pyexecd: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+enum Failure {
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+fn resolve(loaded: &Loaded, args: &ServeArgs) -> Result<pyexec::config::Config, Failure> {
+    args.clone()
+        .resolve()
+        .map_err(|e| Failure::Config(loaded.explain(&e)))
+}
+
+fn run(loaded: &Loaded) -> Result<(), Failure> {
+    match &loaded.cli.command {
         Some(Command::GenCerts(args)) => {
             // With --client only, an existing CA issues the client certificates.
             let ca_exists = certs::CertPaths::in_dir(&args.dir).ca_cert.exists();
@@ -61,14 +106,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", args.tag);
             Ok(())
         }
-        Some(Command::Serve(args)) => serve(*args),
-        None => serve(cli.serve),
+        Some(Command::CheckConfig(args)) => check(loaded, args),
+        Some(Command::Serve(args)) => serve(resolve(loaded, args)?),
+        None => serve(resolve(loaded, &loaded.cli.serve)?),
     }
 }
 
-fn serve(args: pyexec::config::ServeArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
+/// Validates everything that can be checked without serving, and prints the settings.
+fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
+    let cfg = resolve(loaded, args)?;
+    print!("{}", loaded.render(&cfg));
+    let generated = cfg.default_certs && !cfg.cert.exists() && !cfg.key.exists();
+    if generated {
+        println!("# certificates: none yet; the first start generates them in certs/");
+    } else {
+        tls::server_config(&cfg.cert, &cfg.key, cfg.client_ca.as_deref())
+            .map_err(|e| Failure::Config(e.to_string()))?;
+        println!(
+            "# certificates: {} and {} load",
+            cfg.cert.display(),
+            cfg.key.display()
+        );
+    }
+    println!("# configuration is valid");
+    Ok(())
+}
+
+fn serve(cfg: pyexec::config::Config) -> Result<(), Failure> {
     actix_rt::System::new()
         .block_on(server::run(cfg))
-        .context("cannot serve")
+        .context("cannot serve")?;
+    Ok(())
 }

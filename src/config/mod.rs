@@ -1,7 +1,10 @@
-//! The daemon's command line and environment (`PYEXECD_*`), resolved into a `Config`.
+//! The daemon's configuration: flags, `PYEXECD_*` environment variables, a TOML file
+//! (`layers`), resolved into a `Config`.
 //!
 //! Every flag can also come from an environment variable named `PYEXECD_` plus the flag
-//! in upper case with `-` turned into `_` (`--max-sessions` is `PYEXECD_MAX_SESSIONS`).
+//! in upper case with `-` turned into `_` (`--max-sessions` is `PYEXECD_MAX_SESSIONS`),
+//! and from a key of the config file named like the flag with `_` (`max_sessions = 4`).
+//! Precedence: flags, then environment, then the file, then built-in defaults.
 //! Durations accept a plain number of seconds or a suffix (`500ms`, `90s`, `2m`, `1h`);
 //! sizes accept bytes or a binary suffix (`64k`, `256m`, `1g`, also `MiB` style).
 
@@ -11,12 +14,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod layers;
+
 /// The sandbox image `build-image` makes and `pyexecd` uses unless told otherwise. The
 /// suffix is the recipe's version: a changed recipe gets a new tag, so an old image is
 /// never mistaken for a current one.
 pub const DEFAULT_IMAGE: &str = "pyexec/sandbox:bookworm-1";
 pub const DEFAULT_CERT_DIR: &str = "certs";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:12344";
+/// Read when it exists and no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/pyexec/pyexecd.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,10 +47,19 @@ pub enum Command {
     GenCerts(GenCertsArgs),
     /// Build the default sandbox image from Debian packages, without any registry.
     BuildImage(BuildImageArgs),
+    /// Validate the configuration and print every value with where it came from.
+    CheckConfig(Box<ServeArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML config file; its keys are the flags' names with `_` (`max_sessions = 4`).
+    /// Default /etc/pyexec/pyexecd.toml, when it exists.
+    #[arg(long, env = "PYEXECD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: human-readable text, or one JSON object per line for collectors.
+    #[arg(long, env = "PYEXECD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Address to listen on.
     #[arg(long, env = "PYEXECD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -132,6 +148,12 @@ pub struct ServeArgs {
     /// removed at start-up. Give each daemon sharing a Docker Engine its own name.
     #[arg(long, env = "PYEXECD_INSTANCE", default_value = "pyexecd")]
     pub instance: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// See `src/bootstrap.py`.
