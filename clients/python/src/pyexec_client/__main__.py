@@ -1,0 +1,138 @@
+"""`python -m pyexec_client [--server HOST:PORT] [--ca FILE] SCRIPT [ARGS...]`
+
+A small twin of the `pyexec` CLI: the script's stdout and stderr go to ours byte for byte,
+our stdin goes to the script live, Ctrl-C sends SIGINT (a second one cancels, a third
+gives up locally), and the exit status is the server's END.exit_code, or 125 when the
+script could not be run (docs/protocol.md §9). Our own messages go to stderr, prefixed
+"pyexec:".
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from .errors import PyexecError, TimeoutExpired
+from .session import Queued, Session
+
+EXIT_COULD_NOT_RUN = 125
+EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+class _FdReader:
+    """Our stdin as raw os.read() calls. Why not sys.stdin.buffer: the feeder thread may
+    still be blocked in a read when we exit, and a daemon thread holding the buffered
+    reader's lock makes interpreter shutdown abort."""
+
+    def __init__(self, fd):
+        self._fd = fd
+
+    def read1(self, n):
+        return os.read(self._fd, n)
+
+
+def _say(text):
+    sys.stderr.write("pyexec: %s\n" % text)
+    sys.stderr.flush()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m pyexec_client",
+        description="Run a Python script on a pyexecd server, streaming its I/O live.",
+    )
+    parser.add_argument("--server", help="HOST:PORT (default: $PYEXEC_SERVER or localhost:12344)")
+    parser.add_argument("--ca", help="CA certificate file (default: $PYEXEC_CA, else certs/ca.pem)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="T",
+                        help="seconds for connecting plus the TLS handshake (default 10)")
+    parser.add_argument("script", metavar="SCRIPT", help="the script; - reads it from stdin")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="become sys.argv[1:] (everything after SCRIPT)")
+    opts = parser.parse_args(argv)
+
+    if opts.script == "-":
+        script, name, stdin = sys.stdin.buffer.read(), None, b""
+    else:
+        try:
+            with open(opts.script, "rb") as f:
+                script = f.read()
+        except OSError as e:
+            _say("cannot read %s: %s" % (opts.script, e.strerror or e))
+            return EXIT_COULD_NOT_RUN
+        name = os.path.basename(opts.script)
+        stdin = _FdReader(0) if sys.stdin is not None else b""
+
+    broken_pipe = []
+    session_box = []  # the Session, once it exists (callbacks may run before)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+
+    def on_stdout(data):
+        if broken_pipe:
+            return
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            # Our reader went away (`| head -1`): stop the script, exit as SIGPIPE would.
+            broken_pipe.append(True)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())  # so the flush at exit does not fail again
+            if session_box:
+                session_box[0].cancel()
+
+    def on_stderr(data):
+        err.write(data)
+        err.flush()
+
+    def on_event(event):
+        if isinstance(event, Queued) and sys.stderr.isatty():
+            _say("queued: position %d" % event.position)
+
+    try:
+        session = Session(
+            script, opts.args, stdin=stdin, server=opts.server, ca=opts.ca, name=name,
+            on_stdout=on_stdout, on_stderr=on_stderr, on_event=on_event,
+            connect_timeout=opts.connect_timeout,
+        )
+    except (PyexecError, ValueError) as e:  # ValueError: a malformed --server
+        _say(str(e))
+        return EXIT_COULD_NOT_RUN
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+    session_box.append(session)
+    if broken_pipe:
+        session.cancel()
+
+    interrupts = [0]
+
+    def on_sigint(signum, frame):
+        # First Ctrl-C: SIGINT to the script. Second: cancel. Third: give up here.
+        interrupts[0] += 1
+        if interrupts[0] == 1:
+            session.interrupt()
+        elif interrupts[0] == 2:
+            session.cancel()
+        else:
+            raise SystemExit(EXIT_CANCELLED)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        while True:
+            try:
+                result = session.wait(0.25)  # short waits, so that signal handlers run
+                break
+            except TimeoutExpired:
+                continue
+    except PyexecError as e:
+        _say(str(e))
+        return EXIT_COULD_NOT_RUN
+    if broken_pipe:
+        return EXIT_BROKEN_PIPE
+    if result.message and result.reason not in ("exited", "signal"):
+        _say(result.message)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
