@@ -132,6 +132,9 @@ pub enum ClientError {
     Server(ErrorMsg),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The request itself cannot be sent (e.g. arguments over the limits).
+    #[error("{0}")]
+    Request(String),
     #[error("connection lost: {0}")]
     Io(std::io::Error),
 }
@@ -185,6 +188,22 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
         .map_err(|_| ClientError::ConnectTimeout(cfg.server.clone()))?
 }
 
+/// Checks what the server would refuse anyway, before connecting: clearer, and nothing
+/// is sent in vain.
+fn check_hello(hello: &Hello) -> Result<(), ClientError> {
+    crate::sandbox::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
+    let mut encoded = bytes::BytesMut::new();
+    Frame::Hello(hello.clone())
+        .encode(&mut encoded)
+        .map_err(|_| {
+            ClientError::Request(format!(
+                "arguments too large to send: encoded, they exceed the frame limit of {} bytes",
+                crate::protocol::MAX_FRAME_PAYLOAD
+            ))
+        })?;
+    Ok(())
+}
+
 /// Asks the server who it is (a HELLO with `probe`): returns its WELCOME. Runs nothing.
 pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
     let stream = connect(cfg).await?;
@@ -229,11 +248,24 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
+    // Pipelined: HELLO and the whole script go out before the server has answered, from a
+    // task of their own so that an early ERROR is read while the upload is still going.
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        script_size: req.script.len() as u64,
+        args: req.args,
+        name: req.name,
+        client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
+        timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
+        probe: false,
+    };
+    check_hello(&hello)?;
     let stream = connect(cfg).await?;
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, FrameCodec::new());
     let (tx, rx) = mpsc::channel::<Frame>(16);
-    let writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new()), rx));
+    let mut writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new()), rx));
+    let mut writer_done = false;
 
     let Io {
         stdin,
@@ -251,18 +283,8 @@ where
         let tx = tx.clone();
         async move { tx.send(frame).await.is_ok() }
     };
-    // Pipelined: HELLO and the whole script go out before the server has answered, from a
-    // task of their own so that an early ERROR is read while the upload is still going.
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        script_size: req.script.len() as u64,
-        args: req.args,
-        name: req.name,
-        client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
-        timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
-        probe: false,
-    };
     let window = Arc::new(Semaphore::new(0));
+    let mut window_size = 0usize;
     let uploader = tokio::spawn(upload(hello, req.script, stdin, tx.clone(), window.clone()));
     let mut session = String::new();
     let mut stdout_closed = false;
@@ -270,6 +292,14 @@ where
     let result = loop {
         let frame = tokio::select! {
             frame = frames.next() => frame,
+            // The connection cannot carry what we send: no END will come.
+            written = &mut writer, if !writer_done => {
+                writer_done = true;
+                match written {
+                    Ok(Err(e)) => break Err(e.into()),
+                    _ => continue,
+                }
+            }
             Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                 let frame = match c {
                     Control::Interrupt => Frame::Signal(2),
@@ -291,7 +321,8 @@ where
         match frame {
             Frame::Welcome(w) => {
                 session = w.session.clone();
-                window.add_permits(w.limits.stdin_window as usize);
+                window_size = w.limits.stdin_window as usize;
+                window.add_permits(window_size);
                 notify(Notice::Welcome(w));
             }
             Frame::Queued(q) => notify(Notice::Queued(q.position)),
@@ -312,7 +343,14 @@ where
             Frame::Stderr(data) => {
                 let _ = write_now(&mut stderr, &data).await;
             }
-            Frame::StdinCredit(n) => window.add_permits(n as usize),
+            Frame::StdinCredit(n) => {
+                if window.available_permits() + n as usize > window_size {
+                    break Err(ClientError::Protocol(format!(
+                        "STDIN_CREDIT of {n} bytes for stdin never sent"
+                    )));
+                }
+                window.add_permits(n as usize)
+            }
             Frame::End(end) => {
                 break Ok(Outcome {
                     end,
@@ -334,7 +372,9 @@ where
     // Closing the last sender makes the writer send close_notify; then wait for the
     // server's close so that nothing is cut off by a reset.
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
     if result.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(_)) = frames.next().await {}

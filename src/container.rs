@@ -19,14 +19,14 @@ use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
 };
 use bollard::Docker;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::docker::{is_conflict, is_not_found, remove};
-use crate::protocol::{Frame, DATA_CHUNK};
+use crate::protocol::{Frame, Started, DATA_CHUNK};
 use crate::sandbox::{SandboxSpec, NONCE_LEN};
 use crate::status::ByteCounters;
 
@@ -37,6 +37,11 @@ type AttachInput = Pin<Box<dyn AsyncWrite + Send>>;
 /// to be all there is. Docker normally ends the attach stream promptly once stdin is
 /// closed (which we do on exit); this only bounds the case where it does not.
 const DRAIN_IDLE: Duration = Duration::from_millis(1500);
+
+/// After a kill, output still on its way is forwarded for this long at most. Past it the
+/// attach connection is closed: Docker does not report a container's exit while its copy
+/// of the output is blocked on a client that does not read.
+const KILL_DRAIN: Duration = Duration::from_millis(500);
 
 /// Why the server stopped a script itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +71,9 @@ pub struct Run {
     pub request: Bytes,
     /// The nonce inside `request`, which marks the bootstrap's trailer.
     pub nonce: [u8; NONCE_LEN],
+    /// When the session was admitted, and how long it had queued: for STARTED.
+    pub admitted_at: Instant,
+    pub queued_ms: u64,
     pub stdin: mpsc::UnboundedReceiver<StdinMsg>,
     /// Bounded: this is where backpressure from a slow client comes from.
     pub output: mpsc::Sender<Frame>,
@@ -91,8 +99,10 @@ pub struct Kill(pub KillCause);
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum ContainerEvent {
-    /// The script has been handed to Python.
+    /// The script has been handed to Python (STARTED is already queued for the client).
     Started { latency: Duration, warm: bool },
+    /// The script's first output is on its way to the client.
+    FirstOutput,
     /// The script is over and all its output has been queued for the client.
     Finished(Finished),
 }
@@ -130,11 +140,14 @@ pub struct ContainerGone {
     pub unreachable: Option<String>,
 }
 
-/// Sent to the owner when the container is started and waiting for its script.
+/// Sent to the owner when the container is started and waiting for its script (`ready`),
+/// and when a spare that died is being replaced (`!ready`): it is then a container being
+/// started again, no longer one to count as ready.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ContainerReady {
     pub key: u64,
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +207,7 @@ pub struct ContainerActor {
     wait: Option<SpawnHandle>,
     handover: Option<SpawnHandle>,
     pump: Option<SpawnHandle>,
+    stdin_pump: Option<SpawnHandle>,
     killed: Option<KillCause>,
     kill_requested: Option<KillCause>,
     finished: bool,
@@ -224,6 +238,7 @@ impl ContainerActor {
             wait: None,
             handover: None,
             pump: None,
+            stdin_pump: None,
             killed: None,
             kill_requested: None,
             finished: false,
@@ -273,7 +288,10 @@ impl ContainerActor {
         if self.run.is_some() {
             self.hand_over(ctx);
         } else {
-            self.deps.ready.do_send(ContainerReady { key: self.key });
+            self.deps.ready.do_send(ContainerReady {
+                key: self.key,
+                ready: true,
+            });
         }
     }
 
@@ -358,10 +376,26 @@ impl ContainerActor {
         let since = self
             .run_at
             .map_or(self.launched_at, |r| r.max(self.launched_at));
+        // On the control path before any STDIN_CREDIT the stdin pump may send.
+        let _ = run.control.send(Frame::Started(Started {
+            queued_ms: run.queued_ms,
+            start_ms: run.admitted_at.elapsed().as_millis() as u64,
+            warm: self.warm,
+        }));
         run.events.do_send(ContainerEvent::Started {
             latency: since.elapsed(),
             warm: self.warm,
         });
+        let (first_tx, first_rx) = oneshot::channel();
+        let events = run.events.clone();
+        ctx.spawn(
+            async move {
+                if first_rx.await.is_ok() {
+                    events.do_send(ContainerEvent::FirstOutput);
+                }
+            }
+            .into_actor(self),
+        );
         self.events = Some(run.events);
 
         let stdin = pump_stdin(
@@ -371,7 +405,7 @@ impl ContainerActor {
             run.stdin_in_flight,
             self.exited_tx.subscribe(),
         );
-        ctx.spawn(stdin.into_actor(self));
+        self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
 
         let output = futures::stream::iter(first.map(Ok)).chain(output);
         let pump = pump_output(
@@ -380,6 +414,7 @@ impl ContainerActor {
             self.exited_tx.subscribe(),
             run.output_limit,
             Trailers::new(&run.nonce),
+            Some(first_tx),
             self.deps.bytes.clone(),
         );
         self.pump = Some(
@@ -412,11 +447,17 @@ impl ContainerActor {
                 let reason = format!("it exited with status {:?} first", self.exit_code);
                 self.replace(reason, ctx);
             }
-            // A warm container that died unused (killed from outside, Docker restarted):
-            // remove it; the owner starts another.
+            // A spare that died unused (killed from outside, Docker restarted): replace
+            // it in place, so that a session the Supervisor handed it to in the meantime
+            // is served all the same.
             Phase::Ready => {
-                warn!(container = self.short_id(), code = ?self.exit_code, "warm container died unused");
-                self.finish(ctx);
+                warn!(container = self.short_id(), code = ?self.exit_code, "warm container died unused; replacing it");
+                self.deps.ready.do_send(ContainerReady {
+                    key: self.key,
+                    ready: false,
+                });
+                let reason = format!("it exited with status {:?} while waiting", self.exit_code);
+                self.replace(reason, ctx);
             }
             _ => {}
         }
@@ -479,6 +520,7 @@ impl ContainerActor {
                     .signal("SIGKILL")
                     .build();
                 let fut = async move { docker.kill_container(&id, Some(opts)).await };
+                ctx.run_later(KILL_DRAIN, |act, ctx| act.close_attach(ctx));
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(()) => {}
                     // It had exited on its own just before: its own status stands.
@@ -504,6 +546,22 @@ impl ContainerActor {
                 self.finish(ctx);
             }
             Phase::Removing => {}
+        }
+    }
+
+    /// Stops both pumps, which closes the attach connection.
+    fn close_attach(&mut self, ctx: &mut Context<Self>) {
+        for handle in [self.pump.take(), self.stdin_pump.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        if !self.output_done {
+            self.output_done = true;
+            if self.phase == Phase::Exited {
+                self.finish(ctx);
+            }
         }
     }
 
@@ -799,6 +857,24 @@ impl Trailers {
         Some((at, exit))
     }
 
+    /// How many bytes at the end of `data` could be the start of a trailer cut in two
+    /// (the longest such suffix; 0 when none is).
+    fn partial_tail(&self, data: &[u8]) -> usize {
+        let nonce = self.finder.needle();
+        let longest = (NONCE_LEN + 1).min(data.len());
+        (1..=longest)
+            .rev()
+            .find(|&k| {
+                let tail = &data[data.len() - k..];
+                if k <= NONCE_LEN {
+                    tail == &nonce[..k]
+                } else {
+                    tail[..NONCE_LEN] == *nonce && matches!(tail[NONCE_LEN], b'E' | b'S')
+                }
+            })
+            .unwrap_or(0)
+    }
+
     fn seen(&self, stderr: bool) -> bool {
         if stderr {
             self.stderr.is_some()
@@ -833,43 +909,134 @@ enum PumpEnd {
     Trailer(ScriptExit),
 }
 
+/// Output that may be the start of a trailer split across two Docker frames is held back
+/// this long at most before it is sent as the output it then must be.
+const HOLD_MAX: Duration = Duration::from_millis(10);
+
+enum Next {
+    Item(Option<Result<LogOutput, bollard::errors::Error>>),
+    /// The exit was signalled; look again (with the drain's idle bound from now on).
+    Exited,
+    /// The container exited and no more output came for `DRAIN_IDLE`.
+    Drained,
+    /// Held-back bytes have waited long enough.
+    HoldExpired,
+}
+
+async fn next_output(output: &mut AttachOutput, exited: &mut watch::Receiver<bool>) -> Next {
+    if *exited.borrow() {
+        return match tokio::time::timeout(DRAIN_IDLE, output.next()).await {
+            Ok(item) => Next::Item(item),
+            Err(_) => Next::Drained,
+        };
+    }
+    tokio::select! {
+        item = output.next() => Next::Item(item),
+        changed = exited.changed() => match changed {
+            Ok(()) => Next::Exited,
+            Err(_) => Next::Drained,
+        },
+    }
+}
+
+/// Where forwarded output stands against the session's limit.
+struct Sent {
+    total: u64,
+    limit: u64,
+    first: Option<oneshot::Sender<()>>,
+}
+
+/// Sends `data` to the session in frames of at most `DATA_CHUNK`, within the output limit.
+async fn forward(
+    tx: &mpsc::Sender<Frame>,
+    mut data: Bytes,
+    stderr: bool,
+    sent: &mut Sent,
+    bytes: &ByteCounters,
+) -> Result<(), PumpEnd> {
+    let room = sent.limit.saturating_sub(sent.total);
+    let over = data.len() as u64 > room;
+    if over {
+        data.truncate(room as usize);
+    }
+    sent.total += data.len() as u64;
+    if !data.is_empty() {
+        if let Some(first) = sent.first.take() {
+            let _ = first.send(());
+        }
+    }
+    while !data.is_empty() {
+        let chunk = data.split_to(data.len().min(DATA_CHUNK));
+        let n = chunk.len();
+        let frame = if stderr {
+            Frame::Stderr(chunk)
+        } else {
+            Frame::Stdout(chunk)
+        };
+        if tx.send(frame).await.is_err() {
+            return Err(PumpEnd::ClientGone);
+        }
+        bytes.add_out(n);
+    }
+    if over {
+        return Err(PumpEnd::Limit);
+    }
+    Ok(())
+}
+
 /// Moves the container's output into the session's bounded channel, chunk by chunk, with
-/// no copy: each Docker frame is sliced, never re-buffered.
+/// no copy: each Docker frame is sliced, never re-buffered (but for the rare bytes held
+/// back as a possible trailer start), and the bootstrap's trailer is cut out.
 async fn pump_output(
     mut output: AttachOutput,
     tx: mpsc::Sender<Frame>,
     mut exited: watch::Receiver<bool>,
     limit: u64,
     mut trailers: Trailers,
+    first: Option<oneshot::Sender<()>>,
     bytes: Arc<ByteCounters>,
 ) -> PumpEnd {
-    let mut total: u64 = 0;
+    let mut sent = Sent {
+        total: 0,
+        limit,
+        first,
+    };
+    let mut held: Option<(Bytes, bool, tokio::time::Instant)> = None;
     loop {
-        let item = if *exited.borrow() {
-            match tokio::time::timeout(DRAIN_IDLE, output.next()).await {
-                Ok(item) => item,
-                Err(_) => return PumpEnd::Drained,
-            }
-        } else {
-            tokio::select! {
-                item = output.next() => item,
-                changed = exited.changed() => {
-                    if changed.is_err() {
-                        return PumpEnd::Drained;
-                    }
-                    continue;
+        let hold_until = held.as_ref().map(|(_, _, since)| *since + HOLD_MAX);
+        let next = tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                if hold_until.is_some() => Next::HoldExpired,
+            next = next_output(&mut output, &mut exited) => next,
+        };
+        let (mut data, stderr) = match next {
+            Next::HoldExpired => {
+                let (data, stderr, _) = held.take().expect("a hold expired");
+                if let Err(end) = forward(&tx, data, stderr, &mut sent, &bytes).await {
+                    return end;
                 }
+                continue;
             }
+            Next::Exited => continue,
+            Next::Drained => return PumpEnd::Drained,
+            Next::Item(None) => return PumpEnd::Eof,
+            Next::Item(Some(Err(e))) => return PumpEnd::Failed(e.to_string()),
+            Next::Item(Some(Ok(LogOutput::StdOut { message })))
+            | Next::Item(Some(Ok(LogOutput::Console { message }))) => (message, false),
+            Next::Item(Some(Ok(LogOutput::StdErr { message }))) => (message, true),
+            Next::Item(Some(Ok(LogOutput::StdIn { .. }))) => continue,
         };
-        let (mut data, stderr) = match item {
-            None => return PumpEnd::Eof,
-            Some(Err(e)) => return PumpEnd::Failed(e.to_string()),
-            Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
-                (message, false)
+        if let Some((before, was_stderr, _)) = held.take() {
+            if was_stderr == stderr {
+                let mut joined = BytesMut::with_capacity(before.len() + data.len());
+                joined.extend_from_slice(&before);
+                joined.extend_from_slice(&data);
+                data = joined.freeze();
+            } else if let Err(end) = forward(&tx, before, was_stderr, &mut sent, &bytes).await {
+                return end;
             }
-            Some(Ok(LogOutput::StdErr { message })) => (message, true),
-            Some(Ok(LogOutput::StdIn { .. })) => continue,
-        };
+        }
         if trailers.seen(stderr) {
             continue; // written after the script ended, by a process it left behind
         }
@@ -877,31 +1044,133 @@ async fn pump_output(
         if let Some((at, exit)) = trailers.find(&data) {
             data.truncate(at);
             ended = Some(trailers.record(stderr, exit));
-        }
-        let room = limit.saturating_sub(total);
-        let over = data.len() as u64 > room;
-        if over {
-            data.truncate(room as usize);
-        }
-        total += data.len() as u64;
-        while !data.is_empty() {
-            let chunk = data.split_to(data.len().min(DATA_CHUNK));
-            let n = chunk.len();
-            let frame = if stderr {
-                Frame::Stderr(chunk)
-            } else {
-                Frame::Stdout(chunk)
-            };
-            if tx.send(frame).await.is_err() {
-                return PumpEnd::ClientGone;
+        } else {
+            let keep = trailers.partial_tail(&data);
+            if keep > 0 {
+                let tail = data.split_off(data.len() - keep);
+                held = Some((tail, stderr, tokio::time::Instant::now()));
             }
-            bytes.add_out(n);
         }
-        if over {
-            return PumpEnd::Limit;
+        if let Err(end) = forward(&tx, data, stderr, &mut sent, &bytes).await {
+            return end;
         }
         if let Some(Some(exit)) = ended {
             return PumpEnd::Trailer(exit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: [u8; NONCE_LEN] = *b"0123456789abcdef";
+
+    fn out(data: &[u8]) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdOut {
+            message: Bytes::copy_from_slice(data),
+        })
+    }
+
+    fn err(data: &[u8]) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdErr {
+            message: Bytes::copy_from_slice(data),
+        })
+    }
+
+    /// Runs the pump over `items` (then a stream that never ends) and collects what it
+    /// forwards per stream, with how it ended.
+    async fn pump(
+        items: Vec<Result<LogOutput, bollard::errors::Error>>,
+        limit: u64,
+    ) -> (Vec<u8>, Vec<u8>, PumpEnd) {
+        let output: AttachOutput =
+            Box::pin(futures::stream::iter(items).chain(futures::stream::pending()));
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_exited_tx, exited) = watch::channel(false);
+        let end = tokio::time::timeout(
+            Duration::from_millis(300),
+            pump_output(
+                output,
+                tx,
+                exited,
+                limit,
+                Trailers::new(&NONCE),
+                None,
+                Arc::new(ByteCounters::default()),
+            ),
+        )
+        .await
+        .unwrap_or(PumpEnd::Drained);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Ok(frame) = rx.try_recv() {
+            match frame {
+                Frame::Stdout(b) => stdout.extend_from_slice(&b),
+                Frame::Stderr(b) => stderr.extend_from_slice(&b),
+                other => panic!("{other:?}"),
+            }
+        }
+        (stdout, stderr, end)
+    }
+
+    fn trailer(kind: u8, value: u8) -> Vec<u8> {
+        let mut t = NONCE.to_vec();
+        t.extend_from_slice(&[kind, value]);
+        t
+    }
+
+    #[tokio::test]
+    async fn trailer_on_both_streams_ends_the_pump_and_is_cut_out() {
+        let mut last = b"bye".to_vec();
+        last.extend(trailer(b'E', 3));
+        last.extend_from_slice(b"left behind");
+        let (stdout, stderr, end) = pump(
+            vec![out(b"hello "), out(&last), err(&trailer(b'E', 3))],
+            1 << 20,
+        )
+        .await;
+        assert_eq!(stdout, b"hello bye");
+        assert_eq!(stderr, b"");
+        assert!(
+            matches!(end, PumpEnd::Trailer(ScriptExit::Code(3))),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trailer_cut_across_frames_is_still_found_and_never_leaks() {
+        let t = trailer(b'S', 9);
+        for cut in 1..t.len() {
+            let mut first = b"data".to_vec();
+            first.extend_from_slice(&t[..cut]);
+            let (stdout, _, end) = pump(
+                vec![out(&first), out(&t[cut..]), err(&trailer(b'S', 9))],
+                1 << 20,
+            )
+            .await;
+            assert_eq!(stdout, b"data", "cut at {cut}");
+            assert!(
+                matches!(end, PumpEnd::Trailer(ScriptExit::Signal(9))),
+                "cut at {cut}: {end:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_that_only_look_like_a_trailer_start_are_sent_soon_after() {
+        // Ends with the nonce's first byte, and nothing follows: held, then sent.
+        let (stdout, _, end) = pump(vec![out(b"Name: 0")], 1 << 20).await;
+        assert_eq!(stdout, b"Name: 0");
+        assert!(matches!(end, PumpEnd::Drained), "{end:?}");
+        // And when other output follows, it is joined in order.
+        let (stdout, _, _) = pump(vec![out(b"x01"), out(b"2y")], 1 << 20).await;
+        assert_eq!(stdout, b"x012y");
+    }
+
+    #[tokio::test]
+    async fn output_limit_is_exact() {
+        let (stdout, _, end) = pump(vec![out(&[b'a'; 700]), out(&[b'b'; 700])], 1000).await;
+        assert_eq!(stdout.len(), 1000);
+        assert!(matches!(end, PumpEnd::Limit));
     }
 }

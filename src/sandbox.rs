@@ -159,12 +159,14 @@ pub fn check_args(args: &[String]) -> Result<(), RequestError> {
 
 /// The file name the script is written to: the client's name when it is a plain,
 /// harmless file name, so that `sys.argv[0]` and tracebacks read as they would locally.
+/// Not a hidden file, and not one starting with `-`, which `python3 -u NAME` would read
+/// as an option.
 pub fn script_name(requested: Option<&str>) -> String {
     match requested {
         Some(n)
             if !n.is_empty()
                 && n.len() <= 64
-                && !n.starts_with('.')
+                && !n.starts_with(['.', '-'])
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
         {
@@ -281,6 +283,8 @@ mod tests {
         assert_eq!(script_name(Some("hello.py")), "hello.py");
         assert_eq!(script_name(Some("../etc/passwd")), DEFAULT_SCRIPT_NAME);
         assert_eq!(script_name(Some(".bashrc")), DEFAULT_SCRIPT_NAME);
+        assert_eq!(script_name(Some("-c")), DEFAULT_SCRIPT_NAME);
+        assert_eq!(script_name(Some("my-script.py")), "my-script.py");
         assert_eq!(script_name(Some("a b.py")), DEFAULT_SCRIPT_NAME);
         assert_eq!(script_name(None), DEFAULT_SCRIPT_NAME);
     }

@@ -32,11 +32,11 @@ use crate::container::{
 };
 use crate::protocol::{
     CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
-    Started, Welcome, PROTOCOL_VERSION,
+    Welcome, PROTOCOL_VERSION,
 };
 use crate::sandbox::{bootstrap_request, check_args, new_nonce, script_name};
 use crate::status::{
-    ByteCounters, ContainerStarted, Outcome, SessionAccepted, SessionEnded, Status,
+    ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded, Status,
 };
 use crate::supervisor::{Admission, Admit, Register, Supervisor, Unregister};
 
@@ -416,6 +416,7 @@ impl Session {
             .hello
             .as_ref()
             .and_then(|h| h.timeout_ms)
+            .filter(|ms| *ms > 0) // 0: no limit of the client's own
             .map(Duration::from_millis);
         match asked {
             Some(t) if t < self.cfg().session_timeout => t,
@@ -625,9 +626,15 @@ impl Session {
             &hello.args,
             &nonce,
         );
+        let admitted_at = self.admitted_at.unwrap_or(self.accepted_at);
+        let queued_ms = self.queued_at.map_or(0, |q| {
+            admitted_at.saturating_duration_since(q).as_millis() as u64
+        });
         container.do_send(Run {
             request,
             nonce,
+            admitted_at,
+            queued_ms,
             stdin,
             output,
             control: self.control.clone(),
@@ -728,8 +735,9 @@ pub fn exit_code_for(reason: EndReason, status: Option<i32>) -> i32 {
 }
 
 /// Reads a container's exit status as a shell does: above 128 means death by a signal.
-/// docker-init reports a child killed by signal N as 128 + N; a script that calls
-/// `sys.exit(137)` looks the same, and is reported the same way a shell would.
+/// The fallback when the bootstrap's exact report is missing (SIGKILL, which may be the
+/// OOM killer, or a container killed whole): docker-init reports a child killed by signal
+/// N as 128 + N, so a `sys.exit(137)` would read as SIGKILL here, as in a shell.
 pub fn classify_exit(code: i64, duration_ms: u64) -> End {
     let status = code.clamp(0, 255) as i32;
     if (129..=128 + 64).contains(&status) {
@@ -898,20 +906,17 @@ impl Handler<ContainerEvent> for Session {
     type Result = ();
     fn handle(&mut self, event: ContainerEvent, ctx: &mut Context<Self>) {
         match event {
+            // The container has already queued the STARTED frame (ahead of any
+            // STDIN_CREDIT); here it is only noted.
             ContainerEvent::Started { latency, warm } => {
                 self.running = true;
-                let admitted = self.admitted_at.unwrap_or(self.accepted_at);
-                let queued_ms = match self.queued_at {
-                    Some(q) => admitted.saturating_duration_since(q).as_millis() as u64,
-                    None => 0,
-                };
                 debug!(parent: &self.span, latency_ms = latency.as_millis() as u64, warm, "script started");
                 self.deps.status.do_send(ContainerStarted { latency });
-                self.send(Frame::Started(Started {
-                    queued_ms,
-                    start_ms: admitted.elapsed().as_millis() as u64,
-                    warm,
-                }));
+            }
+            ContainerEvent::FirstOutput => {
+                self.deps.status.do_send(FirstOutput {
+                    latency: self.accepted_at.elapsed(),
+                });
             }
             ContainerEvent::Finished(f) => {
                 self.container = None;

@@ -1,8 +1,10 @@
-//! The Status actor: the daemon's counters, gauges and latency samples, and the SIGUSR1 dump.
+//! The Status actor: the daemon's counters, gauges and latency samples, the SIGUSR1 dump,
+//! and the same figures as Prometheus metrics (`metrics.rs` serves them).
 //!
 //! Events arrive as small messages; byte counts, which change on every chunk of output,
 //! are plain atomics shared with the streaming path so that it never sends a message per
-//! chunk.
+//! chunk. The Prometheus registry is fed from the same events, so the dump and /metrics
+//! never disagree.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::{EndReason, ErrorCode};
 
@@ -89,6 +97,25 @@ pub struct Gauges {
 pub struct PoolUse {
     pub hit: bool,
 }
+
+/// Time from accepting a connection to the first byte of script output leaving for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FirstOutput {
+    pub latency: Duration,
+}
+
+/// Whether the Docker Engine answers, pushed by the Supervisor when that changes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DockerHealth {
+    pub up: bool,
+}
+
+/// The metrics in the Prometheus text format (OpenMetrics).
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct Encode;
 
 /// Log one snapshot (SIGUSR1).
 #[derive(Message)]
@@ -192,8 +219,138 @@ impl Samples {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// The Prometheus view of the same figures.
+struct Metrics {
+    registry: Registry,
+    sessions: Family<OutcomeLabels, Counter>,
+    accepted: Counter,
+    busy: Counter,
+    tls_failures: Counter,
+    running: Gauge,
+    queued: Gauge,
+    warm: Gauge,
+    warm_hits: Counter,
+    warm_misses: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    container_start: Histogram,
+    first_output: Histogram,
+    docker_up: Gauge,
+    /// The byte counters' values at the last scrape, to add only what is new.
+    seen_in: u64,
+    seen_out: u64,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        // 1 ms to ~16 s: a warm start is milliseconds, a cold one a few hundred.
+        let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let mut m = Metrics {
+            registry: Registry::with_prefix("pyexec"),
+            sessions: Family::default(),
+            accepted: Counter::default(),
+            busy: Counter::default(),
+            tls_failures: Counter::default(),
+            running: Gauge::default(),
+            queued: Gauge::default(),
+            warm: Gauge::default(),
+            warm_hits: Counter::default(),
+            warm_misses: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            container_start: latency(),
+            first_output: latency(),
+            docker_up: Gauge::default(),
+            seen_in: 0,
+            seen_out: 0,
+        };
+        let r = &mut m.registry;
+        r.register(
+            "sessions",
+            "Sessions ended, by outcome (END reason, error_<code>, or disconnected)",
+            m.sessions.clone(),
+        );
+        r.register(
+            "accepted_sessions",
+            "Connections that completed a TLS handshake",
+            m.accepted.clone(),
+        );
+        r.register(
+            "busy_refusals",
+            "Sessions refused because every slot and queue place was taken",
+            m.busy.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            m.tls_failures.clone(),
+        );
+        r.register(
+            "sessions_running",
+            "Sessions holding a container",
+            m.running.clone(),
+        );
+        r.register(
+            "sessions_queued",
+            "Sessions waiting for a slot",
+            m.queued.clone(),
+        );
+        r.register(
+            "warm_pool_size",
+            "Warm containers ready for a script",
+            m.warm.clone(),
+        );
+        r.register(
+            "warm_pool_hits",
+            "Sessions served from the warm pool",
+            m.warm_hits.clone(),
+        );
+        r.register(
+            "warm_pool_misses",
+            "Sessions that had to wait for a container to start",
+            m.warm_misses.clone(),
+        );
+        r.register_with_unit(
+            "received",
+            "Script and stdin bytes received from clients",
+            Unit::Bytes,
+            m.bytes_in.clone(),
+        );
+        r.register_with_unit(
+            "sent",
+            "Script output bytes sent to clients",
+            Unit::Bytes,
+            m.bytes_out.clone(),
+        );
+        r.register_with_unit(
+            "container_start",
+            "From asking for a container to the script being in it",
+            Unit::Seconds,
+            m.container_start.clone(),
+        );
+        r.register_with_unit(
+            "first_output",
+            "From accepting a connection to the script's first output byte",
+            Unit::Seconds,
+            m.first_output.clone(),
+        );
+        r.register(
+            "docker_up",
+            "1 while the Docker Engine answers",
+            m.docker_up.clone(),
+        );
+        m
+    }
+}
+
 pub struct Status {
     started: Instant,
+    metrics: Metrics,
     bytes: Arc<ByteCounters>,
     accepted: u64,
     running: usize,
@@ -209,8 +366,11 @@ pub struct Status {
 
 impl Status {
     pub fn new(bytes: Arc<ByteCounters>) -> Self {
+        let metrics = Metrics::new();
+        metrics.docker_up.set(1);
         Status {
             started: Instant::now(),
+            metrics,
             bytes,
             accepted: 0,
             running: 0,
@@ -258,6 +418,7 @@ impl Handler<SessionAccepted> for Status {
     type Result = ();
     fn handle(&mut self, _: SessionAccepted, _: &mut Context<Self>) {
         self.accepted += 1;
+        self.metrics.accepted.inc();
     }
 }
 
@@ -265,6 +426,15 @@ impl Handler<SessionEnded> for Status {
     type Result = ();
     fn handle(&mut self, msg: SessionEnded, _: &mut Context<Self>) {
         *self.finished.entry(msg.0).or_default() += 1;
+        self.metrics
+            .sessions
+            .get_or_create(&OutcomeLabels {
+                outcome: msg.0.label(),
+            })
+            .inc();
+        if msg.0 == Outcome::Error(ErrorCode::Busy) {
+            self.metrics.busy.inc();
+        }
     }
 }
 
@@ -272,6 +442,7 @@ impl Handler<TlsFailed> for Status {
     type Result = ();
     fn handle(&mut self, _: TlsFailed, _: &mut Context<Self>) {
         self.tls_failures += 1;
+        self.metrics.tls_failures.inc();
     }
 }
 
@@ -279,6 +450,9 @@ impl Handler<ContainerStarted> for Status {
     type Result = ();
     fn handle(&mut self, msg: ContainerStarted, _: &mut Context<Self>) {
         self.start_latency.push(msg.latency);
+        self.metrics
+            .container_start
+            .observe(msg.latency.as_secs_f64());
     }
 }
 
@@ -289,6 +463,9 @@ impl Handler<Gauges> for Status {
         self.queued = msg.queued;
         self.warm = msg.warm;
         self.clients = msg.clients;
+        self.metrics.running.set(msg.running as i64);
+        self.metrics.queued.set(msg.queued as i64);
+        self.metrics.warm.set(msg.warm as i64);
     }
 }
 
@@ -297,9 +474,43 @@ impl Handler<PoolUse> for Status {
     fn handle(&mut self, msg: PoolUse, _: &mut Context<Self>) {
         if msg.hit {
             self.warm_hits += 1;
+            self.metrics.warm_hits.inc();
         } else {
             self.warm_misses += 1;
+            self.metrics.warm_misses.inc();
         }
+    }
+}
+
+impl Handler<FirstOutput> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: FirstOutput, _: &mut Context<Self>) {
+        self.metrics.first_output.observe(msg.latency.as_secs_f64());
+    }
+}
+
+impl Handler<DockerHealth> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: DockerHealth, _: &mut Context<Self>) {
+        self.metrics.docker_up.set(msg.up as i64);
+    }
+}
+
+impl Handler<Encode> for Status {
+    type Result = String;
+    fn handle(&mut self, _: Encode, _: &mut Context<Self>) -> String {
+        let m = &mut self.metrics;
+        let (bytes_in, bytes_out) = (
+            self.bytes.bytes_in.load(Ordering::Relaxed),
+            self.bytes.bytes_out.load(Ordering::Relaxed),
+        );
+        m.bytes_in.inc_by(bytes_in.saturating_sub(m.seen_in));
+        m.bytes_out.inc_by(bytes_out.saturating_sub(m.seen_out));
+        (m.seen_in, m.seen_out) = (bytes_in, bytes_out);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry);
+        text
     }
 }
 

@@ -209,6 +209,17 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Takes back a booking of `admit_client` that did not lead to a session (busy): it
+    /// counts neither as active nor against the rate.
+    fn unbook_client(&mut self, client: &str) {
+        if let Some(usage) = self.clients.get_mut(client) {
+            if self.cfg.rate > 0 {
+                usage.starts.pop_back();
+            }
+        }
+        self.release_client(client);
+    }
+
     /// Gives back the booking of `admit_client`.
     fn release_client(&mut self, client: &str) {
         if let Some(usage) = self.clients.get_mut(client) {
@@ -247,7 +258,8 @@ impl Supervisor {
                 }
                 (key, true)
             }
-            (None, Some(key)) => (key, false),
+            // Still starting, but started ahead of demand: a hit all the same.
+            (None, Some(key)) => (key, true),
             (None, None) if self.has_room() => {
                 let (_, addr) = self.launch(true);
                 self.status.do_send(PoolUse { hit: false });
@@ -493,9 +505,9 @@ impl Handler<Admit> for Supervisor {
             self.gauges();
             Admission::Queued(self.queue.len() as u32)
         } else {
-            self.release_client(&client);
+            self.unbook_client(&client);
             Admission::Busy {
-                running: self.slots.len(),
+                running: self.slots.values().filter(|s| s.assigned).count(),
                 queued: self.queue.len(),
             }
         }
@@ -541,11 +553,16 @@ impl Handler<ContainerGone> for Supervisor {
 impl Handler<ContainerReady> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, ready: ContainerReady, _: &mut Context<Self>) {
-        self.refill_backoff = REFILL_BACKOFF;
-        if let Some(pos) = self.warming.iter().position(|k| *k == ready.key) {
-            self.warming.remove(pos);
-            self.pool.push_back(ready.key);
+    fn handle(&mut self, msg: ContainerReady, _: &mut Context<Self>) {
+        let (from, to) = if msg.ready {
+            self.refill_backoff = REFILL_BACKOFF;
+            (&mut self.warming, &mut self.pool)
+        } else {
+            (&mut self.pool, &mut self.warming)
+        };
+        if let Some(pos) = from.iter().position(|k| *k == msg.key) {
+            from.remove(pos);
+            to.push_back(msg.key);
             self.gauges();
         }
     }

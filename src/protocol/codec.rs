@@ -2,8 +2,8 @@
 
 use std::io;
 
-use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 use super::frame::{Frame, FrameError};
 use super::MAX_FRAME_PAYLOAD;
@@ -32,25 +32,15 @@ impl CodecError {
 }
 
 /// Length-prefixed typed frames: `u32` big-endian length, then the frame body.
-#[derive(Debug)]
-pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
-}
-
-impl Default for FrameCodec {
-    fn default() -> Self {
-        FrameCodec {
-            inner: LengthDelimitedCodec::builder()
-                .length_field_type::<u32>()
-                .max_frame_length(MAX_FRAME_PAYLOAD + 1)
-                .new_codec(),
-        }
-    }
-}
+///
+/// The prefix is read in place and consumed only with its whole frame, so that at the end
+/// of the stream any leftover byte, prefix included, is a truncated frame.
+#[derive(Debug, Default)]
+pub struct FrameCodec;
 
 impl FrameCodec {
     pub fn new() -> Self {
-        Self::default()
+        FrameCodec
     }
 }
 
@@ -59,12 +49,21 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        match self.inner.decode(src) {
-            Ok(Some(body)) => Ok(Some(Frame::parse(body.freeze())?)),
-            Ok(None) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(CodecError::Oversized),
-            Err(e) => Err(e.into()),
+        let Some(prefix) = src.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+        if len > MAX_FRAME_PAYLOAD + 1 {
+            return Err(CodecError::Oversized);
         }
+        if src.len() < 4 + len {
+            // Room for the rest of this frame, never more than the bound above.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let body = src.split_to(len).freeze();
+        Ok(Some(Frame::parse(body)?))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
@@ -144,10 +143,16 @@ mod tests {
         let mut buf = BytesMut::from(&wire[..wire.len() - 2]);
         let mut codec = FrameCodec::new();
         assert!(codec.decode(&mut buf).unwrap().is_none());
-        // The codec has consumed the length prefix; the payload bytes are what is left.
         assert!(matches!(
             codec.decode_eof(&mut buf),
-            Err(CodecError::Truncated(n)) if n == wire.len() - 2 - 4
+            Err(CodecError::Truncated(n)) if n == wire.len() - 2
+        ));
+        // Also when only the length prefix made it.
+        let mut buf = BytesMut::from(&wire[..4]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(CodecError::Truncated(4))
         ));
     }
 

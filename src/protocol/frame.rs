@@ -159,7 +159,7 @@ pub enum EndReason {
     OutputLimit,
     /// The container ran out of memory and the kernel killed the script.
     Oom,
-    /// The client cancelled the session (CANCEL).
+    /// The client cancelled the session (CANCEL, or a signal before the script started).
     Cancelled,
     /// The server is shutting down.
     Shutdown,
@@ -203,7 +203,7 @@ pub struct End {
     pub signal: Option<i32>,
     /// Milliseconds from the server accepting the connection to this frame.
     pub duration_ms: u64,
-    /// Human-readable explanation, empty for `exited`.
+    /// Human-readable explanation; empty for a script that exited on its own.
     #[serde(default)]
     pub message: String,
 }
