@@ -422,8 +422,15 @@ pub fn assert_fds_settle(d: &Daemon, baseline: usize, what: &str) {
     }
 }
 
-/// The daemon still serves: a hello-world right now succeeds, byte for byte.
+/// The daemon still serves: a hello-world right now succeeds, byte for byte. The daemon's
+/// warnings so far go to the test's stderr (shown when a test fails, or with
+/// `--success-output`).
 pub fn assert_healthy(d: &Daemon) {
+    for line in d.log().lines() {
+        if line.contains(" WARN ") || line.contains(" ERROR ") {
+            eprintln!("daemon: {line}");
+        }
+    }
     let out = d.run("print('hello, world')\n", &[], b"");
     assert_eq!(
         (
@@ -521,6 +528,7 @@ pub fn assert_back_to_idle(d: &Daemon, baseline: usize, what: &str) {
         d.log()
     );
     assert_fds_settle(d, baseline, what);
+    assert_no_session_left(d, what);
 }
 
 /// Waits for a log line of session `id` that contains `needle`.
@@ -531,4 +539,71 @@ pub fn wait_session_log(d: &Daemon, id: &str, needle: &str, timeout: Duration) -
             .lines()
             .any(|l| l.contains(&tag) && l.contains(needle))
     })
+}
+
+/// Waits until the warm pool holds started containers (a session then does not pay for
+/// a container start inside a short time limit).
+pub fn wait_pool_ready(d: &Daemon) {
+    let warm = warm_target(d);
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .log()
+            .matches("container started")
+            .count()
+            >= warm),
+        "the warm pool did not fill\n{}",
+        d.log()
+    );
+}
+
+/// Asks the daemon for a status snapshot (SIGUSR1) and returns that log line.
+pub fn status_line(d: &Daemon) -> String {
+    let count = |log: &str| log.matches("status: uptime=").count();
+    let before = count(&d.log());
+    d.signal(libc::SIGUSR1);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&d.log()) > before),
+        "no status line after SIGUSR1"
+    );
+    let log = d.log();
+    log.lines()
+        .rfind(|l| l.contains("status: uptime="))
+        .unwrap()
+        .to_string()
+}
+
+/// The daemon's own account: every session it accepted has ended (its actor reported
+/// its outcome), and none is running or queued.
+pub fn assert_no_session_left(d: &Daemon, what: &str) {
+    let number = |line: &str, key: &str| -> Option<u64> {
+        let rest = line.split(&format!(" {key}=")).nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let settled = |line: &str| {
+        let finished: Option<u64> = line
+            .split(" finished=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|kv| kv.split('=').nth(1)?.parse::<u64>().ok())
+                    .sum()
+            });
+        matches!(
+            (number(line, "accepted"), finished, number(line, "running"), number(line, "queued")),
+            (Some(a), Some(f), Some(0), Some(0)) if a == f
+        )
+    };
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = status_line(d);
+        settled(&last)
+    });
+    assert!(
+        ok,
+        "{what}: sessions still live in the daemon's account: {last}"
+    );
 }
