@@ -1,73 +1,401 @@
 //! `pyexec`: run a Python script on a pyexecd server as if it ran here.
+//!
+//! Everything on stdout and stderr is the script's, byte for byte, except pyexec's own
+//! messages: one line each on stderr, prefixed `pyexec: `. Those are of three kinds:
+//! errors (always printed; pyexec exits 125), notes (suppressed by `--quiet`) and the
+//! queue position, which is shown only on a terminal and cleared when the script starts.
 
 use std::ffi::OsString;
+use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
-use pyexec::client::{self, ClientConfig, Control, Io, Notice, Request};
-use pyexec::config::parse_duration;
-use pyexec::protocol::EndReason;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueHint};
+use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Request};
+use pyexec::config::{format_size, parse_duration};
+use pyexec::protocol::{EndReason, Welcome};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
-/// Exit status when the script could not be run at all.
+/// Exit status when the script could not be run at all (usage errors included).
 const EXIT_CANNOT_RUN: i32 = 125;
 
 const EXAMPLES: &str = "\
 Examples:
-  pyexec hello.py                      run hello.py on the server at localhost:12344
-  pyexec --server build1:12344 --ca ca.pem job.py --verbose 3
-                                       arguments after the script become sys.argv[1:]
+  pyexec hello.py                      run hello.py on the server (localhost:12344)
+  pyexec job.py --verbose 3            everything after the script is sys.argv[1:]
   echo 'print(2 + 2)' | pyexec -       read the script itself from stdin
-  pyexec filter.py < in.csv > out.csv  stdin and stdout are the script's
+  pyexec filter.py < in.csv > out.csv  stdin, stdout and stderr are the script's
+  pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
+  pyexec --version                     this client's version and the server's
 
-Exit status: the script's own; 128+N if it died of signal N (137 when killed, out of
-memory included); 124 if the session timed out; 125 if it could not be run at all.";
+'pyexec --help' shows more: mutual TLS, environment variables, the exit status table.";
+
+const LONG_HELP: &str = "\
+Examples:
+  pyexec hello.py                      run hello.py on the server (localhost:12344)
+  pyexec job.py --verbose 3            everything after the script is sys.argv[1:]
+  echo 'print(2 + 2)' | pyexec -       read the script itself from stdin
+  pyexec filter.py < in.csv > out.csv  stdin, stdout and stderr are the script's
+  pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
+  pyexec -q job.py 2> job.err          job.err gets the script's stderr and nothing else
+                                       (unless pyexec itself fails: exit status 125)
+  pyexec --server build1:12344 --ca ca.pem job.py
+                                       a server elsewhere, trusting its CA
+  pyexec --cert me.pem --key me.key job.py
+                                       a server that requires mutual TLS: present a client
+                                       certificate (pyexecd gen-certs --client NAME issues one)
+  pyexec --version                     this client's version and the server's
+  pyexec --completions bash > ~/.local/share/bash-completion/completions/pyexec
+  pyexec --completions zsh > ~/.zfunc/_pyexec     (with fpath+=~/.zfunc in ~/.zshrc)
+  pyexec --completions fish > ~/.config/fish/completions/pyexec.fish
+
+Environment (a flag wins over its variable):
+  PYEXEC_SERVER           server to connect to, as --server (default localhost:12344)
+  PYEXEC_CA               CA certificate, as --ca (default certs/ca.pem)
+  PYEXEC_CERT             client certificate for mutual TLS, as --cert
+  PYEXEC_KEY              its private key, as --key
+  PYEXEC_TIMEOUT          time limit, as --timeout (--timeout 0 lifts it for one run)
+  PYEXEC_CONNECT_TIMEOUT  as --connect-timeout
+
+Interaction:
+  Ctrl-C sends SIGINT to the script (Python raises KeyboardInterrupt); a second Ctrl-C
+  cancels the session (exit status 130); a third exits at once. While every run slot
+  on the server is taken, a terminal on stderr shows the queue position on one line,
+  which is cleared when the script starts; nothing is shown when stderr is a file or a
+  pipe, or with --quiet.
+
+Output:
+  The script's stdout and stderr go to pyexec's stdout and stderr byte for byte, never
+  mixed. pyexec's own messages go to stderr only, one line each, prefixed 'pyexec: '.
+  --quiet leaves only the errors that make pyexec exit with 125.
+
+Exit status:
+  N        the script's own (sys.exit(N); an uncaught exception gives 1)
+  128+N    the script died of signal N (137 for SIGKILL)
+  137      out of memory (the kernel killed the script), or the output limit was reached
+  124      the session timed out (--timeout, or the server's own limit)
+  130      the session was cancelled (second Ctrl-C)
+  141      pyexec's stdout was closed (e.g. pyexec x.py | head -1), as SIGPIPE would
+  143      the server shut down before the script finished
+  125      the script could not be run: usage error, unreadable script, cannot connect,
+           TLS or CA failure, server busy, script too large, protocol error, Docker
+           failure on the server";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "pyexec",
-    version,
     about = "Run a Python script on a pyexecd server, with live stdin, stdout and stderr",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    after_long_help = LONG_HELP,
+    disable_version_flag = true,
+    override_usage = "pyexec [OPTIONS] SCRIPT [ARGS]...\n       pyexec --version\n       pyexec --completions SHELL"
 )]
 struct Args {
     /// Server to connect to.
-    #[arg(long, env = "PYEXEC_SERVER", default_value = client::DEFAULT_SERVER)]
+    #[arg(
+        long,
+        env = "PYEXEC_SERVER",
+        default_value = client::DEFAULT_SERVER,
+        value_name = "HOST:PORT",
+        value_hint = ValueHint::Hostname
+    )]
     server: String,
     /// CA certificate that signed the server's certificate.
-    #[arg(long, env = "PYEXEC_CA", default_value = client::DEFAULT_CA)]
+    #[arg(
+        long,
+        env = "PYEXEC_CA",
+        default_value = client::DEFAULT_CA,
+        value_name = "FILE",
+        value_hint = ValueHint::FilePath
+    )]
     ca: PathBuf,
     /// Client certificate (PEM), for servers that require mutual TLS.
-    #[arg(long, env = "PYEXEC_CERT", requires = "key")]
+    #[arg(
+        long,
+        env = "PYEXEC_CERT",
+        requires = "key",
+        value_name = "FILE",
+        value_hint = ValueHint::FilePath
+    )]
     cert: Option<PathBuf>,
     /// Private key (PEM) of the client certificate.
-    #[arg(long, env = "PYEXEC_KEY", requires = "cert")]
+    #[arg(
+        long,
+        env = "PYEXEC_KEY",
+        requires = "cert",
+        value_name = "FILE",
+        value_hint = ValueHint::FilePath
+    )]
     key: Option<PathBuf>,
+    /// Stop the script after this long (e.g. 10, 90s, 2m, 500ms); exit status 124.
+    ///
+    /// Counted by the server from the moment it accepts the connection, so time
+    /// spent waiting in its queue counts too. The server applies the shorter of this
+    /// and its own limit (see --version). 0 means no limit of pyexec's own (to
+    /// override PYEXEC_TIMEOUT for one run).
+    #[arg(
+        long,
+        env = "PYEXEC_TIMEOUT",
+        value_name = "T",
+        value_parser = parse_duration,
+        verbatim_doc_comment
+    )]
+    timeout: Option<Duration>,
     /// Bound on connecting and the TLS handshake.
-    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "PYEXEC_CONNECT_TIMEOUT",
+        default_value = "10",
+        value_name = "T",
+        value_parser = parse_duration
+    )]
     connect_timeout: Duration,
-    /// The script to run; `-` reads it from stdin.
-    script: PathBuf,
-    /// Arguments for the script (`sys.argv[1:]`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<OsString>,
+    /// Print none of pyexec's own notes, only its errors (exit status 125).
+    ///
+    /// Suppressed:
+    ///   - the queue position (shown only when stderr is a terminal anyway);
+    ///   - the note on why a script that did not exit by itself ended: "killed by
+    ///     signal 9 (SIGKILL)", "session timed out after 10s", out of memory, output
+    ///     limit reached, cancelled, server shutting down (the exit status tells);
+    ///   - the "reading the script from the terminal" hint of `pyexec -`;
+    ///   - the "cannot reach server" line of --version.
+    ///
+    /// Never suppressed: the script's own output, and every error that makes pyexec
+    /// exit with 125 (one line on stderr, prefixed 'pyexec: ').
+    #[arg(short, long, verbatim_doc_comment)]
+    quiet: bool,
+    /// Print pyexec's version, then ask the server for its own.
+    ///
+    /// Prints `pyexec <version>`, then on a second line
+    ///   server <HOST:PORT>: <its version> (protocol, time limit, script and output limits)
+    /// If the server cannot be reached within --connect-timeout, the reason goes to
+    /// stderr instead (unless --quiet); the exit status is 0 either way.
+    #[arg(short = 'V', long, verbatim_doc_comment)]
+    version: bool,
+    /// Print a completion script for SHELL on stdout and exit.
+    #[arg(long, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
+    /// The script (`-`: read it from stdin), then its arguments (`sys.argv[1:]`).
+    ///
+    /// Everything after SCRIPT is the script's, even what looks like one of pyexec's
+    /// flags: `pyexec job.py --help` passes --help to job.py. A script read from stdin
+    /// gets no stdin of its own.
+    #[arg(
+        value_names = ["SCRIPT", "ARGS"],
+        num_args = 1..,
+        trailing_var_arg = true,
+        required_unless_present_any = ["version", "completions"],
+        value_hint = ValueHint::FilePath,
+        verbatim_doc_comment
+    )]
+    command: Vec<OsString>,
 }
 
-fn fail(message: impl std::fmt::Display) -> ! {
-    eprintln!("pyexec: {message}");
+/// Writes to stdout, ignoring a closed pipe (`pyexec --version | head -0`).
+fn print_out(line: impl Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// One line on stderr, prefixed `pyexec: `. Newlines inside would break the promise of
+/// one line per message, so they become spaces.
+fn print_err(message: impl Display) {
+    let text = message.to_string().replace(['\r', '\n'], " ");
+    let _ = writeln!(std::io::stderr().lock(), "pyexec: {}", text.trim_end());
+}
+
+/// Prints an error and exits 125. Only for use before any queue line can be shown.
+fn fail(message: impl Display) -> ! {
+    print_err(message);
     std::process::exit(EXIT_CANNOT_RUN);
 }
 
-fn read_script(path: &Path) -> (Bytes, Option<String>) {
+/// How the queue position is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueStyle {
+    /// Not at all: stderr is not a terminal, or `--quiet`.
+    Hidden,
+    /// One line, rewritten in place and erased when the script starts.
+    InPlace,
+    /// A new line per change, for terminals that cannot erase (`TERM=dumb`).
+    Lines,
+}
+
+/// pyexec's own messages on stderr, and the state of the queue line.
+struct Messages {
+    quiet: bool,
+    queue: QueueStyle,
+    state: Mutex<MessageState>,
+}
+
+#[derive(Debug, Default)]
+struct MessageState {
+    /// The queue line is on the terminal, without a newline, and must be erased before
+    /// anything else is written.
+    shown: bool,
+    /// The position last shown, so that an unchanged one is not shown again.
+    position: Option<u32>,
+    /// The script started (or the session ended): no more queue lines.
+    over: bool,
+}
+
+/// Erases the current terminal line: back to its start, then clear to its end.
+const ERASE_LINE: &str = "\r\x1b[K";
+
+impl Messages {
+    fn new(quiet: bool) -> Self {
+        let queue = if quiet || !std::io::stderr().is_terminal() {
+            QueueStyle::Hidden
+        } else if std::env::var_os("TERM").is_some_and(|t| t == "dumb") {
+            QueueStyle::Lines
+        } else {
+            QueueStyle::InPlace
+        };
+        Messages {
+            quiet,
+            queue,
+            state: Mutex::new(MessageState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MessageState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn erase(state: &mut MessageState) {
+        if state.shown {
+            let _ = std::io::stderr().lock().write_all(ERASE_LINE.as_bytes());
+            state.shown = false;
+        }
+    }
+
+    /// The session's place in the server's queue.
+    fn queued(&self, position: u32) {
+        if self.queue == QueueStyle::Hidden {
+            return;
+        }
+        let mut state = self.lock();
+        if state.over || state.position == Some(position) {
+            return;
+        }
+        state.position = Some(position);
+        let text = format!("pyexec: waiting for a free slot (position {position} in the queue)");
+        let mut err = std::io::stderr().lock();
+        if self.queue == QueueStyle::InPlace {
+            let _ = write!(err, "{ERASE_LINE}{text}");
+            state.shown = true;
+        } else {
+            let _ = writeln!(err, "{text}");
+        }
+        let _ = err.flush();
+    }
+
+    /// The script started, wrote something, or the session is over: erase the queue
+    /// line and show no other.
+    fn over(&self) {
+        let mut state = self.lock();
+        state.over = true;
+        Self::erase(&mut state);
+    }
+
+    /// A note: suppressed by `--quiet`.
+    fn note(&self, message: impl Display) {
+        if !self.quiet {
+            self.over();
+            print_err(message);
+        }
+    }
+
+    /// An error (pyexec exits 125): always printed.
+    fn error(&self, message: impl Display) {
+        self.over();
+        print_err(message);
+    }
+}
+
+/// The script's stdout or stderr: erases the queue line before the first byte.
+struct Output<W> {
+    inner: W,
+    messages: Arc<Messages>,
+    written: bool,
+}
+
+impl<W> Output<W> {
+    fn new(inner: W, messages: Arc<Messages>) -> Self {
+        Output {
+            inner,
+            messages,
+            written: false,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Output<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.written {
+            self.written = true;
+            self.messages.over();
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Parses the command line. Usage errors exit 125 with one line, like every other
+/// reason the script could not be run (clap's own 2 could be mistaken for the script's).
+fn parse_args() -> Args {
+    let e = match Args::try_parse() {
+        Ok(args) => return args,
+        Err(e) => e,
+    };
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    if e.kind() == ErrorKind::MissingRequiredArgument && message.contains("<SCRIPT>") {
+        fail("no script given (usage: pyexec [OPTIONS] SCRIPT [ARGS]...; see pyexec --help)");
+    }
+    fail(format!("{message} (see pyexec --help)"))
+}
+
+/// Reads the script; the name is the file name, shown as `sys.argv[0]` and in tracebacks.
+fn read_script(path: &Path, messages: &Messages) -> (Bytes, Option<String>) {
     if path == Path::new("-") {
+        if std::io::stdin().is_terminal() {
+            messages.note("reading the script from the terminal; end it with Ctrl-D");
+        }
         let mut buf = Vec::new();
         if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
             fail(format!("cannot read the script from stdin: {e}"));
         }
         return (buf.into(), None);
+    }
+    if path.is_dir() {
+        fail(format!("{} is a directory, not a script", path.display()));
     }
     match std::fs::read(path) {
         Ok(data) => {
@@ -77,23 +405,33 @@ fn read_script(path: &Path) -> (Bytes, Option<String>) {
                 .map(str::to_string);
             (data.into(), name)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fail(format!("cannot open {}: no such file", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            fail(format!("cannot read {}: permission denied", path.display()))
+        }
         Err(e) => fail(format!("cannot read {}: {e}", path.display())),
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("cannot start: {e}")))
+}
+
 fn main() {
-    let args = Args::parse();
-    let script_args: Vec<String> = args
-        .args
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| {
-            a.into_string()
-                .unwrap_or_else(|_| fail(format!("argument {} is not valid UTF-8", i + 1)))
-        })
-        .collect();
-    let from_stdin = args.script == Path::new("-");
-    let (script, name) = read_script(&args.script);
+    let args = parse_args();
+    if let Some(shell) = args.completions {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Args::command(), "pyexec", &mut script);
+        let _ = std::io::stdout().lock().write_all(&script);
+        return;
+    }
+    let messages = Arc::new(Messages::new(args.quiet));
     let cfg = ClientConfig {
         server: args.server,
         ca: args.ca,
@@ -103,27 +441,120 @@ fn main() {
             .zip(args.key)
             .map(|(cert, key)| pyexec::tls::Identity { cert, key }),
     };
+    if args.version {
+        version(&cfg, &messages);
+        return;
+    }
+    let mut command = args.command.into_iter();
+    let path = PathBuf::from(
+        command
+            .next()
+            .expect("clap requires SCRIPT unless --version or --completions"),
+    );
+    let script_args: Vec<String> = command
+        .enumerate()
+        .map(|(i, a)| {
+            a.into_string()
+                .unwrap_or_else(|_| fail(format!("argument {} is not valid UTF-8", i + 1)))
+        })
+        .collect();
+    let from_stdin = path == Path::new("-");
+    let (script, name) = read_script(&path, &messages);
     let request = Request {
         script,
         name,
         args: script_args,
-        timeout: None,
+        // 0 is "no limit of our own"; a limit under 1 ms would be 0 ms on the wire.
+        timeout: args
+            .timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| t.max(Duration::from_millis(1))),
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(format!("cannot start: {e}")));
-    let code = rt.block_on(session(cfg, request, from_stdin));
+    // Kept alive until exit: dropping a runtime waits for its blocking tasks, and the
+    // stdin reader may be blocked on a terminal or pipe forever.
+    let rt = runtime();
+    let code = rt.block_on(session(cfg, request, from_stdin, messages));
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // Exit without waiting for a stdin read that may block on the terminal forever.
     std::process::exit(code);
 }
 
-async fn session(cfg: ClientConfig, request: Request, script_from_stdin: bool) -> i32 {
+/// `--version`: ours, then the server's. Exit status 0 even if the server is unreachable.
+fn version(cfg: &ClientConfig, messages: &Messages) {
+    print_out(format_args!("pyexec {}", env!("CARGO_PKG_VERSION")));
+    match runtime().block_on(client::probe(cfg)) {
+        Ok(welcome) => print_out(format_args!(
+            "server {}: {}",
+            cfg.server,
+            describe_server(&welcome)
+        )),
+        Err(e) => messages.note(format_args!(
+            "cannot reach server {}: {}",
+            cfg.server,
+            unreachable_reason(&e, cfg)
+        )),
+    }
+}
+
+/// `pyexecd 0.1.0 (protocol 1, time limit 60s, script limit 1 MiB, output limit 1 GiB)`.
+fn describe_server(w: &Welcome) -> String {
+    format!(
+        "{} (protocol {}, time limit {}, script limit {}, output limit {})",
+        w.server,
+        w.version,
+        format_millis(w.limits.timeout_ms),
+        format_size(w.limits.script_size),
+        format_size(w.limits.output_bytes)
+    )
+}
+
+/// `60s`, `500ms`, `1.5s`: as the server writes its limits.
+fn format_millis(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// Why a probe failed, without repeating the server's address.
+fn unreachable_reason(e: &ClientError, cfg: &ClientConfig) -> String {
+    match e {
+        ClientError::Connect { source, .. } => source.to_string(),
+        ClientError::ConnectTimeout(_) => "timed out".into(),
+        ClientError::Tls { source, .. } => format!("TLS handshake failed: {source}"),
+        other => describe_error(other, cfg),
+    }
+}
+
+/// The one-line message for an error that stops the session, with a hint where the
+/// usual cause is a missing setting.
+fn describe_error(e: &ClientError, cfg: &ClientConfig) -> String {
+    match e {
+        ClientError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            format!("{e}; is pyexecd running there? (--server, PYEXEC_SERVER)")
+        }
+        ClientError::Config(_) if !cfg.ca.exists() => {
+            format!("{e}; give the server's CA certificate with --ca or PYEXEC_CA")
+        }
+        _ => e.to_string(),
+    }
+}
+
+async fn session(
+    cfg: ClientConfig,
+    request: Request,
+    script_from_stdin: bool,
+    messages: Arc<Messages>,
+) -> i32 {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let on_third = messages.clone();
     tokio::spawn(async move {
         let mut presses = 0;
         while tokio::signal::ctrl_c().await.is_ok() {
@@ -131,7 +562,10 @@ async fn session(cfg: ClientConfig, request: Request, script_from_stdin: bool) -
             let c = match presses {
                 1 => Control::Interrupt,
                 2 => Control::Cancel,
-                _ => std::process::exit(130),
+                _ => {
+                    on_third.over();
+                    std::process::exit(130)
+                }
             };
             if control_tx.send(c).is_err() {
                 break;
@@ -140,38 +574,42 @@ async fn session(cfg: ClientConfig, request: Request, script_from_stdin: bool) -
     });
 
     let (notice_tx, mut notice_rx) = mpsc::unbounded_channel();
-    let interactive = std::io::stderr().is_terminal();
+    let shown = messages.clone();
     tokio::spawn(async move {
         while let Some(notice) = notice_rx.recv().await {
-            if let (Notice::Queued(position), true) = (notice, interactive) {
-                eprintln!("pyexec: waiting for a free slot (position {position} in the queue)");
+            match notice {
+                Notice::Queued(position) => shown.queued(position),
+                Notice::Started(_) => shown.over(),
+                Notice::Welcome(_) => {}
             }
         }
     });
 
     let io = Io {
         stdin: (!script_from_stdin).then(tokio::io::stdin),
-        stdout: tokio::io::stdout(),
-        stderr: tokio::io::stderr(),
+        stdout: Output::new(tokio::io::stdout(), messages.clone()),
+        stderr: Output::new(tokio::io::stderr(), messages.clone()),
         control: Some(control_rx),
         notices: Some(notice_tx),
     };
-    match client::run(&cfg, request, io).await {
+    let result = client::run(&cfg, request, io).await;
+    messages.over();
+    match result {
         Ok(outcome) => {
             let end = &outcome.end;
-            let quiet = match end.reason {
+            let self_evident = match end.reason {
                 EndReason::Exited => true,
                 // A Ctrl-C the user just pressed, or a closed pipe, needs no comment.
                 EndReason::Signal => matches!(end.signal, Some(2) | Some(13)),
                 _ => outcome.stdout_closed,
             };
-            if !quiet && !end.message.is_empty() {
-                eprintln!("pyexec: {}", end.message);
+            if !self_evident && !end.message.is_empty() {
+                messages.note(&end.message);
             }
             outcome.exit_code()
         }
         Err(e) => {
-            eprintln!("pyexec: {e}");
+            messages.error(describe_error(&e, &cfg));
             EXIT_CANNOT_RUN
         }
     }
