@@ -13,6 +13,7 @@ pub mod container;
 pub mod docker;
 pub mod image;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;

@@ -14,6 +14,11 @@ use tracing::{debug, info, warn};
 use crate::session::{ConnectionGuard, Session, SessionDeps};
 use crate::status::TlsFailed;
 
+/// Use new TLS settings for connections from now on (SIGHUP); sessions carry on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAcceptor(pub TlsAcceptor);
+
 /// Stop accepting; sockets already accepted carry on.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -100,6 +105,14 @@ impl Handler<Accepted> for Listener {
                 }
             }
         });
+    }
+}
+
+impl Handler<SetAcceptor> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, SetAcceptor(acceptor): SetAcceptor, _: &mut Context<Self>) {
+        self.acceptor = acceptor;
     }
 }
 

@@ -18,6 +18,9 @@ pub const LABEL_INSTANCE: &str = "pyexec.instance";
 /// The bootstrap program (see `src/bootstrap.py`).
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
+/// Size of the container's /dev/shm.
+pub const SHM_SIZE: u64 = 16 << 20;
+
 /// Script name used when the client gives none, or one that is not a plain file name.
 pub const DEFAULT_SCRIPT_NAME: &str = "main.py";
 
@@ -105,6 +108,9 @@ impl SandboxSpec {
                 pids_limit: Some(c.pids_limit),
                 readonly_rootfs: Some(c.read_only),
                 tmpfs: Some(tmpfs),
+                // Docker's default /dev/shm is 64 MiB outside --tmp-size; multiprocessing
+                // needs a little of it, so it is kept, but small.
+                shm_size: Some(SHM_SIZE.min(c.tmp_size) as i64),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 init: Some(true),
@@ -256,6 +262,7 @@ mod tests {
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(body.labels.unwrap()[LABEL_INSTANCE], "test");
         assert!(host.tmpfs.as_ref().unwrap()["/tmp"].contains("noexec"));
+        assert_eq!(host.shm_size, Some(16 << 20));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::container::ContainerDeps;
 use crate::docker::{self, DockerError};
 use crate::image::{self, ImageError};
-use crate::listener::{Listener, StopAccepting};
+use crate::listener::{Listener, SetAcceptor, StopAccepting};
 use crate::sandbox::SandboxSpec;
 use crate::session::SessionDeps;
 use crate::shutdown::{SignalEvent, Signals};
@@ -64,6 +64,7 @@ struct Ready {
     docker: bollard::Docker,
     acceptor: TlsAcceptor,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
@@ -94,17 +95,37 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
 
     image::ensure(&docker, &cfg.image).await?;
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let listener = bind(cfg.listen).await?;
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     Ok(Ready {
         docker,
         acceptor,
         listener,
+        metrics,
     })
+}
+
+/// SIGHUP: new connections get the certificate, key and client CA as they are on disk
+/// now; running sessions are not touched. A file that does not load leaves the current
+/// settings in place.
+fn reload_tls(cfg: &Config, listener: &Addr<Listener>) {
+    match tls::server_config(&cfg.cert, &cfg.key, cfg.client_ca.as_deref()) {
+        Ok(config) => {
+            listener.do_send(SetAcceptor(TlsAcceptor::from(config)));
+            info!(cert = %cfg.cert.display(), "reloaded the TLS certificate and key");
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot reload the TLS certificate; keeping the current one");
+        }
+    }
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. Must run inside an actix `System`.
@@ -149,6 +170,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         bytes,
     });
     let listener = Listener::new(ready.listener, ready.acceptor, deps).start();
+    if let Some(metrics) = ready.metrics {
+        if let Ok(addr) = metrics.local_addr() {
+            info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        actix_rt::spawn(crate::metrics::serve(metrics, status.clone()));
+    }
 
     info!(
         addr = %local,
@@ -167,6 +194,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let signal = loop {
         match signals.next().await {
             SignalEvent::Dump => status.do_send(Dump),
+            SignalEvent::Reload => reload_tls(&cfg, &listener),
             SignalEvent::Terminate(name) => break name,
         }
     };

@@ -1,4 +1,5 @@
-//! The daemon's signals as events: SIGTERM and SIGINT ask for a drain, SIGUSR1 for a status dump.
+//! The daemon's signals as events: SIGTERM and SIGINT ask for a drain, SIGUSR1 for a status
+//! dump, SIGHUP for reloading the TLS certificates.
 //!
 //! Handlers are registered once, early, inside the runtime: from then on these signals
 //! no longer kill the process, and several deliveries may merge into one event.
@@ -13,12 +14,15 @@ pub enum SignalEvent {
     Terminate(&'static str),
     /// SIGUSR1.
     Dump,
+    /// SIGHUP.
+    Reload,
 }
 
 pub struct Signals {
     term: Signal,
     int: Signal,
     usr1: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -27,6 +31,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -35,10 +40,11 @@ impl Signals {
             _ = self.term.recv() => SignalEvent::Terminate("SIGTERM"),
             _ = self.int.recv() => SignalEvent::Terminate("SIGINT"),
             _ = self.usr1.recv() => SignalEvent::Dump,
+            _ = self.hup.recv() => SignalEvent::Reload,
         }
     }
 
-    /// Waits for SIGTERM or SIGINT, ignoring SIGUSR1.
+    /// Waits for SIGTERM or SIGINT, ignoring the others.
     pub async fn terminated(&mut self) -> &'static str {
         loop {
             if let SignalEvent::Terminate(name) = self.next().await {

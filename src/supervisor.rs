@@ -20,7 +20,7 @@ use crate::container::{
     ContainerActor, ContainerDeps, ContainerGone, ContainerReady, Kill, KillCause, Orphaned,
 };
 use crate::session::{Admitted, QueuePosition, Session, SessionStop};
-use crate::status::{Gauges, PoolUse, Status};
+use crate::status::{DockerHealth, Gauges, PoolUse, Status};
 
 /// A session introduces itself when it starts: from now on its time runs.
 #[derive(Message)]
@@ -284,6 +284,7 @@ impl Supervisor {
         }
         warn!(error = %why, "lost the Docker Engine; refusing new sessions until it is back");
         self.docker_down = Some(why);
+        self.status.do_send(DockerHealth { up: false });
         for id in self.queue.drain(..) {
             if let Some(entry) = self.sessions.get(&id) {
                 entry.addr.do_send(SessionStop::Unavailable);
@@ -300,6 +301,7 @@ impl Supervisor {
             Ok(_) => {
                 info!("the Docker Engine is back");
                 act.docker_down = None;
+                act.status.do_send(DockerHealth { up: true });
                 act.refill_backoff = REFILL_BACKOFF;
                 act.refill_paused = false;
                 act.retry_orphans(ctx);

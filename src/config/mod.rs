@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "PYEXECD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: bind it to a private
+    /// address). Off unless given.
+    #[arg(long, env = "PYEXECD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Server certificate chain (PEM). Default certs/server.pem, generated when absent.
     #[arg(long, env = "PYEXECD_CERT")]
     pub cert: Option<PathBuf>,
@@ -195,6 +199,7 @@ pub struct BuildImageArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
     /// True when cert and key are the default paths, which may be generated.
@@ -282,6 +287,7 @@ impl ServeArgs {
         let cert_dir = PathBuf::from(DEFAULT_CERT_DIR);
         Ok(Config {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             cert: self.cert.unwrap_or_else(|| cert_dir.join("server.pem")),
             key: self.key.unwrap_or_else(|| cert_dir.join("server.key")),
             default_certs,

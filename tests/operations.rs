@@ -1,0 +1,190 @@
+//! Running it like a daemon: Prometheus metrics and certificate reload on SIGHUP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metrics_addr(d: &Daemon) -> String {
+    assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("metrics at http://"))
+        .unwrap();
+    let url = line.split("metrics at http://").nth(1).unwrap();
+    url.split('/').next().unwrap().to_string()
+}
+
+/// The value of a sample line `name{labels} value` (or `name value`).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+#[test]
+fn prometheus_metrics_follow_what_happens() {
+    let d = Daemon::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--max-sessions",
+        "1",
+        "--max-queue",
+        "0",
+        "--warm",
+        "0",
+    ]);
+    let addr = metrics_addr(&d);
+    let before = http_get(&addr, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
+    assert!(before.contains("Content-Type: application/openmetrics-text"));
+    assert_eq!(sample(&before, "pyexec_docker_up"), 1.0);
+    assert_eq!(sample(&before, "pyexec_accepted_sessions_total"), 0.0);
+
+    assert_eq!(d.run("print('x' * 99)\n", &[], b"").status.code(), Some(0));
+    // A busy refusal: one holder takes the only slot (free once the first container is gone).
+    assert!(wait_until(Duration::from_secs(10), || d
+        .containers()
+        .is_empty()));
+    let mut holder = d
+        .pyexec("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = OutputWatcher::stdout(&mut holder);
+    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    assert_eq!(d.run("print(1)\n", &[], b"").status.code(), Some(125));
+    let during = http_get(&addr, "/metrics");
+    assert_eq!(sample(&during, "pyexec_sessions_running"), 1.0);
+    drop(holder.stdin.take());
+    assert_eq!(holder.wait().unwrap().code(), Some(0));
+
+    let after = http_get(&addr, "/metrics");
+    assert_eq!(sample(&after, "pyexec_accepted_sessions_total"), 3.0);
+    assert!(
+        after.contains("pyexec_sessions_total{outcome=\"exited\"} 2"),
+        "{after}"
+    );
+    assert!(
+        after.contains("pyexec_sessions_total{outcome=\"error_busy\"} 1"),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "pyexec_busy_refusals_total"), 1.0);
+    assert!(sample(&after, "pyexec_sent_bytes_total") >= 100.0 + 6.0);
+    assert_eq!(sample(&after, "pyexec_container_start_seconds_count"), 2.0);
+    assert_eq!(sample(&after, "pyexec_first_output_seconds_count"), 2.0);
+    assert_eq!(sample(&after, "pyexec_warm_pool_size"), 0.0);
+    assert!(after.trim_end().ends_with("# EOF"));
+
+    let missing = http_get(&addr, "/nope");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    d.stop();
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    let d = Daemon::start(&[]);
+    let old_ca = d.dir.path().join("old-ca.pem");
+    std::fs::copy(d.ca(), &old_ca).unwrap();
+    // A session that runs across the reload.
+    let mut running = d
+        .pyexec("import sys\nprint('ready', flush=True)\nprint(sys.stdin.read())\n")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = OutputWatcher::stdout(&mut running);
+    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+
+    // New material from a new CA, written over the files the daemon was started with.
+    let fresh = tempfile::tempdir().unwrap();
+    let paths = pyexec::certs::generate(fresh.path(), &[], false).unwrap();
+    std::fs::copy(&paths.server_cert, d.dir.path().join("server.pem")).unwrap();
+    std::fs::copy(&paths.server_key, d.dir.path().join("server.key")).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.wait_log("reloaded the TLS certificate", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+
+    let with = |ca: &std::path::Path| {
+        Command::new(PYEXEC)
+            .args(["--server", &d.addr.to_string(), "--ca"])
+            .arg(ca)
+            .arg(d.script_file("print('hi')\n"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        with(&paths.ca_cert).status.code(),
+        Some(0),
+        "the new CA is trusted now"
+    );
+    assert_eq!(
+        with(&old_ca).status.code(),
+        Some(125),
+        "the old certificate is gone"
+    );
+
+    // The session that started before the reload is untouched.
+    running
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"still here")
+        .unwrap();
+    assert_eq!(running.wait().unwrap().code(), Some(0));
+    assert_eq!(out.rest(Duration::from_secs(5)), b"ready\nstill here\n");
+
+    // A broken file is refused and the current certificate kept.
+    std::fs::write(d.dir.path().join("server.pem"), "not a certificate").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log("keeping the current one", Duration::from_secs(5)));
+    assert_eq!(with(&paths.ca_cert).status.code(), Some(0));
+    d.stop();
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let d = Daemon::start(&["--log-format", "json"]);
+    assert_eq!(d.run("print(1)\n", &[], b"").status.code(), Some(0));
+    assert!(d.wait_log("session ended", Duration::from_secs(5)));
+    let log = d.log();
+    let mut ended = 0;
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["fields"]["message"] == "session ended" {
+            ended += 1;
+            assert_eq!(v["fields"]["reason"], "exited");
+            assert!(
+                v["span"]["peer"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("127.0.0.1:"),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(ended, 1);
+    d.stop();
+}
