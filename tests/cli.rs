@@ -581,3 +581,27 @@ fn queue_notice_never_on_a_pipe_nor_with_quiet() {
     );
     d.stop();
 }
+
+/// pyexec's own note starts on a line of its own even when the script's stderr ended
+/// mid-line, as it does in a file (and on a terminal, where stdout counts too).
+#[test]
+fn notes_never_glue_onto_the_scripts_last_line() {
+    let d = Daemon::start(&[]);
+    let out = d.run(
+        "import os, sys\nsys.stderr.write('partial')\nsys.stderr.flush()\nos.kill(os.getpid(), 15)\n",
+        &[],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(143));
+    assert_eq!(
+        stderr_str(&out),
+        "partial\npyexec: killed by signal 15 (SIGTERM)\n"
+    );
+    let out = d.run("import os\nos.kill(os.getpid(), 15)\n", &[], b"");
+    assert_eq!(
+        stderr_str(&out),
+        "pyexec: killed by signal 15 (SIGTERM)\n",
+        "no blank line"
+    );
+    d.stop();
+}

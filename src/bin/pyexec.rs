@@ -243,6 +243,9 @@ struct MessageState {
     position: Option<u32>,
     /// The script started (or the session ended): no more queue lines.
     over: bool,
+    /// The script's last output on the stream(s) our notes share ended without a
+    /// newline: a note must start on a line of its own.
+    mid_line: bool,
 }
 
 /// Erases the current terminal line: back to its start, then clear to its end.
@@ -307,31 +310,43 @@ impl Messages {
     /// A note: suppressed by `--quiet`.
     fn note(&self, message: impl Display) {
         if !self.quiet {
-            self.over();
-            print_err(message);
+            self.error(message);
         }
     }
 
-    /// An error (pyexec exits 125): always printed.
+    /// An error (pyexec exits 125): always printed, on a line of its own.
     fn error(&self, message: impl Display) {
         self.over();
+        if std::mem::take(&mut self.lock().mid_line) {
+            let _ = std::io::stderr().lock().write_all(b"\n");
+        }
         print_err(message);
+    }
+
+    /// The script wrote `last` as the final byte of a write to a stream our notes share.
+    fn wrote(&self, last: u8) {
+        self.lock().mid_line = last != b'\n';
     }
 }
 
-/// The script's stdout or stderr: erases the queue line before the first byte.
+/// The script's stdout or stderr: erases the queue line before the first byte, and notes
+/// whether the output ends mid-line where our own messages go too.
 struct Output<W> {
     inner: W,
     messages: Arc<Messages>,
     written: bool,
+    /// This stream and our messages end up in the same place: stderr always; stdout when
+    /// both are the terminal.
+    shares_messages: bool,
 }
 
 impl<W> Output<W> {
-    fn new(inner: W, messages: Arc<Messages>) -> Self {
+    fn new(inner: W, messages: Arc<Messages>, shares_messages: bool) -> Self {
         Output {
             inner,
             messages,
             written: false,
+            shares_messages,
         }
     }
 }
@@ -346,7 +361,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Output<W> {
             self.written = true;
             self.messages.over();
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            if n > 0 && self.shares_messages {
+                self.messages.wrote(buf[n - 1]);
+            }
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -587,8 +608,12 @@ async fn session(
 
     let io = Io {
         stdin: (!script_from_stdin).then(tokio::io::stdin),
-        stdout: Output::new(tokio::io::stdout(), messages.clone()),
-        stderr: Output::new(tokio::io::stderr(), messages.clone()),
+        stdout: Output::new(
+            tokio::io::stdout(),
+            messages.clone(),
+            std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+        ),
+        stderr: Output::new(tokio::io::stderr(), messages.clone(), true),
         control: Some(control_rx),
         notices: Some(notice_tx),
     };
