@@ -394,8 +394,9 @@ impl Session {
             return;
         }
         self.stop_cause = Some(cause);
-        match &self.container {
-            Some(container) => {
+        match (&self.container, self.run_sent) {
+            // The script may be running: its end is what the container reports.
+            (Some(container), true) => {
                 container.do_send(Kill(cause));
                 ctx.run_later(KILL_TIMEOUT, move |act, ctx| {
                     warn!(parent: &act.span, "container did not report after a kill");
@@ -403,7 +404,13 @@ impl Session {
                     act.end(end, ctx);
                 });
             }
-            None => {
+            // A container, but no script in it yet: nothing to wait for.
+            (Some(container), false) => {
+                container.do_send(Kill(cause));
+                let end = self.end_for_cause(cause);
+                self.end(end, ctx);
+            }
+            (None, _) => {
                 let end = self.end_for_cause(cause);
                 self.end(end, ctx);
             }

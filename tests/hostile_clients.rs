@@ -1117,3 +1117,32 @@ fn disconnects_at_every_phase_leak_nothing() {
     assert_healthy(&d);
     d.stop();
 }
+
+/// A session stopped while its script is still arriving (Ctrl-C, timeout, shutdown) ends
+/// at once: its container holds no script, so there is no end of one to wait for.
+#[test]
+fn cancel_during_the_upload_ends_at_once() {
+    let d = Daemon::start(&["--warm", "1"]);
+    wait_until(Duration::from_secs(30), || {
+        d.log().contains("container started")
+    });
+    runtime().block_on(async {
+        let mut raw = Raw::connect(&d).await;
+        raw.hello(100, b"print(1)\n").await; // 9 of the 100 bytes announced
+        raw.welcome().await;
+        let asked = Instant::now();
+        raw.send(Frame::Cancel).await;
+        let (_, end) = raw.until_end(Duration::from_secs(10)).await;
+        match end {
+            Some(Frame::End(e)) => assert_eq!(e.reason, pyexec::protocol::EndReason::Cancelled),
+            other => panic!("expected END cancelled, got {other:?}"),
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            asked.elapsed()
+        );
+    });
+    assert_healthy(&d);
+    d.stop();
+}
