@@ -112,8 +112,11 @@ impl SandboxSpec {
                 // needs a little of it, so it is kept, but small.
                 shm_size: Some(SHM_SIZE.min(c.tmp_size) as i64),
                 cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                init: Some(true),
+                cap_add: (!c.cap_add.is_empty()).then(|| c.cap_add.clone()),
+                security_opt: c
+                    .no_new_privileges
+                    .then(|| vec!["no-new-privileges".into()]),
+                init: Some(c.init),
                 ulimits: Some(vec![
                     ResourcesUlimits {
                         name: Some("nofile".into()),
@@ -127,7 +130,7 @@ impl SandboxSpec {
                     },
                 ]),
                 log_config: Some(HostConfigLogConfig {
-                    typ: Some("none".into()),
+                    typ: Some(c.log_driver.clone()),
                     config: None,
                 }),
                 runtime: c.runtime.clone(),
@@ -240,6 +243,10 @@ mod tests {
                 read_only: true,
                 runtime: None,
                 bootstrap: BootstrapMode::Inprocess,
+                cap_add: Vec::new(),
+                no_new_privileges: true,
+                init: true,
+                log_driver: "none".into(),
             },
             "test".into(),
         )
@@ -263,6 +270,11 @@ mod tests {
         assert_eq!(body.labels.unwrap()[LABEL_INSTANCE], "test");
         assert!(host.tmpfs.as_ref().unwrap()["/tmp"].contains("noexec"));
         assert_eq!(host.shm_size, Some(16 << 20));
+        assert_eq!(host.cap_add, None);
+        assert_eq!(
+            host.security_opt.as_deref(),
+            Some(&["no-new-privileges".to_string()][..])
+        );
     }
 
     #[test]

@@ -165,3 +165,43 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
     );
     d.stop();
 }
+
+/// A container killed from outside (`docker kill`): the client gets the signal's status.
+#[test]
+fn a_container_killed_from_outside_gives_the_signals_status() {
+    let d = Daemon::start(&[]);
+    for (signal, status, note) in [
+        ("KILL", 137, "pyexec: killed by signal 9 (SIGKILL)\n"),
+        ("TERM", 143, "pyexec: killed by signal 15 (SIGTERM)\n"),
+    ] {
+        let mut child = d
+            .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(60)\n"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = OutputWatcher::stdout(&mut child);
+        assert!(out.wait_for(b"\n", Duration::from_secs(15)));
+        let cid = cid_of(&out.seen);
+        let killed = std::process::Command::new("docker")
+            .args(["kill", "--signal", signal, &cid])
+            .output()
+            .unwrap();
+        assert!(killed.status.success(), "{}", stderr_str(&killed));
+        let exit = wait_timeout(&mut child, Duration::from_secs(15)).expect("the client ends");
+        assert_eq!(exit.code(), Some(status), "docker kill --signal {signal}");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(err, note);
+        assert!(wait_until(Duration::from_secs(10), || !container_listed(
+            &cid
+        )));
+    }
+    d.stop();
+}

@@ -335,3 +335,43 @@ fn closed_stdout_cancels_the_session_like_sigpipe() {
     )));
     d.stop();
 }
+
+/// Each isolation default can be changed, and the change is what the script sees.
+#[test]
+fn sandbox_settings_are_configurable() {
+    let d = Daemon::start(&[
+        "--network",
+        "--read-only",
+        "false",
+        "--no-new-privileges",
+        "false",
+        "--cap-add",
+        "CHOWN",
+        "--user",
+        "1234:1234",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "9",
+    ]);
+    let script = r#"
+import os
+status = {l.split(':')[0]: l.split()[1] for l in open('/proc/self/status') if ':' in l}
+print("uid", os.getuid(), os.getgid())
+print("caps", int(status["CapBnd"], 16) == 1 << 0)
+print("nnp", status["NoNewPrivs"])
+print("eth0", os.path.exists("/sys/class/net/eth0"))
+root = [l.split() for l in open("/proc/self/mounts") if l.split()[1] == "/"][-1]
+print("rootfs", root[3].split(",")[0])
+print("pids", open("/sys/fs/cgroup/pids/pids.max").read().strip())
+print("memory", int(open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read()) >> 20)
+"#;
+    let out = d.run(script, &[], b"");
+    assert_eq!(
+        stdout_str(&out),
+        "uid 1234 1234\ncaps True\nnnp 0\neth0 True\nrootfs rw\npids 9\nmemory 64\n",
+        "{}",
+        stderr_str(&out)
+    );
+    d.stop();
+}

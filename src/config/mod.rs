@@ -145,6 +145,25 @@ pub struct ServeArgs {
     /// Make the container's root filesystem read-only (`/tmp` stays writable).
     #[arg(long, env = "PYEXECD_READ_ONLY", default_value_t = true, action = clap::ArgAction::Set)]
     pub read_only: bool,
+    /// Linux capability to give back to sandbox containers (all are dropped; repeatable,
+    /// e.g. `NET_BIND_SERVICE`). Each one widens what a script can do.
+    #[arg(
+        long = "cap-add",
+        env = "PYEXECD_CAP_ADD",
+        value_name = "CAP",
+        value_delimiter = ','
+    )]
+    pub cap_add: Vec<String>,
+    /// Forbid gaining privileges through setuid binaries or file capabilities.
+    #[arg(long, env = "PYEXECD_NO_NEW_PRIVILEGES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub no_new_privileges: bool,
+    /// Run an init process (docker-init) as PID 1 that forwards signals and reaps zombies.
+    #[arg(long, env = "PYEXECD_INIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub init: bool,
+    /// Docker log driver for sandbox containers. `none` (the default) keeps output off the
+    /// disk: it is streamed to the client, never stored.
+    #[arg(long, env = "PYEXECD_LOG_DRIVER", default_value = "none")]
+    pub log_driver: String,
     /// Docker runtime for sandbox containers, e.g. `runsc` for gVisor.
     #[arg(long, env = "PYEXECD_RUNTIME")]
     pub runtime: Option<String>,
@@ -235,6 +254,10 @@ pub struct SandboxConfig {
     pub read_only: bool,
     pub runtime: Option<String>,
     pub bootstrap: BootstrapMode,
+    pub cap_add: Vec<String>,
+    pub no_new_privileges: bool,
+    pub init: bool,
+    pub log_driver: String,
 }
 
 /// A value given on the command line or in the environment that cannot work.
@@ -319,6 +342,10 @@ impl ServeArgs {
                 read_only: self.read_only,
                 runtime: self.runtime,
                 bootstrap: self.bootstrap,
+                cap_add: self.cap_add,
+                no_new_privileges: self.no_new_privileges,
+                init: self.init,
+                log_driver: self.log_driver,
             },
             instance: self.instance,
         })
