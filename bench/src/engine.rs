@@ -1,0 +1,152 @@
+//! The Docker Engine API side: the "best cold start" baseline, counting an instance's
+//! containers (to wait for a warm pool to refill), and label-based clean-up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::Docker;
+use futures::StreamExt;
+use pyexec::config::SandboxConfig;
+use pyexec::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_MANAGED};
+
+/// The sandbox settings pyexecd would use with its defaults (and `PYEXECD_*` environment,
+/// which the daemons the bench starts inherit too), for `image`.
+pub fn default_sandbox(image: &str) -> Result<SandboxConfig> {
+    let cli = <pyexec::config::Cli as clap::Parser>::try_parse_from(["pyexecd", "--image", image])
+        .context("cannot build pyexecd's default configuration")?;
+    Ok(cli.serve.resolve()?.sandbox)
+}
+
+/// Times of one cold start.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdRun {
+    /// create → start → wait → remove: the whole life of a one-shot container.
+    pub total: Duration,
+    /// create → start → wait: until the script's exit is known (removal excluded).
+    pub to_exit: Duration,
+}
+
+/// Runs the hello-world as directly as the Engine allows: one container with pyexec's
+/// own isolation settings (`SandboxSpec::create_body`, so no network, log driver none,
+/// the same limits), but with the script as the command and nothing attached. This is
+/// the floor any per-session container design pays.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    body: ContainerCreateBody,
+}
+
+impl Engine {
+    pub fn new(docker: Docker, sandbox: SandboxConfig, instance: &str) -> Engine {
+        let mut body = SandboxSpec::new(sandbox, instance.to_string()).create_body();
+        body.cmd = Some(vec![
+            "python3".into(),
+            "-c".into(),
+            "print(\"hello\")".into(),
+        ]);
+        body.attach_stdin = Some(false);
+        body.attach_stdout = Some(false);
+        body.attach_stderr = Some(false);
+        body.open_stdin = Some(false);
+        body.stdin_once = Some(false);
+        Engine { docker, body }
+    }
+
+    pub async fn hello(&self) -> Result<ColdRun> {
+        let t0 = Instant::now();
+        let id = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().build()),
+                self.body.clone(),
+            )
+            .await
+            .context("create")?
+            .id;
+        let ran = self.start_and_wait(&id).await;
+        let to_exit = t0.elapsed();
+        let removed = pyexec::docker::remove(&self.docker, &id).await;
+        let total = t0.elapsed();
+        let code = ran?;
+        removed.context("remove")?;
+        if code != 0 {
+            bail!("the container exited with {code}");
+        }
+        Ok(ColdRun { total, to_exit })
+    }
+
+    async fn start_and_wait(&self, id: &str) -> Result<i64> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .context("start")?;
+        // Polled only after the start: the default condition answers even after the exit.
+        match self.docker.wait_container(id, None).next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(anyhow!("wait: {e}")),
+            None => Err(anyhow!("wait: no status")),
+        }
+    }
+}
+
+/// Containers of `instance`: (all of them, the running ones).
+pub async fn count(docker: &Docker, instance: &str) -> Result<(usize, usize)> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_INSTANCE}={instance}"),
+        ],
+    )]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker.list_containers(Some(opts)).await?;
+    let running = list
+        .iter()
+        .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+        .count();
+    Ok((list.len(), running))
+}
+
+/// Waits until `instance` has exactly `target` containers, all running: a warm pool
+/// refilled (target = pool size) or the last session's container removed (target 0).
+/// Returns what was seen last if `timeout` passes first.
+pub async fn settle(
+    docker: &Docker,
+    instance: &str,
+    target: usize,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match count(docker, instance).await {
+            Ok((all, running)) if all == target && running == target => return Ok(()),
+            Ok((all, running)) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "{instance} had {all} containers ({running} running) instead of \
+                     {target} running after {timeout:?}"
+                ))
+            }
+            Err(e) => return Err(format!("cannot list containers: {e}")),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// Removes every container of these instances; returns how many there were.
+pub async fn sweep(docker: &Docker, instances: &[String]) -> usize {
+    let mut removed = 0;
+    for instance in instances {
+        match pyexec::docker::sweep(docker, instance).await {
+            Ok(n) => removed += n,
+            Err(e) => eprintln!("bench: cannot remove the containers of {instance}: {e}"),
+        }
+    }
+    removed
+}
