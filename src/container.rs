@@ -796,8 +796,13 @@ async fn hand_over(
     }
 }
 
-/// Writes the client's stdin as it comes, acknowledging each chunk with STDIN_CREDIT once
-/// the container has taken it.
+/// STDIN_CREDIT is sent once this much stdin has been taken since the last one: not a
+/// frame per line (an echo's round trip would pay for it), yet a quarter of the window,
+/// so a client streaming stdin never waits on it.
+const CREDIT_BATCH: u64 = crate::session::STDIN_WINDOW as u64 / 4;
+
+/// Writes the client's stdin as it comes, acknowledging it with STDIN_CREDIT once the
+/// container has taken it.
 async fn pump_stdin(
     mut input: AttachInput,
     mut stdin: mpsc::UnboundedReceiver<StdinMsg>,
@@ -805,6 +810,7 @@ async fn pump_stdin(
     in_flight: Arc<AtomicU64>,
     mut exited: watch::Receiver<bool>,
 ) {
+    let mut owed: u64 = 0;
     loop {
         let msg = tokio::select! {
             msg = stdin.recv() => msg,
@@ -819,8 +825,12 @@ async fn pump_stdin(
                     break;
                 }
                 in_flight.fetch_sub(n as u64, Ordering::Relaxed);
-                // Chunks are at most one frame, so the count fits.
-                let _ = control.send(Frame::StdinCredit(n as u32));
+                owed += n as u64;
+                if owed >= CREDIT_BATCH {
+                    // At most a window's worth, so the count fits.
+                    let _ = control.send(Frame::StdinCredit(owed as u32));
+                    owed = 0;
+                }
             }
             Some(StdinMsg::Eof) | None => break,
         }

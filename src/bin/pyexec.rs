@@ -329,6 +329,40 @@ impl Messages {
     }
 }
 
+/// Our stdout or stderr written straight to its file descriptor, with no buffer and no
+/// hop through a thread pool (as `tokio::io::stdout` would make): an echo's round trip
+/// is a handful of microseconds shorter per line. Writing may block (a full pipe), which
+/// `block_in_place` allows on the multi-threaded runtime: a slow reader of our output
+/// slows the session down, which is the backpressure we want.
+struct RawOut(std::mem::ManuallyDrop<std::fs::File>);
+
+impl RawOut {
+    fn new(fd: std::os::fd::RawFd) -> Self {
+        // SAFETY: fd 1 or 2, open for the life of the process; ManuallyDrop never closes it.
+        RawOut(std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+}
+
+impl AsyncWrite for RawOut {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(tokio::task::block_in_place(|| self.0.write(buf)))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The script's stdout or stderr: erases the queue line before the first byte, and notes
 /// whether the output ends mid-line where our own messages go too.
 struct Output<W> {
@@ -609,11 +643,11 @@ async fn session(
     let io = Io {
         stdin: (!script_from_stdin).then(tokio::io::stdin),
         stdout: Output::new(
-            tokio::io::stdout(),
+            RawOut::new(1),
             messages.clone(),
             std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
         ),
-        stderr: Output::new(tokio::io::stderr(), messages.clone(), true),
+        stderr: Output::new(RawOut::new(2), messages.clone(), true),
         control: Some(control_rx),
         notices: Some(notice_tx),
     };
