@@ -239,13 +239,31 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Runs when a test failed (a passing one calls `stop`): the daemon is asked to drain,
+    /// which also finishes the container starts it has under way, and killed if it does
+    /// not. Then whatever carries its label is removed, until nothing does: a start the
+    /// Engine completes after the daemon died would otherwise leave a container behind.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         if !self.instance.is_empty() {
-            remove_containers_of(&self.instance);
+            let mut clean_looks = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while clean_looks < 3 && Instant::now() < deadline {
+                if containers_of(&self.instance).is_empty() {
+                    clean_looks += 1;
+                } else {
+                    clean_looks = 0;
+                    remove_containers_of(&self.instance);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -606,4 +624,97 @@ pub fn assert_no_session_left(d: &Daemon, what: &str) {
         ok,
         "{what}: sessions still live in the daemon's account: {last}"
     );
+}
+
+// ---- Helpers for the load tests (tests/load.rs) ----
+
+impl Daemon {
+    /// Waits for the daemon to exit by itself (after a signal the test sent), without
+    /// signalling it again as `stop` does (a second SIGTERM would end the drain at once),
+    /// and checks that nothing was left behind.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pyexecd did not exit within {timeout:?}\n{}", self.log());
+        });
+        assert_eq!(
+            self.containers(),
+            Vec::<String>::new(),
+            "containers left behind\n{}",
+            self.log()
+        );
+        status
+    }
+}
+
+/// The resident set size of `pid` in KiB, or `None` once the process is gone.
+pub fn try_vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The figures of a SIGUSR1 status line (`status_line`) that a test counts with.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatusFigures {
+    pub accepted: u64,
+    pub running: u64,
+    pub queued: u64,
+    pub warm: u64,
+    pub warm_hits: u64,
+    pub warm_misses: u64,
+    pub busy: u64,
+    /// `finished=[exited=3,error_busy=2]` as pairs, in the line's order.
+    pub finished: Vec<(String, u64)>,
+}
+
+impl StatusFigures {
+    pub fn parse(line: &str) -> StatusFigures {
+        let number = |key: &str| -> u64 {
+            line.split(&format!(" {key}="))
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {key}= in the status line: {line}"))
+        };
+        let finished = line
+            .split(" finished=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .unwrap_or_else(|| panic!("no finished=[...] in the status line: {line}"))
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("key=value");
+                (k.to_string(), v.parse().expect("a count"))
+            })
+            .collect();
+        StatusFigures {
+            accepted: number("accepted"),
+            running: number("running"),
+            queued: number("queued"),
+            warm: number("warm"),
+            warm_hits: number("warm_hits"),
+            warm_misses: number("warm_misses"),
+            busy: number("busy"),
+            finished,
+        }
+    }
+
+    /// How many sessions ended with this outcome label (`exited`, `error_busy`, ...).
+    pub fn finished(&self, label: &str) -> u64 {
+        self.finished
+            .iter()
+            .filter(|(k, _)| k == label)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn finished_total(&self) -> u64 {
+        self.finished.iter().map(|(_, v)| v).sum()
+    }
 }
