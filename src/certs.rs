@@ -91,13 +91,32 @@ pub fn generate(dir: &Path, hosts: &[String], force: bool) -> Result<CertPaths, 
     ca.not_after = now + Duration::days(3650);
     let ca_cert = ca.self_signed(&ca_key)?;
 
+    let (server_cert, server_key) = server_certificate(hosts, &Issuer::new(ca, &ca_key))?;
+
+    write(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
+    write(&paths.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write(&paths.server_cert, server_cert.pem().as_bytes(), 0o644)?;
+    write(
+        &paths.server_key,
+        server_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    Ok(paths)
+}
+
+/// A server certificate for `DEFAULT_HOSTS` plus `hosts`, signed by `issuer`.
+fn server_certificate(
+    hosts: &[String],
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<(rcgen::Certificate, KeyPair), CertError> {
     let mut names: Vec<String> = DEFAULT_HOSTS.iter().map(|s| s.to_string()).collect();
     for h in hosts {
         if !names.contains(h) {
             names.push(h.clone());
         }
     }
-    let server_key = KeyPair::generate()?;
+    let now = OffsetDateTime::now_utc();
+    let key = KeyPair::generate()?;
     let mut server = CertificateParams::new(names)?;
     server.distinguished_name = rcgen::DistinguishedName::new();
     server
@@ -108,16 +127,46 @@ pub fn generate(dir: &Path, hosts: &[String], force: bool) -> Result<CertPaths, 
     server.use_authority_key_identifier_extension = true;
     server.not_before = now - Duration::days(1);
     server.not_after = now + Duration::days(825);
-    let server_cert = server.signed_by(&server_key, &Issuer::new(ca, &ca_key))?;
+    Ok((server.signed_by(&key, issuer)?, key))
+}
 
-    write(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
-    write(&paths.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
-    write(&paths.server_cert, server_cert.pem().as_bytes(), 0o644)?;
+/// Reads the CA in `dir`, to issue more certificates with it.
+fn load_ca(dir: &Path) -> Result<(String, KeyPair), CertError> {
+    let ca = CertPaths::in_dir(dir);
+    let ca_err = |reason: String| CertError::Ca {
+        path: dir.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(&ca.ca_cert).map_err(|e| ca_err(e.to_string()))?;
+    let key_pem = std::fs::read_to_string(&ca.ca_key).map_err(|e| ca_err(e.to_string()))?;
+    Ok((pem, KeyPair::from_pem(&key_pem)?))
+}
+
+/// Replaces the server certificate and key in `dir` with new ones from the same CA: a
+/// renewal clients do not notice (they trust the CA, which stays). The files are replaced
+/// whole (written aside, then renamed), so a SIGHUP never sees half of one.
+pub fn renew_server(dir: &Path, hosts: &[String]) -> Result<CertPaths, CertError> {
+    let paths = CertPaths::in_dir(dir);
+    let (ca_pem, ca_key) = load_ca(dir)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+    let (cert, key) = server_certificate(hosts, &issuer)?;
+    let aside = |p: &Path| {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".new");
+        PathBuf::from(name)
+    };
+    write(&aside(&paths.server_cert), cert.pem().as_bytes(), 0o644)?;
     write(
-        &paths.server_key,
-        server_key.serialize_pem().as_bytes(),
+        &aside(&paths.server_key),
+        key.serialize_pem().as_bytes(),
         0o600,
     )?;
+    for path in [&paths.server_key, &paths.server_cert] {
+        std::fs::rename(aside(path), path).map_err(|source| CertError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
     Ok(paths)
 }
 
@@ -139,14 +188,7 @@ pub fn issue_client(dir: &Path, name: &str, force: bool) -> Result<(PathBuf, Pat
     {
         return Err(CertError::BadName(name.to_string()));
     }
-    let ca = CertPaths::in_dir(dir);
-    let ca_err = |reason: String| CertError::Ca {
-        path: dir.to_owned(),
-        reason,
-    };
-    let ca_pem = std::fs::read_to_string(&ca.ca_cert).map_err(|e| ca_err(e.to_string()))?;
-    let ca_key_pem = std::fs::read_to_string(&ca.ca_key).map_err(|e| ca_err(e.to_string()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let (ca_pem, ca_key) = load_ca(dir)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
     let (cert_path, key_path) = client_paths(dir, name);
     if !force {
@@ -230,5 +272,18 @@ mod tests {
             issue_client(empty.path(), "bob", false),
             Err(CertError::Ca { .. })
         ));
+    }
+
+    #[test]
+    fn renewal_keeps_the_ca_and_replaces_the_server_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = generate(dir.path(), &[], false).unwrap();
+        let ca_before = std::fs::read(&paths.ca_cert).unwrap();
+        let cert_before = std::fs::read(&paths.server_cert).unwrap();
+        renew_server(dir.path(), &["new.example".into()]).unwrap();
+        assert_eq!(std::fs::read(&paths.ca_cert).unwrap(), ca_before);
+        assert_ne!(std::fs::read(&paths.server_cert).unwrap(), cert_before);
+        crate::tls::server_config(&paths.server_cert, &paths.server_key, None).unwrap();
+        assert!(!dir.path().join("server.pem.new").exists());
     }
 }

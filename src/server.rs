@@ -19,7 +19,7 @@ use crate::listener::{Listener, SetAcceptor, StopAccepting};
 use crate::sandbox::SandboxSpec;
 use crate::session::SessionDeps;
 use crate::shutdown::{SignalEvent, Signals};
-use crate::status::{ByteCounters, Dump, Status};
+use crate::status::{ByteCounters, Capacity, Dump, Status};
 use crate::supervisor::{Drain, DrainNow, Supervisor};
 use crate::tls::{self, TlsError};
 
@@ -151,6 +151,11 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
 
     let bytes = Arc::new(ByteCounters::default());
     let status = Status::new(bytes.clone()).start();
+    status.do_send(Capacity {
+        max_sessions: cfg.max_sessions,
+        warm: cfg.warm,
+        max_queue: cfg.max_queue,
+    });
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
     let supervisor = Supervisor::create(|ctx| {
         let deps = ContainerDeps {

@@ -12,7 +12,7 @@
 //! with `close()`, which sends TLS close_notify before the TCP FIN.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::config::{format_size, Config};
 use crate::container::{
     ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, ScriptExit, Signal, StdinMsg,
 };
+use crate::listener::ConnectionGuard;
 use crate::protocol::{
     CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
     Welcome, PROTOCOL_VERSION,
@@ -162,27 +163,6 @@ pub struct SessionDeps {
     pub supervisor: Addr<Supervisor>,
     pub status: Addr<Status>,
     pub bytes: Arc<ByteCounters>,
-}
-
-/// Keeps the listener's count of open connections honest: decremented on drop.
-pub struct ConnectionGuard(Arc<AtomicUsize>);
-
-impl ConnectionGuard {
-    /// Counts one more connection, unless `max` are open already.
-    pub fn try_new(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        let prev = count.fetch_add(1, Ordering::AcqRel);
-        if prev >= max {
-            count.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionGuard(count.clone()))
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// The Supervisor's verdict for a queued session.
@@ -565,7 +545,9 @@ impl Session {
                 duration_ms: self.duration_ms(),
                 message: "probe: no script was run".into(),
             };
-            return self.end(end, ctx);
+            self.end(end, ctx);
+            self.outcome = Some(Outcome::Probe);
+            return;
         }
         let admit = self.deps.supervisor.send(Admit { id: self.id });
         ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
@@ -1037,15 +1019,5 @@ mod tests {
         assert!(matches!(codec.decode(&mut buf), Ok(None)));
         assert!(buf.is_empty());
         assert!(matches!(codec.decode_eof(&mut buf), Ok(None)));
-    }
-
-    #[test]
-    fn connection_guard_caps_and_releases() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let a = ConnectionGuard::try_new(&count, 2).unwrap();
-        let _b = ConnectionGuard::try_new(&count, 2).unwrap();
-        assert!(ConnectionGuard::try_new(&count, 2).is_none());
-        drop(a);
-        assert!(ConnectionGuard::try_new(&count, 2).is_some());
     }
 }

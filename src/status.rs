@@ -48,6 +48,8 @@ pub enum Outcome {
     Error(ErrorCode),
     /// The client went away before the session could end properly.
     Disconnected,
+    /// A probe (`pyexec --version`): nothing was run.
+    Probe,
 }
 
 impl Outcome {
@@ -56,6 +58,7 @@ impl Outcome {
             Outcome::End(r) => r.as_str().to_string(),
             Outcome::Error(c) => format!("error_{}", c.as_str()),
             Outcome::Disconnected => "disconnected".to_string(),
+            Outcome::Probe => "probe".to_string(),
         }
     }
 }
@@ -71,6 +74,11 @@ pub struct SessionEnded(pub Outcome);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TlsFailed;
+
+/// A connection closed at once because a connection bound was reached.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectionRefused;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -110,6 +118,15 @@ pub struct FirstOutput {
 #[rtype(result = "()")]
 pub struct DockerHealth {
     pub up: bool,
+}
+
+/// The configured capacity, for gauges an alert can compare the live figures with.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Capacity {
+    pub max_sessions: usize,
+    pub warm: usize,
+    pub max_queue: usize,
 }
 
 /// The metrics in the Prometheus text format (OpenMetrics).
@@ -224,6 +241,16 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+}
+
 /// The Prometheus view of the same figures.
 struct Metrics {
     registry: Registry,
@@ -231,6 +258,7 @@ struct Metrics {
     accepted: Counter,
     busy: Counter,
     tls_failures: Counter,
+    connections_refused: Counter,
     running: Gauge,
     queued: Gauge,
     warm: Gauge,
@@ -241,6 +269,7 @@ struct Metrics {
     container_start: Histogram,
     first_output: Histogram,
     docker_up: Gauge,
+    capacity: Family<LimitLabels, Gauge>,
     /// The byte counters' values at the last scrape, to add only what is new.
     seen_in: u64,
     seen_out: u64,
@@ -256,6 +285,7 @@ impl Metrics {
             accepted: Counter::default(),
             busy: Counter::default(),
             tls_failures: Counter::default(),
+            connections_refused: Counter::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
             warm: Gauge::default(),
@@ -266,6 +296,7 @@ impl Metrics {
             container_start: latency(),
             first_output: latency(),
             docker_up: Gauge::default(),
+            capacity: Family::default(),
             seen_in: 0,
             seen_out: 0,
         };
@@ -289,6 +320,11 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             m.tls_failures.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once: --max-connections or --max-connections-per-ip reached",
+            m.connections_refused.clone(),
         );
         r.register(
             "sessions_running",
@@ -343,6 +379,22 @@ impl Metrics {
             "docker_up",
             "1 while the Docker Engine answers",
             m.docker_up.clone(),
+        );
+        r.register(
+            "capacity",
+            "Configured bounds: max_sessions, warm, max_queue",
+            m.capacity.clone(),
+        );
+        let build: Family<VersionLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "The running pyexecd's version (always 1)",
+            build,
         );
         m
     }
@@ -446,6 +498,13 @@ impl Handler<TlsFailed> for Status {
     }
 }
 
+impl Handler<ConnectionRefused> for Status {
+    type Result = ();
+    fn handle(&mut self, _: ConnectionRefused, _: &mut Context<Self>) {
+        self.metrics.connections_refused.inc();
+    }
+}
+
 impl Handler<ContainerStarted> for Status {
     type Result = ();
     fn handle(&mut self, msg: ContainerStarted, _: &mut Context<Self>) {
@@ -486,6 +545,24 @@ impl Handler<FirstOutput> for Status {
     type Result = ();
     fn handle(&mut self, msg: FirstOutput, _: &mut Context<Self>) {
         self.metrics.first_output.observe(msg.latency.as_secs_f64());
+    }
+}
+
+impl Handler<Capacity> for Status {
+    type Result = ();
+    fn handle(&mut self, msg: Capacity, _: &mut Context<Self>) {
+        for (limit, value) in [
+            ("max_sessions", msg.max_sessions),
+            ("warm", msg.warm),
+            ("max_queue", msg.max_queue),
+        ] {
+            self.metrics
+                .capacity
+                .get_or_create(&LimitLabels {
+                    limit: limit.to_string(),
+                })
+                .set(value as i64);
+        }
     }
 }
 

@@ -114,6 +114,8 @@ struct Slot {
 /// a storm of create calls.
 const REFILL_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(10);
+/// How often an idle daemon checks that the Engine still answers.
+const DOCKER_CHECK: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
     cfg: Arc<Config>,
@@ -294,6 +296,21 @@ impl Supervisor {
         self.ping_docker(ctx);
     }
 
+    fn check_docker(&mut self, ctx: &mut Context<Self>) {
+        if self.docker_down.is_some() || self.draining {
+            return; // ping_docker is on it already
+        }
+        let docker = self.deps.docker.clone();
+        let ping = async move { docker.ping().await };
+        ctx.spawn(ping.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = res {
+                if crate::docker::is_unreachable(&e) {
+                    act.docker_lost(e.to_string(), ctx);
+                }
+            }
+        }));
+    }
+
     fn ping_docker(&mut self, ctx: &mut Context<Self>) {
         let docker = self.deps.docker.clone();
         let ping = async move { docker.ping().await };
@@ -419,6 +436,9 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.retry_orphans(ctx));
+        // An idle daemon (or one whose pool is full) starts no containers, so it would
+        // not notice losing the Engine until a client came: look now and then.
+        ctx.run_interval(DOCKER_CHECK, |act, ctx| act.check_docker(ctx));
         self.fill_pool();
         self.gauges();
     }

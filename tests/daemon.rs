@@ -156,7 +156,11 @@ fn explicit_certificate_paths_must_exist() {
         .arg(dir.path().join("missing.key"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a configuration error, not a crash"
+    );
     assert!(
         stderr_str(&out).contains("missing.pem does not exist"),
         "{}",
@@ -326,4 +330,32 @@ fn the_config_file_configures_a_running_daemon() {
         "session_timeout from the file"
     );
     d.stop();
+}
+
+#[test]
+fn gen_certs_keep_ca_renews_the_server_certificate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = |extra: &[&str]| {
+        Command::new(PYEXECD)
+            .arg("gen-certs")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(gen(&[]).status.success());
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    let (ca, cert) = (read("ca.pem"), read("server.pem"));
+    let renewed = gen(&["--keep-ca", "--host", "renewed.example"]);
+    assert!(renewed.status.success(), "{}", stderr_str(&renewed));
+    assert!(stdout_str(&renewed).contains("(renewed)"));
+    assert_eq!(read("ca.pem"), ca, "clients keep trusting the same CA");
+    assert_ne!(read("server.pem"), cert);
+    pyexec::tls::server_config(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        None,
+    )
+    .unwrap();
 }

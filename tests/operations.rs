@@ -92,6 +92,21 @@ fn prometheus_metrics_follow_what_happens() {
     assert_eq!(sample(&after, "pyexec_first_output_seconds_count"), 2.0);
     assert_eq!(sample(&after, "pyexec_warm_pool_size"), 0.0);
     assert!(after.trim_end().ends_with("# EOF"));
+    assert!(
+        after.contains(&format!(
+            "pyexec_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{after}"
+    );
+    assert!(
+        after.contains("pyexec_capacity{limit=\"max_sessions\"} 1"),
+        "{after}"
+    );
+    assert!(
+        after.contains("pyexec_capacity{limit=\"warm\"} 0"),
+        "{after}"
+    );
 
     let missing = http_get(&addr, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
@@ -186,5 +201,42 @@ fn json_logs_are_one_object_per_line() {
         }
     }
     assert_eq!(ended, 1);
+    d.stop();
+}
+
+/// One address cannot hold every connection place: beyond --max-connections-per-ip its
+/// connections are closed before any TLS work, and counted.
+#[test]
+fn connections_beyond_the_per_address_bound_are_closed_at_once() {
+    let d = Daemon::start(&[
+        "--max-connections-per-ip",
+        "2",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = metrics_addr(&d);
+    let _a = TcpStream::connect(d.addr).unwrap();
+    let _b = TcpStream::connect(d.addr).unwrap();
+    let mut third = TcpStream::connect(d.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Closed by the server at once: end of stream (or a reset), not a timeout.
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the third connection was kept: {other:?}"),
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            sample(
+                &http_get(&addr, "/metrics"),
+                "pyexec_connections_refused_total",
+            ) == 1.0
+        }),
+        "counted"
+    );
+    drop((_a, _b));
     d.stop();
 }

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use pyexec::config::layers::{self, LoadError, Loaded};
 use pyexec::config::{Command, LogFormat, ServeArgs};
 use pyexec::{certs, docker, image, server, tls};
@@ -80,7 +79,15 @@ fn run(loaded: &Loaded) -> Result<(), Failure> {
         Some(Command::GenCerts(args)) => {
             // With --client only, an existing CA issues the client certificates.
             let ca_exists = certs::CertPaths::in_dir(&args.dir).ca_cert.exists();
-            if args.clients.is_empty() || !ca_exists || args.force && !args.hosts.is_empty() {
+            if args.keep_ca {
+                let paths = certs::renew_server(&args.dir, &args.hosts)?;
+                println!(
+                    "server certificate: {} (renewed)",
+                    paths.server_cert.display()
+                );
+                println!("server key:         {}", paths.server_key.display());
+            } else if args.clients.is_empty() || !ca_exists || args.force && !args.hosts.is_empty()
+            {
                 let paths = certs::generate(&args.dir, &args.hosts, args.force)?;
                 println!("CA certificate:     {}", paths.ca_cert.display());
                 println!("CA key:             {}", paths.ca_key.display());
@@ -133,8 +140,17 @@ fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn serve(cfg: pyexec::config::Config) -> Result<(), Failure> {
-    actix_rt::System::new()
-        .block_on(server::run(cfg))
-        .context("cannot serve")?;
-    Ok(())
+    match actix_rt::System::new().block_on(server::run(cfg)) {
+        Ok(()) => Ok(()),
+        // Certificates that are missing or do not load are configuration, not a failure
+        // a restart could cure: exit 64, so a supervisor (systemd) stops retrying.
+        Err(
+            e @ (server::ServeError::MissingFile(_)
+            | server::ServeError::Tls(_)
+            | server::ServeError::Certs(_)),
+        ) => Err(Failure::Config(e.to_string())),
+        Err(e) => Err(Failure::Other(
+            anyhow::Error::new(e).context("cannot serve"),
+        )),
+    }
 }

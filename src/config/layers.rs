@@ -103,6 +103,14 @@ fn words_for(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<String>, String
             }
             b.to_string()
         }
+        toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => {
+            // A repeatable flag: one occurrence per item.
+            let mut words = Vec::new();
+            for item in items {
+                words.extend(words_for(arg, item)?);
+            }
+            return Ok(words);
+        }
         other => {
             return Err(format!(
                 "expected a single value, found {}",
@@ -366,6 +374,8 @@ mod tests {
         );
         let err = load_with("max_sessions = [1]\n", &[]).unwrap_err();
         assert!(err.to_string().contains("expected a single value"), "{err}");
+        let ok = load_with("cap_add = [\"CHOWN\", \"KILL\"]\n", &[]).unwrap();
+        assert_eq!(ok.cli.serve.cap_add, ["CHOWN", "KILL"]);
         let err = load_with("this is not toml", &[]).unwrap_err();
         assert!(matches!(err, LoadError::File { .. }), "{err}");
     }

@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Connections open at once (handshaking, queued or running); more are closed at once.
     #[arg(long, env = "PYEXECD_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: u32,
+    /// Connections open at once from one IP address (before any TLS work), so that one host
+    /// cannot take every place. 0: no limit.
+    #[arg(long, env = "PYEXECD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: u32,
     /// Bytes of stdout plus stderr a session may produce before the script is stopped.
     #[arg(long, env = "PYEXECD_OUTPUT_LIMIT", default_value = "1g", value_parser = parse_size)]
     pub output_limit: u64,
@@ -197,6 +201,10 @@ pub struct GenCertsArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Renew the server certificate (and key) with the CA already in --dir, which stays:
+    /// clients need nothing new. Written aside and renamed; send pyexecd SIGHUP after.
+    #[arg(long, conflicts_with = "force")]
+    pub keep_ca: bool,
     /// Issue a client certificate (subject CN=NAME) for mutual TLS, signed by the CA in
     /// --dir (which is created first if absent); repeatable. Written to
     /// DIR/client-NAME.pem and DIR/client-NAME.key.
@@ -236,6 +244,7 @@ pub struct Config {
     pub upload_timeout: Duration,
     pub max_script_size: u64,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub output_limit: u64,
     pub sandbox: SandboxConfig,
     pub instance: String,
@@ -330,6 +339,7 @@ impl ServeArgs {
             upload_timeout: self.upload_timeout,
             max_script_size: self.max_script_size,
             max_connections: self.max_connections.max(1) as usize,
+            max_connections_per_ip: self.max_connections_per_ip as usize,
             output_limit: self.output_limit,
             sandbox: SandboxConfig {
                 image: self.image,
