@@ -20,6 +20,9 @@
 # server ends the session on seeing it on both streams: Docker reports a container's exit
 # tens of milliseconds after the fact, the trailer is there at once, and each stream being
 # in order, everything the script wrote comes before it.
+# Only modules a fresh interpreter has loaded already are used (os, sys, _signal,
+# _frozen_importlib_external, builtins, fcntl is built in): importing `signal` alone costs
+# ~10 ms (enum), and the script would find modules loaded that python3 had not loaded.
 import os, sys
 
 def _read_exact(n):
@@ -52,9 +55,9 @@ def _receive():
 
 _script, _name, _path, _args, _nonce = _receive()
 
-import signal
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-              signal.SIGUSR1, signal.SIGUSR2)
+import _signal
+_FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
+              _signal.SIGUSR1, _signal.SIGUSR2)
 _child = 0
 
 def _forward(sig, frame):
@@ -65,7 +68,7 @@ def _forward(sig, frame):
             pass
 
 for _sig in _FORWARDED:
-    signal.signal(_sig, _forward)
+    _signal.signal(_sig, _forward)
 _child = os.fork()
 
 if _child:
@@ -78,10 +81,11 @@ if _child:
     else:
         _kind, _value = b"E", os.WEXITSTATUS(_status)
         _code = _value
-    import fcntl, termios, time
+    import fcntl, time
+    FIONREAD = 0x541B  # Linux; termios.FIONREAD, without importing termios
     def _pending(fd):
         try:
-            return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+            return int.from_bytes(fcntl.ioctl(fd, FIONREAD, b"\0\0\0\0"), sys.byteorder)
         except OSError:
             return 0
     _deadline = time.monotonic() + 0.05
@@ -97,16 +101,16 @@ if _child:
 
 # The child: the script's process, with a fresh interpreter's signal dispositions.
 _nonce = None
-signal.signal(signal.SIGINT, signal.default_int_handler)
+_signal.signal(_signal.SIGINT, _signal.default_int_handler)
 for _sig in _FORWARDED[1:]:
-    signal.signal(_sig, signal.SIG_DFL)
+    _signal.signal(_sig, _signal.SIG_DFL)
 
 if sys.argv[1:] == ["exec"]:
     # A relative path gives sys.argv[0] == name, as `python3 name` would.
     os.execv(sys.executable, [sys.executable, "-u", _name] + _args)
 
-import builtins, types
-from importlib.machinery import SourceFileLoader
+import builtins
+from _frozen_importlib_external import SourceFileLoader  # = importlib.machinery's
 
 sys.argv[:] = [_name] + [os.fsdecode(a) for a in _args]
 if hasattr(sys, "orig_argv"):
@@ -124,10 +128,11 @@ def _cut_bootstrap(excepthook=sys.excepthook, boot=sys._getframe().f_code):
     return hook
 
 sys.excepthook = _cut_bootstrap()
-_main = types.ModuleType("__main__")
+_main = type(sys)("__main__")
 _main.__file__ = _path
 _main.__cached__ = None
 _main.__builtins__ = builtins
+_main.__annotations__ = {}
 _main.__loader__ = SourceFileLoader("__main__", _path)
 sys.modules["__main__"] = _main
 _code = compile(_script, _path, "exec", dont_inherit=True)

@@ -25,6 +25,10 @@ print(repr(sys.stdin.read()))
 import __main__; print(__main__ is sys.modules['__main__'], __main__.__dict__ is globals())
 "#,
     ),
+    (
+        "modules loaded at start",
+        "import sys\nprint(sorted(sys.modules))\nprint(sorted(sys.modules['__main__'].__dict__))\n",
+    ),
     ("exit status", "import sys\nprint('x')\nsys.exit(42)\n"),
     ("exit 137 by choice", "import sys\nsys.exit(137)\n"),
     ("exit message", "import sys\nsys.exit('it went wrong')\n"),
