@@ -18,7 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::protocol::{
     CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
-    PROTOCOL_VERSION,
+    MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::tls::{self, TlsError};
 
@@ -233,7 +233,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             }
         }
     }
-    let _ = framed.close().await;
+    let _ = SinkExt::<Frame>::close(&mut framed).await;
     welcome.ok_or_else(|| ClientError::Protocol("no WELCOME in answer to a probe".into()))
 }
 
@@ -262,7 +262,9 @@ where
     check_hello(&hello)?;
     let stream = connect(cfg).await?;
     let (read, write) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(read, FrameCodec::new());
+    // Room for two of the largest frames, so that a flood is read without regrowing.
+    let mut frames =
+        FramedRead::with_capacity(read, FrameCodec::new(), 2 * (MAX_FRAME_PAYLOAD + 5));
     let (tx, rx) = mpsc::channel::<Frame>(16);
     let mut writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new()), rx));
     let mut writer_done = false;
@@ -451,10 +453,10 @@ async fn write_frames(
     while let Some(frame) = rx.recv().await {
         sink.feed(frame).await?;
         if rx.is_empty() {
-            sink.flush().await?;
+            SinkExt::<Frame>::flush(&mut sink).await?;
         }
     }
-    sink.close().await
+    SinkExt::<Frame>::close(&mut sink).await
 }
 
 #[cfg(test)]

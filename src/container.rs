@@ -368,7 +368,7 @@ impl ContainerActor {
         &mut self,
         input: AttachInput,
         output: AttachOutput,
-        first: Option<LogOutput>,
+        first: Vec<LogOutput>,
         ctx: &mut Context<Self>,
     ) {
         let Some(run) = self.run.take() else { return };
@@ -407,7 +407,7 @@ impl ContainerActor {
         );
         self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
 
-        let output = futures::stream::iter(first.map(Ok)).chain(output);
+        let output = futures::stream::iter(first.into_iter().map(Ok)).chain(output);
         let pump = pump_output(
             Box::pin(output),
             run.output,
@@ -749,16 +749,19 @@ async fn wait_exit(docker: Docker, id: String) -> Result<i64, String> {
 /// The byte the bootstrap writes to stdout once it has the script.
 const ACK: u8 = 0x06;
 
-/// Error text the bootstrap may print before its ACK, kept for the error message.
-const MAX_BOOT_ERROR: usize = 2048;
+/// Stderr that may arrive before the ACK on stdout, kept: it is the script's (Docker
+/// copies the two streams independently, so under load the script's first stderr can
+/// overtake the bootstrap's ACK), or, if no ACK comes, the bootstrap's error message.
+const MAX_EARLY_STDERR: usize = 4 << 20;
 
-/// Writes the bootstrap request and waits for the ACK. Returns the streams and whatever
-/// output followed the ACK in the same Docker frame.
+/// Writes the bootstrap request and waits for the ACK. Returns the streams and the output
+/// to deliver first: stderr that overtook the ACK, and whatever followed the ACK in its
+/// Docker frame.
 async fn hand_over(
     mut input: AttachInput,
     mut output: AttachOutput,
     request: Bytes,
-) -> Result<(AttachInput, AttachOutput, Option<LogOutput>), String> {
+) -> Result<(AttachInput, AttachOutput, Vec<LogOutput>), String> {
     if let Err(e) = async {
         input.write_all(&request).await?;
         input.flush().await
@@ -768,17 +771,22 @@ async fn hand_over(
         return Err(format!("cannot write the script: {e}"));
     }
     drop(request);
-    let mut errors = Vec::new();
+    let (mut early, mut early_len) = (Vec::new(), 0usize);
     loop {
         match output.next().await {
             Some(Ok(LogOutput::StdOut { mut message })) if message.first() == Some(&ACK) => {
                 let rest = message.split_off(1);
-                let first = (!rest.is_empty()).then_some(LogOutput::StdOut { message: rest });
-                return Ok((input, output, first));
+                if !rest.is_empty() {
+                    early.push(LogOutput::StdOut { message: rest });
+                }
+                return Ok((input, output, early));
             }
             Some(Ok(LogOutput::StdErr { message })) => {
-                let room = MAX_BOOT_ERROR.saturating_sub(errors.len());
-                errors.extend_from_slice(&message[..message.len().min(room)]);
+                early_len += message.len();
+                if early_len > MAX_EARLY_STDERR {
+                    return Err("too much stderr before the script was accepted".into());
+                }
+                early.push(LogOutput::StdErr { message });
             }
             Some(Ok(LogOutput::StdIn { .. })) => {}
             Some(Ok(_)) => {
@@ -786,6 +794,11 @@ async fn hand_over(
             }
             Some(Err(e)) => return Err(e.to_string()),
             None => {
+                let errors: Vec<u8> = early
+                    .iter()
+                    .flat_map(|item| item.as_ref().iter().copied())
+                    .take(2048)
+                    .collect();
                 let text = String::from_utf8_lossy(&errors);
                 return Err(match text.trim() {
                     "" => "its output closed before the script was accepted".into(),
@@ -1175,6 +1188,24 @@ mod tests {
         // And when other output follows, it is joined in order.
         let (stdout, _, _) = pump(vec![out(b"x01"), out(b"2y")], 1 << 20).await;
         assert_eq!(stdout, b"x012y");
+    }
+
+    /// Docker copies stdout and stderr apart: the script's first stderr can come before the
+    /// bootstrap's ACK on stdout. It is the script's, and must not be lost.
+    #[tokio::test]
+    async fn stderr_that_overtakes_the_ack_is_kept_in_order() {
+        let items = vec![err(b"early"), out(b"\x06hi"), err(b"late")];
+        let output: AttachOutput = Box::pin(futures::stream::iter(items));
+        let input: AttachInput = Box::pin(tokio::io::sink());
+        let (_, mut rest, first) = hand_over(input, output, Bytes::from_static(b"req"))
+            .await
+            .unwrap();
+        let first: Vec<Vec<u8>> = first.iter().map(|o| o.as_ref().to_vec()).collect();
+        assert_eq!(first, [b"early".to_vec(), b"hi".to_vec()]);
+        assert!(matches!(
+            rest.next().await,
+            Some(Ok(LogOutput::StdErr { .. }))
+        ));
     }
 
     #[tokio::test]

@@ -32,8 +32,8 @@ use crate::container::{
 };
 use crate::listener::ConnectionGuard;
 use crate::protocol::{
-    CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
-    Welcome, PROTOCOL_VERSION,
+    CodecError, DataRun, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits,
+    Queued, Welcome, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::sandbox::{bootstrap_request, check_args, new_nonce, script_name};
 use crate::status::{
@@ -928,6 +928,37 @@ impl Handler<WriterDone> for Session {
     }
 }
 
+/// Takes the chunks of the same stream already waiting behind `first`, up to one frame's
+/// worth: a flood leaves in frames of up to 128 KiB instead of Docker's 32 KiB reads. A
+/// chunk of the other stream ends the run and is kept for next.
+fn gather(
+    stderr: bool,
+    first: bytes::Bytes,
+    output: &mut mpsc::Receiver<Frame>,
+    stashed: &mut Option<Frame>,
+) -> DataRun {
+    let mut len = first.len();
+    let mut parts = vec![first];
+    while len < MAX_FRAME_PAYLOAD {
+        match output.try_recv() {
+            Ok(Frame::Stdout(b)) if !stderr && len + b.len() <= MAX_FRAME_PAYLOAD => {
+                len += b.len();
+                parts.push(b);
+            }
+            Ok(Frame::Stderr(b)) if stderr && len + b.len() <= MAX_FRAME_PAYLOAD => {
+                len += b.len();
+                parts.push(b);
+            }
+            Ok(other) => {
+                *stashed = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    DataRun { stderr, parts }
+}
+
 /// Owns the TLS write half. Output and control frames are taken fairly (an output flood
 /// must not starve STDIN_CREDIT), but a terminal frame is written only after every output
 /// frame queued before it: the container reports its end only once its output is queued.
@@ -938,12 +969,17 @@ async fn write_frames(
     session: Addr<Session>,
 ) {
     let result: Result<(), CodecError> = async {
+        // An output frame taken while gathering a run of the other stream.
+        let mut stashed: Option<Frame> = None;
         loop {
-            let frame = tokio::select! {
-                Some(frame) = output.recv() => frame,
-                frame = control.recv() => match frame {
-                    Some(frame) => frame,
-                    None => break,
+            let frame = match stashed.take() {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    Some(frame) = output.recv() => frame,
+                    frame = control.recv() => match frame {
+                        Some(frame) => frame,
+                        None => break,
+                    },
                 },
             };
             if frame.is_terminal() {
@@ -953,13 +989,23 @@ async fn write_frames(
                 sink.feed(frame).await?;
                 break;
             }
-            sink.feed(frame).await?;
+            match frame {
+                Frame::Stdout(first) => {
+                    let run = gather(false, first, &mut output, &mut stashed);
+                    sink.feed(run).await?
+                }
+                Frame::Stderr(first) => {
+                    let run = gather(true, first, &mut output, &mut stashed);
+                    sink.feed(run).await?
+                }
+                frame => sink.feed(frame).await?,
+            }
             if output.is_empty() && control.is_empty() {
-                sink.flush().await?;
+                SinkExt::<Frame>::flush(&mut sink).await?;
             }
         }
         // Flushes, then sends close_notify and shuts the TCP write side.
-        sink.close().await
+        SinkExt::<Frame>::close(&mut sink).await
     }
     .await;
     session.do_send(WriterDone {

@@ -5,7 +5,7 @@ use std::io;
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::frame::{Frame, FrameError};
+use super::frame::{Frame, FrameError, FrameType};
 use super::MAX_FRAME_PAYLOAD;
 
 /// Why a frame could not be read or written.
@@ -75,6 +75,39 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// Several chunks of one output stream sent as a single STDOUT or STDERR frame: fewer
+/// frames, TLS records and client writes for a flood, each byte still copied only once,
+/// straight into the write buffer. The parts must add up to at most `MAX_FRAME_PAYLOAD`.
+#[derive(Debug)]
+pub struct DataRun {
+    pub stderr: bool,
+    pub parts: Vec<bytes::Bytes>,
+}
+
+impl Encoder<DataRun> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, run: DataRun, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let len: usize = run.parts.iter().map(|p| p.len()).sum();
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(CodecError::Frame(FrameError::TooLarge(len)));
+        }
+        let ty = if run.stderr {
+            FrameType::Stderr
+        } else {
+            FrameType::Stdout
+        };
+        dst.reserve(4 + 1 + len);
+        // Cannot truncate: bounded just above.
+        dst.extend_from_slice(&(len as u32 + 1).to_be_bytes());
+        dst.extend_from_slice(&[ty as u8]);
+        for part in &run.parts {
+            dst.extend_from_slice(part);
+        }
+        Ok(())
+    }
+}
+
 impl Encoder<Frame> for FrameCodec {
     type Error = CodecError;
 
@@ -96,6 +129,28 @@ mod tests {
             codec.encode(f.clone(), &mut buf).unwrap();
         }
         buf
+    }
+
+    #[test]
+    fn a_data_run_decodes_as_one_frame_of_all_its_parts() {
+        let mut buf = BytesMut::new();
+        let run = DataRun {
+            stderr: true,
+            parts: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")],
+        };
+        FrameCodec::new().encode(run, &mut buf).unwrap();
+        assert_eq!(
+            FrameCodec::new().decode(&mut buf).unwrap(),
+            Some(Frame::Stderr(Bytes::from_static(b"abcde")))
+        );
+        let too_big = DataRun {
+            stderr: false,
+            parts: vec![
+                Bytes::from(vec![0u8; MAX_FRAME_PAYLOAD]),
+                Bytes::from_static(b"x"),
+            ],
+        };
+        assert!(FrameCodec::new().encode(too_big, &mut buf).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 pub mod codec;
 pub mod frame;
 
-pub use codec::{CodecError, FrameCodec};
+pub use codec::{CodecError, DataRun, FrameCodec};
 pub use frame::{
     End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
     Started, Welcome,
