@@ -150,6 +150,7 @@ class FakeServerTests(unittest.TestCase):
         def handler(c):
             c.read_hello_and_script()
             c.send(w.ERROR, {"code": "overheated", "message": "too hot"})
+            close_notify(c)  # reads STDIN_EOF: closing with it unread would reset
 
         s = self.session(self.serve(handler))
         with self.assertRaises(px.ServerError) as cm:
@@ -160,7 +161,11 @@ class FakeServerTests(unittest.TestCase):
     def test_end_without_welcome(self):
         # §5.4: a session timing out before HELLO gets END timeout with no WELCOME.
         def handler(c):
+            # The client has sent HELLO already; it is read (not answered) because closing
+            # a socket with unread data sends a TCP reset, which may overtake END.
+            c.read_hello_and_script()
             c.send(w.END, {"reason": "timeout", "exit_code": 124, "duration_ms": 2000, "message": "m"})
+            close_notify(c)
 
         r = self.session(self.serve(handler)).wait(WAIT)
         self.assertEqual((r.reason, r.exit_code, r.session, r.welcome), ("timeout", 124, None, None))
