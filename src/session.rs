@@ -959,9 +959,12 @@ fn gather(
     DataRun { stderr, parts }
 }
 
-/// Owns the TLS write half. Output and control frames are taken fairly (an output flood
-/// must not starve STDIN_CREDIT), but a terminal frame is written only after every output
-/// frame queued before it: the container reports its end only once its output is queued.
+/// Owns the TLS write half. A queued control frame goes before queued output: STARTED is
+/// queued before the script's first byte and must reach the client before it (protocol
+/// §5.2), and an output flood must not starve STDIN_CREDIT. (A fair `select!` once let a
+/// fast script's first STDOUT overtake STARTED.) A terminal frame, though, is written only
+/// after every output frame queued before it: the container reports its end only once its
+/// output is queued.
 async fn write_frames(
     mut sink: FramedWrite<WriteHalf<Tls>, FrameCodec>,
     mut output: mpsc::Receiver<Frame>,
@@ -975,11 +978,12 @@ async fn write_frames(
             let frame = match stashed.take() {
                 Some(frame) => frame,
                 None => tokio::select! {
-                    Some(frame) = output.recv() => frame,
+                    biased;
                     frame = control.recv() => match frame {
                         Some(frame) => frame,
                         None => break,
                     },
+                    Some(frame) = output.recv() => frame,
                 },
             };
             if frame.is_terminal() {

@@ -3,7 +3,8 @@
 //! disconnects at every phase. The protocol-level ones speak raw TLS 1.3 (tokio-rustls,
 //! trusting the daemon's CA) and write frames by hand. Each case ends with a clear answer
 //! for the client, a daemon that still runs a hello-world, and nothing left behind: no
-//! container, no session, no file descriptor.
+//! container, no session, no file descriptor. The raw client also checks the order of
+//! the server's frames (protocol §5.2) against a script that writes at once.
 //!
 //! A TLS 1.2-only client is covered by `tests/tls.rs`
 //! (`tls12_client_is_refused_at_the_handshake`) and not repeated here.
@@ -1144,5 +1145,46 @@ fn cancel_during_the_upload_ends_at_once() {
         );
     });
     assert_healthy(&d);
+    d.stop();
+}
+
+/// The server's frames follow protocol §5.2 even when the script writes at once:
+/// `WELCOME QUEUED* STARTED (STDOUT | STDERR | STDIN_CREDIT)* END`. Output that Docker
+/// delivers right behind the bootstrap's acknowledgement is queued just after STARTED;
+/// a writer that took output and control frames fairly once sent it first now and then.
+#[test]
+fn started_comes_before_the_first_output_even_when_output_is_instant() {
+    let d = Daemon::start(&["--warm", "2", "--max-sessions", "2"]);
+    let script = "import os\nos.write(1, b'o')\nos.write(2, b'e')\n";
+    runtime().block_on(async {
+        for i in 0..40 {
+            let mut raw = Raw::connect(&d).await;
+            raw.run(script).await;
+            let (before, end) = raw.until_end(Duration::from_secs(30)).await;
+            assert!(
+                matches!(&end, Some(Frame::End(e)) if e.exit_code == 0),
+                "session {i}: {end:?}"
+            );
+            let kinds: Vec<&str> = before
+                .iter()
+                .map(|f| match f {
+                    Frame::Welcome(_) => "W",
+                    Frame::Queued(_) => "Q",
+                    Frame::Started(_) => "S",
+                    Frame::Stdout(_) | Frame::Stderr(_) | Frame::StdinCredit(_) => "o",
+                    _ => "?",
+                })
+                .collect();
+            let order = kinds.concat();
+            let grammar = order.trim_end_matches('o');
+            assert!(
+                grammar.starts_with('W')
+                    && grammar.ends_with('S')
+                    && grammar[1..grammar.len() - 1].chars().all(|c| c == 'Q'),
+                "session {i}: frames in the order {order} (W welcome, Q queued, S started, o output)"
+            );
+            assert!(order.contains('o'), "session {i}: no output in {order}");
+        }
+    });
     d.stop();
 }
