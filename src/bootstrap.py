@@ -25,7 +25,7 @@
 # ~10 ms (enum), and the script would find modules loaded that python3 had not loaded.
 # `gc` (built in, not loaded at start-up) is taken out of sys.modules again after use.
 #
-# Two things cost milliseconds on the way to the script's first byte and are done ahead:
+# Two costs of a few milliseconds per session are avoided:
 #   - an interpreter's first compile() sets up the compiler's AST types (~1.3 ms in the
 #     sandbox image), so one empty compile runs while the container waits for its script;
 #   - a forked child that tears down objects it shares with its parent copies every page
