@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use bollard::models::ContainerSummary;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 
@@ -86,8 +87,11 @@ pub async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Er
     }
 }
 
-/// IDs of every container (running or not) carrying this instance's label.
-pub async fn list_instance(docker: &Docker, instance: &str) -> Result<Vec<String>, DockerError> {
+/// Every container (running or not) carrying this instance's label, as Docker lists it.
+pub async fn instance_containers(
+    docker: &Docker,
+    instance: &str,
+) -> Result<Vec<ContainerSummary>, DockerError> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
@@ -99,8 +103,12 @@ pub async fn list_instance(docker: &Docker, instance: &str) -> Result<Vec<String
         .all(true)
         .filters(&filters)
         .build();
-    Ok(docker
-        .list_containers(Some(opts))
+    Ok(docker.list_containers(Some(opts)).await?)
+}
+
+/// IDs of every container (running or not) carrying this instance's label.
+pub async fn list_instance(docker: &Docker, instance: &str) -> Result<Vec<String>, DockerError> {
+    Ok(instance_containers(docker, instance)
         .await?
         .into_iter()
         .filter_map(|c| c.id)

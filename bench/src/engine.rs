@@ -1,16 +1,15 @@
 //! The Docker Engine API side: the "best cold start" baseline, counting an instance's
 //! containers (to wait for a warm pool to refill), and label-based clean-up.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
 use pyexec::config::SandboxConfig;
-use pyexec::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_MANAGED};
+use pyexec::sandbox::SandboxSpec;
 
 /// The sandbox settings pyexecd would use with its defaults (and `PYEXECD_*` environment,
 /// which the daemons the bench starts inherit too), for `image`.
@@ -95,18 +94,7 @@ impl Engine {
 
 /// Containers of `instance`: (all of them, the running ones).
 pub async fn count(docker: &Docker, instance: &str) -> Result<(usize, usize)> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_INSTANCE}={instance}"),
-        ],
-    )]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let list = docker.list_containers(Some(opts)).await?;
+    let list = pyexec::docker::instance_containers(docker, instance).await?;
     let running = list
         .iter()
         .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
