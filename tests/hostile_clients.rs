@@ -237,6 +237,14 @@ fn assert_error(terminal: &Option<Frame>, code: ErrorCode, message: &str, what: 
     }
 }
 
+/// The terminal frame is END with this reason and exit code.
+fn assert_end(terminal: &Option<Frame>, reason: EndReason, exit_code: i32, what: &str) {
+    assert!(
+        matches!(terminal, Some(Frame::End(e)) if e.reason == reason && e.exit_code == exit_code),
+        "{what}: expected END {reason:?} {exit_code}, got {terminal:?}"
+    );
+}
+
 /// The ClientHello a real TLS 1.3 client would send, as bytes on the wire.
 fn client_hello_bytes(d: &Daemon) -> Vec<u8> {
     let mut conn =
@@ -550,7 +558,11 @@ fn oversized_frames_are_refused_before_their_body_arrives() {
                 "frame larger than the limit of 131073 bytes",
                 &format!("length {len}"),
             );
-            assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                sent.elapsed()
+            );
         }
         // Mid-upload, after WELCOME.
         let mut c = Raw::connect(&d).await;
@@ -584,10 +596,7 @@ fn oversized_frames_are_refused_before_their_body_arrives() {
             .flatten()
             .collect();
         assert_eq!(stdout, b"big\n", "{before:?}");
-        assert!(
-            matches!(&end, Some(Frame::End(e)) if e.reason == EndReason::Exited && e.exit_code == 0),
-            "{end:?}"
-        );
+        assert_end(&end, EndReason::Exited, 0, "after oversized frames");
     });
     assert_back_to_idle(&d, base, "after oversized frames");
     assert_healthy(&d);
@@ -801,10 +810,7 @@ fn protocol_violations_end_with_a_clear_error() {
         c.send(Frame::Script(Bytes::from_static(b"\n"))).await;
         c.send(Frame::StdinEof).await;
         let (_, end) = c.until_end(Duration::from_secs(15)).await;
-        assert!(
-            matches!(&end, Some(Frame::End(e)) if e.reason == EndReason::Exited && e.exit_code == 0),
-            "{end:?}"
-        );
+        assert_end(&end, EndReason::Exited, 0, "deeply nested unknown field");
     });
     assert_back_to_idle(&d, base, "after protocol violations");
     assert_healthy(&d);
@@ -975,10 +981,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
         assert!(wait_session_log(&d, &id, "reason=\"timeout\"", Duration::from_secs(1)));
         // Reading again, the client gets the rest of what was sent and the END.
         let (_, end) = c.until_end(Duration::from_secs(10)).await;
-        assert!(
-            matches!(&end, Some(Frame::End(e)) if e.reason == EndReason::Timeout && e.exit_code == 124),
-            "{end:?}"
-        );
+        assert_end(&end, EndReason::Timeout, 124, "deaf client");
     });
     assert_back_to_idle(&d, base, "after a deaf client");
     assert_healthy(&d);
@@ -1072,10 +1075,7 @@ fn disconnects_at_every_phase_leak_nothing() {
         disconnected(&id);
         holder.send(Frame::StdinEof).await;
         let (_, end) = holder.until_end(Duration::from_secs(10)).await;
-        assert!(
-            matches!(&end, Some(Frame::End(e)) if e.exit_code == 0),
-            "{end:?}"
-        );
+        assert_end(&end, EndReason::Exited, 0, "the holder");
         drop(holder);
         assert_container_gone(&holder_cid, Duration::from_secs(5));
     });
@@ -1161,10 +1161,7 @@ fn started_comes_before_the_first_output_even_when_output_is_instant() {
             let mut raw = Raw::connect(&d).await;
             raw.run(script).await;
             let (before, end) = raw.until_end(Duration::from_secs(30)).await;
-            assert!(
-                matches!(&end, Some(Frame::End(e)) if e.exit_code == 0),
-                "session {i}: {end:?}"
-            );
+            assert_end(&end, EndReason::Exited, 0, &format!("session {i}"));
             let kinds: Vec<&str> = before
                 .iter()
                 .map(|f| match f {
