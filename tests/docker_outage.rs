@@ -6,7 +6,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -101,28 +100,13 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
     assert_eq!(d.run("print('before')\n", &[], b"").status.code(), Some(0));
 
     // A session running when the Engine goes away.
-    let mut running = d
-        .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(60)\n"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut running);
-    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
-    let cid = cid_of(&out.seen);
+    let (mut running, _out, cid) = d.spawn_with_cid("import time\ntime.sleep(60)\n");
 
     proxy.cut();
     let status = wait_timeout(&mut running, Duration::from_secs(15))
         .unwrap_or_else(|| panic!("the running session did not end\n{}", d.log()));
     assert_eq!(status.code(), Some(125));
-    let mut err = String::new();
-    running
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = take_stderr(&mut running);
     assert!(err.starts_with("pyexec: "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
@@ -174,16 +158,7 @@ fn a_container_killed_from_outside_gives_the_signals_status() {
         ("KILL", 137, "pyexec: killed by signal 9 (SIGKILL)\n"),
         ("TERM", 143, "pyexec: killed by signal 15 (SIGTERM)\n"),
     ] {
-        let mut child = d
-            .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(60)\n"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = OutputWatcher::stdout(&mut child);
-        assert!(out.wait_for(b"\n", Duration::from_secs(15)));
-        let cid = cid_of(&out.seen);
+        let (mut child, _out, cid) = d.spawn_with_cid("import time\ntime.sleep(60)\n");
         let killed = std::process::Command::new("docker")
             .args(["kill", "--signal", signal, &cid])
             .output()
@@ -191,13 +166,7 @@ fn a_container_killed_from_outside_gives_the_signals_status() {
         assert!(killed.status.success(), "{}", stderr_str(&killed));
         let exit = wait_timeout(&mut child, Duration::from_secs(15)).expect("the client ends");
         assert_eq!(exit.code(), Some(status), "docker kill --signal {signal}");
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = take_stderr(&mut child);
         assert_eq!(err, note);
         assert!(wait_until(Duration::from_secs(10), || !container_listed(
             &cid

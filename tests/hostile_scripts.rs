@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -275,13 +275,7 @@ fn scripts_that_never_end_stop_at_the_session_timeout() {
             .unwrap_or_else(|| panic!("{name}: the client did not end"));
         let took = started.elapsed();
         drop(stdin);
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = take_stderr(&mut child);
         let seen = out.rest(Duration::from_secs(2));
         assert_eq!(status.code(), Some(124), "{name}: {err}");
         assert_eq!(String::from_utf8_lossy(&seen), *expect_out, "{name}");

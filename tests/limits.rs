@@ -307,15 +307,7 @@ fn oversized_script_is_refused_before_anything_runs() {
 #[test]
 fn killed_client_leaves_no_container_two_seconds_later() {
     let d = Daemon::start(&[]);
-    let mut child = d
-        .pyexec(&format!("{PRINT_CID}import time\ntime.sleep(50)\n"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
-    let cid = cid_of(&out.seen);
+    let (mut child, _out, cid) = d.spawn_with_cid("import time\ntime.sleep(50)\n");
     assert!(container_listed(&cid));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -331,17 +323,9 @@ fn killed_client_leaves_no_container_two_seconds_later() {
 fn second_ctrl_c_cancels_the_session() {
     let d = Daemon::start(&[]);
     // Ignores SIGINT, so only the cancel can end it.
-    let script = format!("{PRINT_CID}import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(50)\n");
-    let mut child = d
-        .pyexec(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"\n", Duration::from_secs(15)));
-    let cid = cid_of(&out.seen);
+    let (mut child, _out, cid) = d.spawn_with_cid(
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(50)\n",
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // Two separate presses, not one merged signal: the first has reached the script.

@@ -431,13 +431,7 @@ fn sigterm_under_load_ends_every_connected_client_with_shutdown() {
         let status = wait_timeout(&mut child, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("client {i} did not end after SIGTERM\n{}", d.log()));
         let took = sent.elapsed();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = take_stderr(&mut child);
         let seen = out.rest(Duration::from_secs(2));
         ended.push((i, status.code(), err, seen, took));
     }

@@ -158,6 +158,27 @@ impl Daemon {
         cmd
     }
 
+    /// Starts `pyexec` on `PRINT_CID` followed by `script`, with stdin, stdout and stderr
+    /// piped, and waits for the container-ID line: the client, a watcher on its stdout
+    /// (that line included), and the ID of the container running the script.
+    pub fn spawn_with_cid(&self, script: &str) -> (Child, OutputWatcher, String) {
+        let mut child = self
+            .pyexec(&format!("{PRINT_CID}{script}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = OutputWatcher::stdout(&mut child);
+        assert!(
+            out.wait_for(b"\n", Duration::from_secs(15)),
+            "no container-ID line within 15 s\n{}",
+            self.log()
+        );
+        let cid = cid_of(&out.seen);
+        (child, out, cid)
+    }
+
     /// Writes a script into the daemon's scratch directory and returns its path.
     pub fn script_file(&self, script: &str) -> PathBuf {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -379,6 +400,18 @@ impl OutputWatcher {
             }
         }
     }
+}
+
+/// All of a piped child's stderr, read to its end (call it once the child has ended).
+pub fn take_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut err)
+        .unwrap();
+    err
 }
 
 pub fn stdout_str(out: &Output) -> String {
