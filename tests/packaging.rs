@@ -361,18 +361,14 @@ fn docker_image_serves_sessions_and_drains_on_docker_stop() {
          print('to stderr', file=sys.stderr)\nsys.exit(3)\n",
     )
     .unwrap();
-    let mut client = Command::new(PYEXEC)
-        .args(["--server", &server, "--ca"])
-        .arg(&paths.ca_cert)
-        .arg(&script)
-        .args(["one", "two words"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    client.stdin.take().unwrap().write_all(b"Ada\n").unwrap();
-    let out = client.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(PYEXEC)
+            .args(["--server", &server, "--ca"])
+            .arg(&paths.ca_cert)
+            .arg(&script)
+            .args(["one", "two words"]),
+        b"Ada\n",
+    );
     assert_eq!(
         (
             out.status.code(),

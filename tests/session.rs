@@ -216,24 +216,16 @@ fn unicode_round_trips() {
 #[test]
 fn script_can_come_from_stdin() {
     let d = Daemon::start(&[]);
-    let mut child = std::process::Command::new(PYEXEC)
-        .arg("--server")
-        .arg(d.addr.to_string())
-        .arg("--ca")
-        .arg(d.ca())
-        .arg("-")
-        .arg("arg1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"import sys\nprint(sys.argv[1:], repr(sys.stdin.read()))\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        std::process::Command::new(PYEXEC)
+            .arg("--server")
+            .arg(d.addr.to_string())
+            .arg("--ca")
+            .arg(d.ca())
+            .arg("-")
+            .arg("arg1"),
+        b"import sys\nprint(sys.argv[1:], repr(sys.stdin.read()))\n",
+    );
     assert_eq!(stdout_str(&out), "['arg1'] ''\n");
     d.stop();
 }

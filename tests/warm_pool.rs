@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,65 +65,53 @@ const PROBE_STDIN: &[u8] = b"some input\n";
 
 /// `python3 -u /tmp/probe.py` in a plain container of the same image: the reference.
 fn reference(script: &str) -> Output {
-    let mut child = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "-i",
-            "--init",
-            "--network",
-            "none",
-            "--log-driver",
-            "none",
-        ])
-        .args([
-            "--user",
-            "65534:65534",
-            "-w",
-            "/tmp",
-            "-e",
-            "HOME=/tmp",
-            "-e",
-            "LANG=C.UTF-8",
-        ])
-        .args([
-            "-e",
-            "PYTHONDONTWRITEBYTECODE=1",
-            "--label",
-            "pyexec.instance=test-reference",
-        ])
-        .arg(pyexec::config::DEFAULT_IMAGE)
-        .args([
-            "sh",
-            "-c",
-            "printf '%s' \"$0\" > /tmp/probe.py && exec python3 -u probe.py \"$@\"",
-        ])
-        .arg(script)
-        .args(PROBE_ARGS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), PROBE_STDIN).unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new("docker");
+    cmd.args([
+        "run",
+        "--rm",
+        "-i",
+        "--init",
+        "--network",
+        "none",
+        "--log-driver",
+        "none",
+    ])
+    .args([
+        "--user",
+        "65534:65534",
+        "-w",
+        "/tmp",
+        "-e",
+        "HOME=/tmp",
+        "-e",
+        "LANG=C.UTF-8",
+    ])
+    .args([
+        "-e",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "--label",
+        "pyexec.instance=test-reference",
+    ])
+    .arg(pyexec::config::DEFAULT_IMAGE)
+    .args([
+        "sh",
+        "-c",
+        "printf '%s' \"$0\" > /tmp/probe.py && exec python3 -u probe.py \"$@\"",
+    ])
+    .arg(script)
+    .args(PROBE_ARGS);
+    output_with_stdin(&mut cmd, PROBE_STDIN)
 }
 
 fn through(d: &Daemon, script: &str) -> Output {
     let path = d.dir.path().join("probe.py");
     std::fs::write(&path, script).unwrap();
-    let mut child = Command::new(PYEXEC)
-        .args(["--server", &d.addr.to_string(), "--ca"])
+    let mut cmd = Command::new(PYEXEC);
+    cmd.args(["--server", &d.addr.to_string(), "--ca"])
         .arg(d.ca())
         .arg(&path)
-        .args(PROBE_ARGS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), PROBE_STDIN).unwrap();
-    child.wait_with_output().unwrap()
+        .args(PROBE_ARGS);
+    output_with_stdin(&mut cmd, PROBE_STDIN)
 }
 
 /// Compares everything but `pyexec`'s own one-line notes (prefixed `pyexec: `), which a

@@ -192,22 +192,7 @@ impl Daemon {
 
     /// Runs `script` with `args`, feeding `stdin` and closing it.
     pub fn run(&self, script: &str, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .pyexec(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let feeder = thread::spawn(move || {
-            let _ = input.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        out
+        output_with_stdin(self.pyexec(script).args(args), stdin)
     }
 
     pub fn log(&self) -> String {
@@ -400,6 +385,25 @@ impl OutputWatcher {
             }
         }
     }
+}
+
+/// Runs `cmd` with `stdin` fed to it (from a thread, so that a child that writes before it
+/// reads cannot deadlock) and its stdout and stderr collected.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
 }
 
 /// All of a piped child's stderr, read to its end (call it once the child has ended).
