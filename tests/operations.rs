@@ -9,15 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 fn metrics_addr(d: &Daemon) -> String {
     assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));
     let log = d.log();
