@@ -201,18 +201,21 @@ fn default_certificates_are_generated_on_first_start() {
     );
 }
 
+/// `pyexecd gen-certs --dir DIR EXTRA...`, run to its end.
+fn gen_certs(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(PYEXECD)
+        .arg("gen-certs")
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn gen_certs_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
-    let gen = |extra: &[&str]| {
-        Command::new(PYEXECD)
-            .arg("gen-certs")
-            .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let gen = |extra: &[&str]| gen_certs(dir.path(), extra);
     let first = gen(&["--host", "pyexec.example.org", "--host", "10.1.2.3"]);
     assert!(first.status.success(), "{}", stderr_str(&first));
     let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
@@ -335,15 +338,7 @@ fn the_config_file_configures_a_running_daemon() {
 #[test]
 fn gen_certs_keep_ca_renews_the_server_certificate_only() {
     let dir = tempfile::tempdir().unwrap();
-    let gen = |extra: &[&str]| {
-        Command::new(PYEXECD)
-            .arg("gen-certs")
-            .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let gen = |extra: &[&str]| gen_certs(dir.path(), extra);
     assert!(gen(&[]).status.success());
     let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
     let (ca, cert) = (read("ca.pem"), read("server.pem"));
