@@ -127,12 +127,12 @@ impl Bench {
         let mut extra = vec!["--max-sessions".to_string(), max_sessions.to_string()];
         extra.extend(["--image".to_string(), self.image.clone()]);
         let pool = match (warm, self.warm_supported) {
-            (Some(w), true) => {
-                extra.extend(["--warm".to_string(), w.to_string()]);
-                w as usize
+            (warm, true) => {
+                if let Some(w) = warm {
+                    extra.extend(["--warm".to_string(), w.to_string()]);
+                }
+                pyexec::config::warm_pool_size(warm, max_sessions) as usize
             }
-            // The default: the pool is as large as --max-sessions.
-            (None, true) => max_sessions as usize,
             (Some(_), false) if role != Role::Main => {
                 return Err("pyexecd has no --warm flag".into())
             }

@@ -328,10 +328,7 @@ impl ServeArgs {
             rate: self.rate as usize,
             image: self.image.clone(),
             max_sessions: self.max_sessions as usize,
-            warm: self
-                .warm
-                .unwrap_or(self.max_sessions)
-                .min(self.max_sessions) as usize,
+            warm: warm_pool_size(self.warm, self.max_sessions) as usize,
             max_queue: self.max_queue as usize,
             session_timeout: self.session_timeout,
             shutdown_grace: self.shutdown_grace,
@@ -360,6 +357,12 @@ impl ServeArgs {
             instance: self.instance,
         })
     }
+}
+
+/// The warm pool pyexecd keeps for `--warm` and `--max-sessions`: by default every slot,
+/// and never more containers than slots, since spares count toward the cap.
+pub fn warm_pool_size(warm: Option<u32>, max_sessions: u32) -> u32 {
+    warm.unwrap_or(max_sessions).min(max_sessions)
 }
 
 /// Parses `60`, `60s`, `500ms`, `2m`, `1h`, `1.5s`. A plain number is seconds.
