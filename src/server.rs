@@ -93,7 +93,7 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         cfg.client_ca.as_deref(),
     )?);
 
-    image::ensure(&docker, &cfg.image).await?;
+    image::ensure(&docker, &cfg.sandbox.image).await?;
 
     let bind = |addr| async move {
         TcpListener::bind(addr)
@@ -184,7 +184,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
 
     info!(
         addr = %local,
-        image = %cfg.image,
+        image = %cfg.sandbox.image,
         max_sessions = cfg.max_sessions,
         warm = cfg.warm,
         max_queue = cfg.max_queue,
