@@ -1004,7 +1004,9 @@ async fn write_frames(
                 }
                 frame => sink.feed(frame).await?,
             }
-            if output.is_empty() && control.is_empty() {
+            // A stashed frame (the other stream's, taken while gathering) goes out next:
+            // flushing before it would cost a TLS record and a write per stream switch.
+            if stashed.is_none() && output.is_empty() && control.is_empty() {
                 SinkExt::<Frame>::flush(&mut sink).await?;
             }
         }
