@@ -74,8 +74,7 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         warn!(count = leftovers, instance = %cfg.instance, "removed containers left by an earlier run");
     }
 
-    if cfg.default_certs && !cfg.cert.exists() && !cfg.key.exists() {
-        let dir = cfg.cert.parent().unwrap_or(std::path::Path::new("."));
+    if let Some(dir) = cfg.certs_to_generate() {
         let paths = certs::generate(dir, &[], false)?;
         info!(
             ca = %paths.ca_cert.display(),

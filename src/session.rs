@@ -320,6 +320,12 @@ impl Session {
 
     /// Ends the session with an END frame.
     fn end(&mut self, end: End, ctx: &mut Context<Self>) {
+        let outcome = Outcome::End(end.reason);
+        self.end_as(end, outcome, ctx);
+    }
+
+    /// Ends the session with an END frame, counted in the status as `outcome`.
+    fn end_as(&mut self, end: End, outcome: Outcome, ctx: &mut Context<Self>) {
         if self.phase == Phase::Closing {
             return;
         }
@@ -330,14 +336,16 @@ impl Session {
             duration_ms = end.duration_ms,
             "session ended"
         );
-        let reason = end.reason;
         self.send(Frame::End(end));
-        self.close(Outcome::End(reason), ctx);
+        self.close(outcome, ctx);
     }
 
+    /// The terminal frame is queued: the outcome is final and is counted now, before the
+    /// client can have read it, so a status dump the client asks for next includes it.
     fn close(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
         self.phase = Phase::Closing;
         self.outcome = Some(outcome);
+        self.deps.status.do_send(SessionEnded(outcome));
         // Nothing else will be written: the writer ends after the terminal frame.
         self.output = None;
         self.unregister();
@@ -545,8 +553,7 @@ impl Session {
                 duration_ms: self.duration_ms(),
                 message: "probe: no script was run".into(),
             };
-            self.end(end, ctx);
-            self.outcome = Some(Outcome::Probe);
+            self.end_as(end, Outcome::Probe, ctx);
             return;
         }
         let admit = self.deps.supervisor.send(Admit { id: self.id });
@@ -820,10 +827,11 @@ impl Actor for Session {
             if let Some(c) = &self.container {
                 c.do_send(Kill(KillCause::ClientGone));
             }
+            self.deps
+                .status
+                .do_send(SessionEnded(Outcome::Disconnected));
         }
         self.unregister();
-        let outcome = self.outcome.unwrap_or(Outcome::Disconnected);
-        self.deps.status.do_send(SessionEnded(outcome));
     }
 }
 

@@ -123,9 +123,11 @@ fn run(loaded: &Loaded) -> Result<(), Failure> {
 fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
     let cfg = resolve(loaded, args)?;
     print!("{}", loaded.render(&cfg));
-    let generated = cfg.default_certs && !cfg.cert.exists() && !cfg.key.exists();
-    if generated {
-        println!("# certificates: none yet; the first start generates them in certs/");
+    if let Some(dir) = cfg.certs_to_generate() {
+        println!(
+            "# certificates: none yet; the first start generates them in {}/",
+            dir.display()
+        );
     } else {
         tls::server_config(&cfg.cert, &cfg.key, cfg.client_ca.as_deref())
             .map_err(|e| Failure::Config(e.to_string()))?;

@@ -9,7 +9,7 @@
 //! sizes accept bytes or a binary suffix (`64k`, `256m`, `1g`, also `MiB` style).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -276,6 +276,16 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl Config {
+    /// The directory where serving will generate a CA and a server certificate: set when
+    /// both paths are the defaults and neither file exists yet (explicit paths that do not
+    /// exist are an error instead).
+    pub fn certs_to_generate(&self) -> Option<&Path> {
+        (self.default_certs && !self.cert.exists() && !self.key.exists())
+            .then(|| self.cert.parent().unwrap_or(Path::new(".")))
+    }
+}
+
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let err = |flag, reason: &str| ConfigError {
@@ -315,12 +325,12 @@ impl ServeArgs {
             ));
         }
         let default_certs = self.cert.is_none() && self.key.is_none();
-        let cert_dir = PathBuf::from(DEFAULT_CERT_DIR);
+        let defaults = crate::certs::CertPaths::in_dir(Path::new(DEFAULT_CERT_DIR));
         Ok(Config {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
-            cert: self.cert.unwrap_or_else(|| cert_dir.join("server.pem")),
-            key: self.key.unwrap_or_else(|| cert_dir.join("server.key")),
+            cert: self.cert.unwrap_or(defaults.server_cert),
+            key: self.key.unwrap_or(defaults.server_key),
             default_certs,
             client_ca: self.client_ca,
             max_sessions_per_client: self.max_sessions_per_client as usize,
