@@ -162,9 +162,14 @@ impl Supervisor {
         }
     }
 
+    /// Containers serving a session (the others are spares).
+    fn running(&self) -> usize {
+        self.slots.values().filter(|s| s.assigned).count()
+    }
+
     fn gauges(&self) {
         self.status.do_send(Gauges {
-            running: self.slots.values().filter(|s| s.assigned).count(),
+            running: self.running(),
             queued: self.queue.len(),
             warm: self.pool.len(),
             clients: self
@@ -253,23 +258,16 @@ impl Supervisor {
     /// A container for a session: a ready warm one, else one still warming up, else a
     /// cold start if there is room.
     fn take_container(&mut self) -> Option<Addr<ContainerActor>> {
-        let (key, hit) = match (self.pool.pop_front(), self.warming.pop_front()) {
-            (Some(key), warming) => {
-                if let Some(w) = warming {
-                    self.warming.push_front(w);
-                }
-                (key, true)
+        // One still starting was started ahead of demand: a hit all the same.
+        let Some(key) = self.pool.pop_front().or_else(|| self.warming.pop_front()) else {
+            if !self.has_room() {
+                return None;
             }
-            // Still starting, but started ahead of demand: a hit all the same.
-            (None, Some(key)) => (key, true),
-            (None, None) if self.has_room() => {
-                let (_, addr) = self.launch(true);
-                self.status.do_send(PoolUse { hit: false });
-                return Some(addr);
-            }
-            (None, None) => return None,
+            let (_, addr) = self.launch(true);
+            self.status.do_send(PoolUse { hit: false });
+            return Some(addr);
         };
-        self.status.do_send(PoolUse { hit });
+        self.status.do_send(PoolUse { hit: true });
         let slot = self
             .slots
             .get_mut(&key)
@@ -360,7 +358,7 @@ impl Supervisor {
                     entry.state = SessionState::Running;
                     entry.addr.do_send(Admitted { container });
                 }
-                // Gone in the meantime: the container goes back to being a spare.
+                // Gone in the meantime: the container it was given is discarded.
                 None => container.do_send(Kill(KillCause::Discarded)),
             }
         }
@@ -529,7 +527,7 @@ impl Handler<Admit> for Supervisor {
         } else {
             self.unbook_client(&client);
             Admission::Busy {
-                running: self.slots.values().filter(|s| s.assigned).count(),
+                running: self.running(),
                 queued: self.queue.len(),
             }
         }
