@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bollard::container::LogOutput;
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-};
+use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder};
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -268,8 +266,8 @@ impl ContainerActor {
         attach: (AttachOutput, AttachInput),
         ctx: &mut Context<Self>,
     ) {
-        debug!(container = %&id[..12], ms = self.launched_at.elapsed().as_millis() as u64, "container started");
         self.id = Some(id.clone());
+        debug!(container = %self.short_id(), ms = self.launched_at.elapsed().as_millis() as u64, "container started");
         self.attach = Some(attach);
         self.phase = Phase::Ready;
         // Polled from now on, i.e. after start: a wait first polled after the exit still
@@ -516,10 +514,7 @@ impl ContainerActor {
                 }
                 let docker = self.deps.docker.clone();
                 let id = self.id.clone().unwrap_or_default();
-                let opts = KillContainerOptionsBuilder::default()
-                    .signal("SIGKILL")
-                    .build();
-                let fut = async move { docker.kill_container(&id, Some(opts)).await };
+                let fut = async move { crate::docker::kill(&docker, &id, "SIGKILL").await };
                 ctx.run_later(KILL_DRAIN, |act, ctx| act.close_attach(ctx));
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(()) => {}
@@ -685,10 +680,9 @@ impl Handler<Signal> for ContainerActor {
         }
         let docker = self.deps.docker.clone();
         let id = self.id.clone().unwrap_or_default();
-        let opts = KillContainerOptionsBuilder::default().signal(&sig).build();
         ctx.spawn(
             async move {
-                match docker.kill_container(&id, Some(opts)).await {
+                match crate::docker::kill(&docker, &id, &sig).await {
                     Ok(()) => debug!(signal = %sig, "signal forwarded"),
                     Err(e) => debug!(error = %e, signal = %sig, "signal not delivered"),
                 }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::{
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
 use bollard::Docker;
 
 use crate::sandbox::{LABEL_INSTANCE, LABEL_MANAGED};
@@ -71,6 +73,14 @@ pub fn is_conflict(err: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// Sends `signal` (a name such as `SIGKILL` or `SIGINT`) to a container's main process.
+pub async fn kill(docker: &Docker, id: &str, signal: &str) -> Result<(), bollard::errors::Error> {
+    let opts = KillContainerOptionsBuilder::default()
+        .signal(signal)
+        .build();
+    docker.kill_container(id, Some(opts)).await
 }
 
 /// Removes a container and its anonymous volumes, running or not. A container that is
