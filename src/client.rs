@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::protocol::{
-    CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
+    CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK, HEADER_LEN,
     MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::tls::{self, TlsError};
@@ -263,8 +263,11 @@ where
     let stream = connect(cfg).await?;
     let (read, write) = tokio::io::split(stream);
     // Room for two of the largest frames, so that a flood is read without regrowing.
-    let mut frames =
-        FramedRead::with_capacity(read, FrameCodec::new(), 2 * (MAX_FRAME_PAYLOAD + 5));
+    let mut frames = FramedRead::with_capacity(
+        read,
+        FrameCodec::new(),
+        2 * (MAX_FRAME_PAYLOAD + HEADER_LEN),
+    );
     let (tx, rx) = mpsc::channel::<Frame>(16);
     let mut writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new()), rx));
     let mut writer_done = false;

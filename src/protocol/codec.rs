@@ -5,7 +5,7 @@ use std::io;
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::frame::{Frame, FrameError, FrameType};
+use super::frame::{put_raw, Frame, FrameError, FrameType};
 use super::MAX_FRAME_PAYLOAD;
 
 /// Why a frame could not be read or written.
@@ -88,23 +88,12 @@ impl Encoder<DataRun> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, run: DataRun, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let len: usize = run.parts.iter().map(|p| p.len()).sum();
-        if len > MAX_FRAME_PAYLOAD {
-            return Err(CodecError::Frame(FrameError::TooLarge(len)));
-        }
         let ty = if run.stderr {
             FrameType::Stderr
         } else {
             FrameType::Stdout
         };
-        dst.reserve(4 + 1 + len);
-        // Cannot truncate: bounded just above.
-        dst.extend_from_slice(&(len as u32 + 1).to_be_bytes());
-        dst.extend_from_slice(&[ty as u8]);
-        for part in &run.parts {
-            dst.extend_from_slice(part);
-        }
-        Ok(())
+        Ok(put_raw(dst, ty as u8, &run.parts)?)
     }
 }
 

@@ -400,17 +400,7 @@ impl Frame {
     /// so a bug on our side can never put an unreadable frame on the wire.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
         let ty = self.frame_type() as u8;
-        let raw = |dst: &mut BytesMut, payload: &[u8]| {
-            if payload.len() > MAX_FRAME_PAYLOAD {
-                return Err(FrameError::TooLarge(payload.len()));
-            }
-            dst.reserve(HEADER_LEN + payload.len());
-            // Cannot truncate: bounded by MAX_FRAME_PAYLOAD just above.
-            dst.put_u32(payload.len() as u32 + 1);
-            dst.put_u8(ty);
-            dst.extend_from_slice(payload);
-            Ok(())
-        };
+        let raw = |dst: &mut BytesMut, payload: &[u8]| put_raw(dst, ty, &[payload]);
         match self {
             Frame::Script(b) | Frame::Stdin(b) | Frame::Stdout(b) | Frame::Stderr(b) => raw(dst, b),
             Frame::StdinEof | Frame::Cancel => raw(dst, &[]),
@@ -424,6 +414,27 @@ impl Frame {
             Frame::Error(v) => encode_json(dst, ty, v),
         }
     }
+}
+
+/// Appends one frame of type `ty` whose payload is `parts` laid end to end: the one place
+/// a raw frame's header is written (`DataRun` merges output chunks through it too).
+pub(crate) fn put_raw<P: AsRef<[u8]>>(
+    dst: &mut BytesMut,
+    ty: u8,
+    parts: &[P],
+) -> Result<(), FrameError> {
+    let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    if len > MAX_FRAME_PAYLOAD {
+        return Err(FrameError::TooLarge(len));
+    }
+    dst.reserve(HEADER_LEN + len);
+    // Cannot truncate: bounded by MAX_FRAME_PAYLOAD just above.
+    dst.put_u32(len as u32 + 1);
+    dst.put_u8(ty);
+    for part in parts {
+        dst.extend_from_slice(part.as_ref());
+    }
+    Ok(())
 }
 
 fn encode_json<T: Serialize>(dst: &mut BytesMut, ty: u8, value: &T) -> Result<(), FrameError> {

@@ -10,7 +10,7 @@ pub mod frame;
 pub use codec::{CodecError, DataRun, FrameCodec};
 pub use frame::{
     End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
-    Started, Welcome,
+    Started, Welcome, HEADER_LEN,
 };
 
 /// The protocol version this build speaks. Sent in `HELLO` and `WELCOME`.
