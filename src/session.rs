@@ -465,8 +465,9 @@ impl Session {
             let end = self.end_for_cause(cause);
             return self.end(end, ctx);
         }
-        match (f.exit_code, f.error) {
-            (Some(_), _) if f.oom => {
+        // A Docker error without an exit code has been answered above.
+        match f.exit_code {
+            Some(_) if f.oom => {
                 let end = End {
                     reason: EndReason::Oom,
                     exit_code: exit_code_for(EndReason::Oom, None),
@@ -479,15 +480,14 @@ impl Session {
                 };
                 self.end(end, ctx)
             }
-            (Some(code), _) => {
+            Some(code) => {
                 let end = match f.script_exit {
                     Some(exit) => end_for_exit(exit, self.duration_ms()),
                     None => classify_exit(code, self.duration_ms()),
                 };
                 self.end(end, ctx)
             }
-            (None, Some(err)) => self.fail(ErrorCode::Docker, err, ctx),
-            (None, None) => self.fail(ErrorCode::Internal, "the script's status is unknown", ctx),
+            None => self.fail(ErrorCode::Internal, "the script's status is unknown", ctx),
         }
     }
 
@@ -736,24 +736,12 @@ pub fn exit_code_for(reason: EndReason, status: Option<i32>) -> i32 {
 /// N as 128 + N, so a `sys.exit(137)` would read as SIGKILL here, as in a shell.
 pub fn classify_exit(code: i64, duration_ms: u64) -> End {
     let status = code.clamp(0, 255) as i32;
-    if (129..=128 + 64).contains(&status) {
-        let sig = status - 128;
-        End {
-            reason: EndReason::Signal,
-            exit_code: status,
-            signal: Some(sig),
-            duration_ms,
-            message: format!("killed by {}", describe_signal(sig)),
-        }
+    let exit = if (129..=128 + 64).contains(&status) {
+        ScriptExit::Signal(status - 128)
     } else {
-        End {
-            reason: EndReason::Exited,
-            exit_code: status,
-            signal: None,
-            duration_ms,
-            message: String::new(),
-        }
-    }
+        ScriptExit::Code(status)
+    };
+    end_for_exit(exit, duration_ms)
 }
 
 /// The END for a script whose end the bootstrap reported exactly.
