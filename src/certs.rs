@@ -115,19 +115,33 @@ fn server_certificate(
             names.push(h.clone());
         }
     }
+    leaf(
+        CertificateParams::new(names)?,
+        "pyexecd",
+        ExtendedKeyUsagePurpose::ServerAuth,
+        issuer,
+    )
+}
+
+/// A certificate with subject `CN=<cn>` for one purpose (server or client), with a fresh
+/// key, valid from yesterday for 825 days, signed by `issuer`.
+/// `params` carries the subject alternative names, if any.
+fn leaf(
+    mut params: CertificateParams,
+    cn: &str,
+    purpose: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<(rcgen::Certificate, KeyPair), CertError> {
     let now = OffsetDateTime::now_utc();
     let key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(names)?;
-    server.distinguished_name = rcgen::DistinguishedName::new();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "pyexecd");
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.use_authority_key_identifier_extension = true;
-    server.not_before = now - Duration::days(1);
-    server.not_after = now + Duration::days(825);
-    Ok((server.signed_by(&key, issuer)?, key))
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(825);
+    Ok((params.signed_by(&key, issuer)?, key))
 }
 
 /// Reads the CA in `dir`, to issue more certificates with it.
@@ -196,17 +210,12 @@ pub fn issue_client(dir: &Path, name: &str, force: bool) -> Result<(PathBuf, Pat
             return Err(CertError::Exists(existing.clone()));
         }
     }
-    let now = OffsetDateTime::now_utc();
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::days(1);
-    params.not_after = now + Duration::days(825);
-    let cert = params.signed_by(&key, &issuer)?;
+    let (cert, key) = leaf(
+        CertificateParams::default(),
+        name,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &issuer,
+    )?;
     write(&cert_path, cert.pem().as_bytes(), 0o644)?;
     write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     Ok((cert_path, key_path))
