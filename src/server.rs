@@ -149,12 +149,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         })?;
 
     let bytes = Arc::new(ByteCounters::default());
-    let status = Status::new(bytes.clone()).start();
-    status.do_send(Capacity {
+    let capacity = Capacity {
         max_sessions: cfg.max_sessions,
         warm: cfg.warm,
         max_queue: cfg.max_queue,
-    });
+    };
+    let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
     let supervisor = Supervisor::create(|ctx| {
         let deps = ContainerDeps {

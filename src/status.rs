@@ -120,9 +120,9 @@ pub struct DockerHealth {
     pub up: bool,
 }
 
-/// The configured capacity, for gauges an alert can compare the live figures with.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// The configured capacity, for gauges an alert can compare the live figures with. Fixed
+/// for the daemon's life, so it is given at start.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Capacity {
     pub max_sessions: usize,
     pub warm: usize,
@@ -417,9 +417,21 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn new(bytes: Arc<ByteCounters>) -> Self {
+    pub fn new(bytes: Arc<ByteCounters>, capacity: Capacity) -> Self {
         let metrics = Metrics::new();
         metrics.docker_up.set(1);
+        for (limit, value) in [
+            ("max_sessions", capacity.max_sessions),
+            ("warm", capacity.warm),
+            ("max_queue", capacity.max_queue),
+        ] {
+            metrics
+                .capacity
+                .get_or_create(&LimitLabels {
+                    limit: limit.to_string(),
+                })
+                .set(value as i64);
+        }
         Status {
             started: Instant::now(),
             metrics,
@@ -548,24 +560,6 @@ impl Handler<FirstOutput> for Status {
     }
 }
 
-impl Handler<Capacity> for Status {
-    type Result = ();
-    fn handle(&mut self, msg: Capacity, _: &mut Context<Self>) {
-        for (limit, value) in [
-            ("max_sessions", msg.max_sessions),
-            ("warm", msg.warm),
-            ("max_queue", msg.max_queue),
-        ] {
-            self.metrics
-                .capacity
-                .get_or_create(&LimitLabels {
-                    limit: limit.to_string(),
-                })
-                .set(value as i64);
-        }
-    }
-}
-
 impl Handler<DockerHealth> for Status {
     type Result = ();
     fn handle(&mut self, msg: DockerHealth, _: &mut Context<Self>) {
@@ -627,7 +621,7 @@ mod tests {
     #[actix_rt::test]
     async fn counts_outcomes_and_busy() {
         let bytes = Arc::new(ByteCounters::default());
-        let status = Status::new(bytes.clone()).start();
+        let status = Status::new(bytes.clone(), Capacity::default()).start();
         status.do_send(SessionAccepted);
         status.do_send(SessionEnded(Outcome::End(EndReason::Exited)));
         status.do_send(SessionEnded(Outcome::Error(ErrorCode::Busy)));
