@@ -46,6 +46,13 @@ fn prometheus_metrics_follow_what_happens() {
     assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
     assert!(before.contains("Content-Type: application/openmetrics-text"));
     assert_eq!(sample(&before, "pyexec_docker_up"), 1.0);
+    // The configured bounds, for alerts that compare the live figures with them.
+    assert_eq!(
+        sample(&before, "pyexec_capacity{limit=\"max_sessions\"}"),
+        1.0
+    );
+    assert_eq!(sample(&before, "pyexec_capacity{limit=\"max_queue\"}"), 0.0);
+    assert_eq!(sample(&before, "pyexec_capacity{limit=\"warm\"}"), 0.0);
     assert_eq!(sample(&before, "pyexec_accepted_sessions_total"), 0.0);
 
     assert_eq!(d.run("print('x' * 99)\n", &[], b"").status.code(), Some(0));
