@@ -404,15 +404,10 @@ pub struct Status {
     started: Instant,
     metrics: Metrics,
     bytes: Arc<ByteCounters>,
-    accepted: u64,
-    running: usize,
-    queued: usize,
-    warm: usize,
-    warm_hits: u64,
-    warm_misses: u64,
+    // The counts and gauges the snapshot shares with /metrics are read back from the
+    // metrics themselves; only what a metric family cannot list is kept here.
     clients: Vec<(String, usize)>,
     finished: BTreeMap<Outcome, u64>,
-    tls_failures: u64,
     start_latency: Samples,
 }
 
@@ -436,28 +431,22 @@ impl Status {
             started: Instant::now(),
             metrics,
             bytes,
-            accepted: 0,
-            running: 0,
-            queued: 0,
-            warm: 0,
-            warm_hits: 0,
-            warm_misses: 0,
             clients: Vec::new(),
             finished: BTreeMap::new(),
-            tls_failures: 0,
             start_latency: Samples::default(),
         }
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let m = &self.metrics;
         Snapshot {
             uptime: self.started.elapsed(),
-            accepted: self.accepted,
-            running: self.running,
-            queued: self.queued,
-            warm: self.warm,
-            warm_hits: self.warm_hits,
-            warm_misses: self.warm_misses,
+            accepted: m.accepted.get(),
+            running: m.running.get() as usize,
+            queued: m.queued.get() as usize,
+            warm: m.warm.get() as usize,
+            warm_hits: m.warm_hits.get(),
+            warm_misses: m.warm_misses.get(),
             clients: self.clients.clone(),
             finished: self.finished.iter().map(|(k, v)| (k.label(), *v)).collect(),
             busy: self
@@ -465,7 +454,7 @@ impl Status {
                 .get(&Outcome::Error(ErrorCode::Busy))
                 .copied()
                 .unwrap_or(0),
-            tls_failures: self.tls_failures,
+            tls_failures: m.tls_failures.get(),
             bytes_in: self.bytes.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes.bytes_out.load(Ordering::Relaxed),
             start_p50: self.start_latency.percentile(50.0),
@@ -481,7 +470,6 @@ impl Actor for Status {
 impl Handler<SessionAccepted> for Status {
     type Result = ();
     fn handle(&mut self, _: SessionAccepted, _: &mut Context<Self>) {
-        self.accepted += 1;
         self.metrics.accepted.inc();
     }
 }
@@ -505,7 +493,6 @@ impl Handler<SessionEnded> for Status {
 impl Handler<TlsFailed> for Status {
     type Result = ();
     fn handle(&mut self, _: TlsFailed, _: &mut Context<Self>) {
-        self.tls_failures += 1;
         self.metrics.tls_failures.inc();
     }
 }
@@ -530,9 +517,6 @@ impl Handler<ContainerStarted> for Status {
 impl Handler<Gauges> for Status {
     type Result = ();
     fn handle(&mut self, msg: Gauges, _: &mut Context<Self>) {
-        self.running = msg.running;
-        self.queued = msg.queued;
-        self.warm = msg.warm;
         self.clients = msg.clients;
         self.metrics.running.set(msg.running as i64);
         self.metrics.queued.set(msg.queued as i64);
@@ -544,10 +528,8 @@ impl Handler<PoolUse> for Status {
     type Result = ();
     fn handle(&mut self, msg: PoolUse, _: &mut Context<Self>) {
         if msg.hit {
-            self.warm_hits += 1;
             self.metrics.warm_hits.inc();
         } else {
-            self.warm_misses += 1;
             self.metrics.warm_misses.inc();
         }
     }
