@@ -7,7 +7,6 @@
 //! never disagree.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,21 +20,22 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::{EndReason, ErrorCode};
 
-/// Counters updated straight from the streaming path.
+/// Counters updated straight from the streaming path, without a message per chunk. They
+/// are the very counters /metrics exports (a `Counter` is a shared atomic).
 #[derive(Debug, Default)]
 pub struct ByteCounters {
     /// Bytes received from clients (script and stdin).
-    pub bytes_in: AtomicU64,
+    bytes_in: Counter,
     /// Bytes of script output sent to clients.
-    pub bytes_out: AtomicU64,
+    bytes_out: Counter,
 }
 
 impl ByteCounters {
     pub fn add_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes_in.inc_by(n as u64);
     }
     pub fn add_out(&self, n: usize) {
-        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes_out.inc_by(n as u64);
     }
 }
 
@@ -270,13 +270,10 @@ struct Metrics {
     first_output: Histogram,
     docker_up: Gauge,
     capacity: Family<LimitLabels, Gauge>,
-    /// The byte counters' values at the last scrape, to add only what is new.
-    seen_in: u64,
-    seen_out: u64,
 }
 
 impl Metrics {
-    fn new() -> Self {
+    fn new(bytes: &ByteCounters) -> Self {
         // 1 ms to ~16 s: a warm start is milliseconds, a cold one a few hundred.
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let mut m = Metrics {
@@ -291,14 +288,12 @@ impl Metrics {
             warm: Gauge::default(),
             warm_hits: Counter::default(),
             warm_misses: Counter::default(),
-            bytes_in: Counter::default(),
-            bytes_out: Counter::default(),
+            bytes_in: bytes.bytes_in.clone(),
+            bytes_out: bytes.bytes_out.clone(),
             container_start: latency(),
             first_output: latency(),
             docker_up: Gauge::default(),
             capacity: Family::default(),
-            seen_in: 0,
-            seen_out: 0,
         };
         let r = &mut m.registry;
         r.register(
@@ -413,7 +408,7 @@ pub struct Status {
 
 impl Status {
     pub fn new(bytes: Arc<ByteCounters>, capacity: Capacity) -> Self {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(&bytes);
         metrics.docker_up.set(1);
         for (limit, value) in [
             ("max_sessions", capacity.max_sessions),
@@ -455,8 +450,8 @@ impl Status {
                 .copied()
                 .unwrap_or(0),
             tls_failures: m.tls_failures.get(),
-            bytes_in: self.bytes.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes.bytes_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes.bytes_in.get(),
+            bytes_out: self.bytes.bytes_out.get(),
             start_p50: self.start_latency.percentile(50.0),
             start_p99: self.start_latency.percentile(99.0),
         }
@@ -552,17 +547,9 @@ impl Handler<DockerHealth> for Status {
 impl Handler<Encode> for Status {
     type Result = String;
     fn handle(&mut self, _: Encode, _: &mut Context<Self>) -> String {
-        let m = &mut self.metrics;
-        let (bytes_in, bytes_out) = (
-            self.bytes.bytes_in.load(Ordering::Relaxed),
-            self.bytes.bytes_out.load(Ordering::Relaxed),
-        );
-        m.bytes_in.inc_by(bytes_in.saturating_sub(m.seen_in));
-        m.bytes_out.inc_by(bytes_out.saturating_sub(m.seen_out));
-        (m.seen_in, m.seen_out) = (bytes_in, bytes_out);
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry);
         text
     }
 }
