@@ -58,56 +58,54 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Signals a client may send, by number (Linux numbering, as in the protocol).
+const ALLOWED_SIGNALS: [u8; 7] = [1, 2, 3, 9, 10, 12, 15];
+
+/// Linux signal names by number, for the allowed signals and for messages.
+const SIGNAL_NAMES: [&str; 32] = [
+    "",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// The name of a signal a client may send; `None` for any other.
 fn signal_name(sig: u8) -> Option<&'static str> {
-    Some(match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        12 => "SIGUSR2",
-        15 => "SIGTERM",
-        _ => return None,
-    })
+    ALLOWED_SIGNALS
+        .contains(&sig)
+        .then(|| SIGNAL_NAMES[sig as usize])
 }
 
 /// Name of a signal for messages, for the standard Linux signals.
 pub fn describe_signal(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
+    match SIGNAL_NAMES.get(sig as usize) {
         Some(name) if !name.is_empty() => format!("signal {sig} ({name})"),
         _ => format!("signal {sig}"),
     }
@@ -696,7 +694,10 @@ impl Session {
                 let Some(name) = signal_name(sig) else {
                     return self.fail(
                         ErrorCode::Protocol,
-                        format!("signal {sig} may not be sent (allowed: 1, 2, 3, 9, 10, 12, 15)"),
+                        format!(
+                            "signal {sig} may not be sent (allowed: {})",
+                            ALLOWED_SIGNALS.map(|n| n.to_string()).join(", ")
+                        ),
                         ctx,
                     );
                 };
