@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -416,7 +416,9 @@ async fn upload<I: AsyncRead + Unpin>(
         let _ = tx.send(Frame::StdinEof).await;
         return;
     };
-    let mut buf = vec![0u8; DATA_CHUNK];
+    // Read straight into the buffer the frame will carry: no copy per chunk, and the
+    // space comes back for reuse once the frame before has been written.
+    let mut buf = BytesMut::with_capacity(DATA_CHUNK);
     loop {
         // Take what the window allows (at least one byte) before reading, so that a
         // chunk once read can always be sent.
@@ -429,7 +431,8 @@ async fn upload<I: AsyncRead + Unpin>(
             more.forget();
         }
         let cap = 1 + extra;
-        let n = match input.read(&mut buf[..cap]).await {
+        buf.reserve(cap);
+        let n = match input.read_buf(&mut (&mut buf).limit(cap)).await {
             Ok(0) | Err(_) => {
                 let _ = tx.send(Frame::StdinEof).await;
                 return;
@@ -437,11 +440,7 @@ async fn upload<I: AsyncRead + Unpin>(
             Ok(n) => n,
         };
         window.add_permits(cap - n);
-        if tx
-            .send(Frame::Stdin(Bytes::copy_from_slice(&buf[..n])))
-            .await
-            .is_err()
-        {
+        if tx.send(Frame::Stdin(buf.split().freeze())).await.is_err() {
             return;
         }
     }
