@@ -108,6 +108,24 @@ fn piped_stdin_reaches_the_script_and_ends_with_eof() {
 }
 
 #[test]
+fn binary_stdin_arrives_byte_exact() {
+    let d = Daemon::start(&[]);
+    // 3 MiB of every byte value in a shifting order: many STDIN frames, many credits.
+    let input: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let out = d.run(
+        "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n",
+        &[],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_str(&out));
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "stdin came back altered");
+    d.stop();
+}
+
+#[test]
 fn empty_stdin_is_immediate_eof() {
     let d = Daemon::start(&[]);
     let out = d.run("import sys\nprint(repr(sys.stdin.read()))\n", &[], b"");
