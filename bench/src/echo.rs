@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::ctx::{Bench, Served};
 use crate::report::{Measured, Report, Value};
-use crate::runner::check_status;
+use crate::runner::{check_status, finish};
 use crate::scripts::ECHO;
 use crate::stats::Summary;
 
@@ -101,13 +101,12 @@ async fn echo_session(mut cmd: Command, lines: usize) -> Result<Vec<Duration>> {
         }
     }
     drop(input);
-    let mut err = Vec::new();
-    let status = tokio::time::timeout(Duration::from_secs(30), async {
-        let _ = stderr.read_to_end(&mut err).await;
-        child.wait().await
-    })
-    .await
-    .map_err(|_| anyhow!("the script did not end after stdin closed"))??;
-    check_status(status, &err)?;
+    finish(
+        child,
+        stderr,
+        Duration::from_secs(30),
+        "the script did not end after stdin closed",
+    )
+    .await?;
     Ok(samples)
 }

@@ -17,7 +17,7 @@ use tokio::process::{Child, ChildStdin};
 use crate::ctx::{Bench, Role, Served};
 use crate::daemon::Daemon;
 use crate::report::{Measured, Report, Value};
-use crate::runner::{check_status, drain};
+use crate::runner::{check_status, drain, finish};
 use crate::scripts::{flood, BLOCK};
 use crate::stats::{mib_per_s, Summary};
 
@@ -199,15 +199,14 @@ async fn held_sessions(s: &Served, script: &std::path::Path, n: usize) -> Result
 
     let ends = join_all(held.into_iter().map(|(mut child, stdin)| async move {
         drop(stdin);
-        let mut err = Vec::new();
-        let mut stderr = child.stderr.take().context("no stderr pipe")?;
-        let status = tokio::time::timeout(Duration::from_secs(30), async {
-            let _ = stderr.read_to_end(&mut err).await;
-            child.wait().await
-        })
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        finish(
+            child,
+            stderr,
+            Duration::from_secs(30),
+            "a session did not end after its stdin closed",
+        )
         .await
-        .map_err(|_| anyhow!("a session did not end after its stdin closed"))??;
-        check_status(status, &err)
     }))
     .await;
     ends.into_iter().collect::<Result<Vec<()>>>()?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStderr, Command};
 
 use crate::daemon::Daemon;
 
@@ -122,6 +122,24 @@ pub async fn run_collect(
     let elapsed = t0.elapsed();
     check_status(ran.status, &ran.stderr)?;
     Ok((elapsed, ran.stdout))
+}
+
+/// Waits at most `timeout` for a child whose stdin is closed: reads its stderr to the
+/// end, reaps it, and turns a failed exit into an error (`stuck` says what did not end).
+pub async fn finish(
+    mut child: Child,
+    mut stderr: ChildStderr,
+    timeout: Duration,
+    stuck: &str,
+) -> Result<()> {
+    let mut err = Vec::new();
+    let status = tokio::time::timeout(timeout, async {
+        let _ = stderr.read_to_end(&mut err).await;
+        child.wait().await
+    })
+    .await
+    .map_err(|_| anyhow!("{stuck}"))??;
+    check_status(status, &err)
 }
 
 /// An error for a failed exit, with the last line of stderr.
