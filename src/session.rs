@@ -298,10 +298,6 @@ impl Session {
         let _ = self.control.send(frame);
     }
 
-    fn script_complete(&self) -> bool {
-        self.script_done
-    }
-
     /// Ends the session with an ERROR frame: the script could not run (or go on).
     fn fail(&mut self, code: ErrorCode, message: impl Into<String>, ctx: &mut Context<Self>) {
         if self.phase == Phase::Closing {
@@ -602,7 +598,7 @@ impl Session {
     }
 
     fn maybe_run(&mut self, ctx: &mut Context<Self>) {
-        if self.run_sent || !self.script_complete() || self.phase != Phase::Active {
+        if self.run_sent || !self.script_done || self.phase != Phase::Active {
             return;
         }
         let (Some(container), Some(hello)) = (&self.container, &self.hello) else {
@@ -663,7 +659,7 @@ impl Session {
                 self.maybe_run(ctx);
             }
             (Phase::Active, Frame::Stdin(data)) => {
-                if !self.script_complete() || self.stdin_closed {
+                if !self.script_done || self.stdin_closed {
                     let why = if self.stdin_closed {
                         "STDIN after STDIN_EOF"
                     } else {
@@ -684,7 +680,7 @@ impl Session {
                 let _ = self.stdin_tx.send(StdinMsg::Data(data));
             }
             (Phase::Active, Frame::StdinEof) => {
-                if !self.script_complete() || self.stdin_closed {
+                if !self.script_done || self.stdin_closed {
                     return self.fail(ErrorCode::Protocol, "unexpected STDIN_EOF", ctx);
                 }
                 self.stdin_closed = true;
@@ -797,7 +793,7 @@ impl Actor for Session {
         self.writer = Some(actix_rt::spawn(writer));
         let upload_timeout = self.cfg().upload_timeout;
         ctx.run_later(upload_timeout, move |act, ctx| {
-            if act.phase != Phase::Closing && !act.script_complete() {
+            if act.phase != Phase::Closing && !act.script_done {
                 act.fail(
                     ErrorCode::UploadTimeout,
                     format!("no complete script within {}", humanize(upload_timeout)),
