@@ -38,15 +38,16 @@ impl Daemon {
         instance: &str,
         extra: &[String],
     ) -> Result<Daemon> {
+        let certs = pyexec::certs::CertPaths::in_dir(tls);
         let log = tls.join(format!("{instance}.log"));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(&bins.pyexecd)
             .args(["--listen", "127.0.0.1:0", "--instance", instance])
             .arg("--cert")
-            .arg(tls.join("server.pem"))
+            .arg(&certs.server_cert)
             .arg("--key")
-            .arg(tls.join("server.key"))
+            .arg(&certs.server_key)
             // Not what is measured; generous so that the slow reader of the memory
             // measurement is never cut off.
             .args(["--session-timeout", "300"])
@@ -92,7 +93,7 @@ impl Daemon {
             pid,
             addr,
             instance: instance.to_string(),
-            ca: tls.join("ca.pem"),
+            ca: certs.ca_cert,
             log,
         })
     }
