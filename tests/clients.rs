@@ -63,18 +63,12 @@ fn run_as(d: &Daemon, name: Option<&str>, script: &str) -> Output {
 
 /// Starts a session as `name` that holds until its stdin closes; returns once it runs.
 fn hold_as(d: &Daemon, name: &str) -> std::process::Child {
-    let mut child = pyexec_as(
+    spawn_ready(&mut pyexec_as(
         d,
         Some(name),
         "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n",
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
-    child
+    ))
+    .0
 }
 
 #[test]

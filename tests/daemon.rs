@@ -95,14 +95,8 @@ fn sigterm_drains_lets_short_sessions_finish_and_ends_the_rest() {
 #[test]
 fn leftovers_of_a_crashed_run_are_removed_at_start() {
     let d = Daemon::start(&[]);
-    let mut child = d
-        .pyexec("import time\nprint('ready', flush=True)\ntime.sleep(60)\n")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    let (mut child, _out) =
+        spawn_ready(&mut d.pyexec("import time\nprint('ready', flush=True)\ntime.sleep(60)\n"));
     let (dir, instance) = d.crash();
     let orphans = containers_of(&instance);
     assert!(

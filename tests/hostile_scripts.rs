@@ -493,16 +493,8 @@ fn closing_its_own_stdout_and_going_on_is_harmless() {
 fn script_reading_stdin_forever_gets_eof_when_the_client_closes_it() {
     let d = Daemon::start(&[]);
     let script = "import sys\nprint('ready', flush=True)\nn = 0\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n    n += 1\neofs = sum(1 for _ in range(100) if sys.stdin.read() == '')\nprint('lines', n, 'eofs', eofs)\n";
-    let mut child = d
-        .pyexec(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, mut out) = spawn_ready(d.pyexec(script).stderr(Stdio::piped()));
     let mut stdin = child.stdin.take().unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
     stdin.write_all(b"first\n").unwrap();
     assert!(out.wait_for(b"FIRST\n", Duration::from_secs(10)));
     stdin.write_all(b"second\n").unwrap();

@@ -60,14 +60,8 @@ fn prometheus_metrics_follow_what_happens() {
     assert!(wait_until(Duration::from_secs(10), || d
         .containers()
         .is_empty()));
-    let mut holder = d
-        .pyexec("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut holder);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    let (mut holder, _out) =
+        spawn_ready(&mut d.pyexec("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n"));
     assert_eq!(d.run("print(1)\n", &[], b"").status.code(), Some(125));
     let during = http_get(&addr, "/metrics");
     assert_eq!(sample(&during, "pyexec_sessions_running"), 1.0);
@@ -117,14 +111,9 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     let old_ca = d.dir.path().join("old-ca.pem");
     std::fs::copy(d.ca(), &old_ca).unwrap();
     // A session that runs across the reload.
-    let mut running = d
-        .pyexec("import sys\nprint('ready', flush=True)\nprint(sys.stdin.read())\n")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut running);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    let (mut running, out) = spawn_ready(
+        &mut d.pyexec("import sys\nprint('ready', flush=True)\nprint(sys.stdin.read())\n"),
+    );
 
     // New material from a new CA, written over the files the daemon was started with.
     let fresh = tempfile::tempdir().unwrap();

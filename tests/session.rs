@@ -307,14 +307,7 @@ print("nnp", [l for l in open("/proc/self/status") if l.startswith("NoNewPrivs")
 fn ctrl_c_interrupts_the_script() {
     let d = Daemon::start(&[]);
     let script = "import time, sys\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n    print('interrupted')\n    sys.exit(5)\n";
-    let mut child = d
-        .pyexec(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = OutputWatcher::stdout(&mut child);
-    assert!(out.wait_for(b"ready\n", Duration::from_secs(15)));
+    let (mut child, out) = spawn_ready(&mut d.pyexec(script));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("client exits");

@@ -387,6 +387,24 @@ impl OutputWatcher {
     }
 }
 
+/// Spawns `cmd` (a `pyexec` whose script prints `ready` once it runs) with stdin and
+/// stdout piped, and returns once `ready` has arrived: the client and a watcher on its
+/// stdout.
+pub fn spawn_ready(cmd: &mut Command) -> (Child, OutputWatcher) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = OutputWatcher::stdout(&mut child);
+    assert!(
+        out.wait_for(b"ready\n", Duration::from_secs(15)),
+        "the script did not say ready within 15 s: {:?}",
+        String::from_utf8_lossy(&out.seen)
+    );
+    (child, out)
+}
+
 /// Runs `cmd` with `stdin` fed to it (from a thread, so that a child that writes before it
 /// reads cannot deadlock) and its stdout and stderr collected.
 pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
