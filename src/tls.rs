@@ -38,15 +38,14 @@ pub enum TlsError {
 /// (rustls' default), so a client that prefers another suite, e.g. ChaCha20-Poly1305
 /// without AES instructions, gets it; `pyexec` asks for AES-128-GCM first.
 pub fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::{cipher_suite, default_provider};
-    Arc::new(CryptoProvider {
-        cipher_suites: vec![
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-            cipher_suite::TLS13_AES_256_GCM_SHA384,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-        ],
-        ..default_provider()
-    })
+    Arc::new(preferring(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256))
+}
+
+/// ring's provider with `first` moved to the front of its suites, the rest in order.
+fn preferring(first: rustls::CipherSuite) -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| s.suite() != first);
+    provider
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -181,13 +180,8 @@ mod tests {
         );
 
         // A client that asks for ChaCha20 first (no AES instructions) gets it.
-        let mut suites = provider().cipher_suites.clone();
-        suites.reverse();
-        let reversed = CryptoProvider {
-            cipher_suites: suites,
-            ..(*provider()).clone()
-        };
-        let mut chacha = ClientConfig::builder_with_provider(Arc::new(reversed))
+        let chacha_first = preferring(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+        let mut chacha = ClientConfig::builder_with_provider(Arc::new(chacha_first))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots(&paths.ca_cert).unwrap())
