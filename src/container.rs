@@ -20,7 +20,7 @@ use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::docker::{is_conflict, is_not_found, remove};
@@ -384,16 +384,6 @@ impl ContainerActor {
             latency: since.elapsed(),
             warm: self.warm,
         });
-        let (first_tx, first_rx) = oneshot::channel();
-        let events = run.events.clone();
-        ctx.spawn(
-            async move {
-                if first_rx.await.is_ok() {
-                    events.do_send(ContainerEvent::FirstOutput);
-                }
-            }
-            .into_actor(self),
-        );
         self.events = Some(run.events);
 
         let stdin = pump_stdin(
@@ -412,7 +402,7 @@ impl ContainerActor {
             self.exited_tx.subscribe(),
             run.output_limit,
             Trailers::new(&run.nonce),
-            Some(first_tx),
+            self.events.clone(),
             self.deps.bytes.clone(),
         );
         self.pump = Some(
@@ -960,7 +950,9 @@ async fn next_output(output: &mut AttachOutput, exited: &mut watch::Receiver<boo
 struct Sent {
     total: u64,
     limit: u64,
-    first: Option<oneshot::Sender<()>>,
+    /// Told of the first byte, once: straight from here, so that the event is queued
+    /// before the `Finished` that follows the pump's end, however short the script.
+    first: Option<Recipient<ContainerEvent>>,
 }
 
 /// Sends `data` to the session in frames of at most `DATA_CHUNK`, within the output limit.
@@ -979,7 +971,7 @@ async fn forward(
     sent.total += data.len() as u64;
     if !data.is_empty() {
         if let Some(first) = sent.first.take() {
-            let _ = first.send(());
+            first.do_send(ContainerEvent::FirstOutput);
         }
     }
     while !data.is_empty() {
@@ -1010,7 +1002,7 @@ async fn pump_output(
     mut exited: watch::Receiver<bool>,
     limit: u64,
     mut trailers: Trailers,
-    first: Option<oneshot::Sender<()>>,
+    first: Option<Recipient<ContainerEvent>>,
     bytes: Arc<ByteCounters>,
 ) -> PumpEnd {
     let mut sent = Sent {
