@@ -20,5 +20,6 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod status;
+pub mod stdio;
 pub mod supervisor;
 pub mod tls;

@@ -605,3 +605,75 @@ fn notes_never_glue_onto_the_scripts_last_line() {
     );
     d.stop();
 }
+
+// ---- stdin of every kind ----
+
+/// `pyexec` reads a pipe or socket on its runtime's own thread and anything else on
+/// tokio's blocking pool (`pyexec::stdio`): each kind must reach the script whole, then
+/// end of file.
+#[test]
+fn stdin_from_a_file_a_pipe_a_socket_or_a_terminal_reaches_the_script_whole() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    let d = Daemon::start(&[]);
+    let echo = "import sys\nd = sys.stdin.buffer.read()\nsys.stdout.buffer.write(d)\nprint('|eof', len(d), file=sys.stderr)\n";
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let check = |kind: &str, out: Output| {
+        assert_eq!(out.status.code(), Some(0), "{kind}: {}", stderr_str(&out));
+        assert!(
+            out.stdout == data,
+            "{kind}: {} bytes back",
+            out.stdout.len()
+        );
+        assert_eq!(stderr_str(&out), format!("|eof {}\n", data.len()), "{kind}");
+    };
+
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&data).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    let mut cmd = pyexec_on(&d, &[], echo);
+    check("file", cmd.stdin(Stdio::from(file)).output().unwrap());
+
+    check(
+        "pipe",
+        output_with_stdin(&mut pyexec_on(&d, &[], echo), &data),
+    );
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut cmd = pyexec_on(&d, &[], echo);
+    let child = cmd
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let feeder = std::thread::spawn({
+        let data = data.clone();
+        move || {
+            let mut ours = ours;
+            ours.write_all(&data).unwrap();
+            // Half-close: the script must see end of file while the socket stays open.
+            ours.shutdown(std::net::Shutdown::Write).unwrap();
+            ours
+        }
+    });
+    check("socket", child.wait_with_output().unwrap());
+    drop(feeder.join().unwrap());
+
+    // A terminal in canonical mode: a line, then Ctrl-D at the start of a line is EOF.
+    let (master, slave) = openpty();
+    let mut cmd = pyexec_on(&d, &[], echo);
+    let child = cmd
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut master = master;
+    master.write_all(b"typed line\n\x04").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "tty: {}", stderr_str(&out));
+    assert_eq!(out.stdout, b"typed line\n");
+    assert_eq!(stderr_str(&out), "|eof 11\n");
+}

@@ -20,6 +20,7 @@ use clap::{CommandFactory, Parser, ValueHint};
 use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Request};
 use pyexec::config::{format_size, parse_duration};
 use pyexec::protocol::{EndReason, Welcome};
+use pyexec::stdio::{RawOut, Stdin};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
@@ -329,40 +330,6 @@ impl Messages {
     }
 }
 
-/// Our stdout or stderr written straight to its file descriptor, with no buffer and no
-/// hop through a thread pool (as `tokio::io::stdout` would make): an echo's round trip
-/// is a handful of microseconds shorter per line. Writing may block (a full pipe), which
-/// `block_in_place` allows on the multi-threaded runtime: a slow reader of our output
-/// slows the session down, which is the backpressure we want.
-struct RawOut(std::mem::ManuallyDrop<std::fs::File>);
-
-impl RawOut {
-    fn new(fd: std::os::fd::RawFd) -> Self {
-        // SAFETY: fd 1 or 2, open for the life of the process; ManuallyDrop never closes it.
-        RawOut(std::mem::ManuallyDrop::new(unsafe {
-            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-        }))
-    }
-}
-
-impl AsyncWrite for RawOut {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(tokio::task::block_in_place(|| self.0.write(buf)))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// The script's stdout or stderr: erases the queue line before the first byte, and notes
 /// whether the output ends mid-line where our own messages go too.
 struct Output<W> {
@@ -470,9 +437,12 @@ fn read_script(path: &Path, messages: &Messages) -> (Bytes, Option<String>) {
     }
 }
 
+/// One worker: a session is one connection, and with a single worker the stdin reader,
+/// the frame writer and the frame reader hand work to each other without waking another
+/// thread. Multi-threaded all the same, for `block_in_place` (see `pyexec::stdio`).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format!("cannot start: {e}")))
@@ -529,7 +499,12 @@ fn main() {
     // Kept alive until exit: dropping a runtime waits for its blocking tasks, and the
     // stdin reader may be blocked on a terminal or pipe forever.
     let rt = runtime();
-    let code = rt.block_on(session(cfg, request, from_stdin, messages));
+    // Spawned rather than run by block_on itself: block_on polls its future on this
+    // (main) thread, and every hand-over between it and the tasks it spawns on the
+    // worker would cost a thread wake-up, two per line of an echo.
+    let code = rt
+        .block_on(rt.spawn(session(cfg, request, from_stdin, messages)))
+        .unwrap_or(EXIT_CANNOT_RUN);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // Exit without waiting for a stdin read that may block on the terminal forever.
@@ -641,7 +616,7 @@ async fn session(
     });
 
     let io = Io {
-        stdin: (!script_from_stdin).then(tokio::io::stdin),
+        stdin: (!script_from_stdin).then(Stdin::open),
         stdout: Output::new(
             RawOut::new(1),
             messages.clone(),
