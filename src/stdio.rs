@@ -11,11 +11,13 @@
 //!   read never blocks. The descriptor is not switched to non-blocking mode: its open
 //!   file description is shared with whoever gave it to us (a shell, a pipeline) and
 //!   would stay non-blocking for them. A terminal or a file keeps the blocking pool.
-//! * stdout and stderr are written straight to their descriptors. A write of at most
-//!   `PIPE_BUF` bytes to a descriptor that `poll` says is writable cannot block and goes
-//!   out on the runtime thread; anything else is written under `block_in_place`, so a
-//!   slow reader slows the session down (the backpressure we want) without stalling
-//!   the runtime.
+//! * stdout and stderr that are pipes or sockets are written on the runtime thread with
+//!   `RWF_NOWAIT` (non-blocking for that one call, the descriptor's flags untouched),
+//!   waiting for epoll to report room when the reader is behind: a slow reader slows the
+//!   session down (the backpressure we want) and no thread is woken per write. Anything
+//!   else (a terminal, a file) is written directly when `poll` says a short write cannot
+//!   block, else under `block_in_place`, so that a stuck terminal does not stall the
+//!   runtime.
 
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
@@ -153,12 +155,33 @@ impl AsyncRead for PolledIn {
 }
 
 /// Our stdout or stderr, written straight to its descriptor with no buffer.
-pub struct RawOut(Borrowed);
+pub struct RawOut {
+    fd: Borrowed,
+    /// The same descriptor watched by epoll for room, when it is a pipe or socket and
+    /// the kernel takes non-blocking writes on it (`RWF_NOWAIT`).
+    polled: Option<AsyncFd<Borrowed>>,
+}
 
 impl RawOut {
-    /// `fd` must stay open for the life of the process (1 or 2).
+    /// `fd` must stay open for the life of the process (1 or 2). Needs a runtime with I/O
+    /// enabled when `fd` is a pipe or socket.
     pub fn new(fd: RawFd) -> Self {
-        RawOut(Borrowed::new(fd))
+        let polled = is_pipe_or_socket(fd)
+            .then(|| {
+                // SAFETY: as for `PolledIn::new`: `fd` outlives the registration.
+                unsafe {
+                    AsyncFd::register_with_interest(
+                        Borrowed::new(fd),
+                        tokio::io::Interest::WRITABLE,
+                    )
+                }
+                .ok()
+            })
+            .flatten();
+        RawOut {
+            fd: Borrowed::new(fd),
+            polled,
+        }
     }
 
     /// Whether a write of `len` bytes is sure not to block: short enough to be atomic on
@@ -168,7 +191,7 @@ impl RawOut {
             return false;
         }
         let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
+            fd: self.fd.as_raw_fd(),
             events: libc::POLLOUT,
             revents: 0,
         };
@@ -178,14 +201,42 @@ impl RawOut {
     }
 }
 
+/// Writes what fits without waiting (`RWF_NOWAIT`, per call: the descriptor's own flags,
+/// shared with whoever else holds it, stay as they are).
+fn write_nowait(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; offset -1 is "the current
+    // position", as write(2).
+    let n = unsafe { libc::pwritev2(fd, &iov, 1, -1, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 impl AsyncWrite for RawOut {
     fn poll_write(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let mut file: &std::fs::File = &this.0 .0;
+        if let Some(polled) = &this.polled {
+            loop {
+                let mut guard = ready!(polled.poll_write_ready(cx))?;
+                match write_nowait(guard.get_inner().as_raw_fd(), buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => break,
+                    done => return Poll::Ready(done),
+                }
+            }
+            // An older kernel without RWF_NOWAIT for this kind of file.
+            this.polled = None;
+        }
+        let mut file: &std::fs::File = &this.fd.0;
         if this.cannot_block(buf.len()) {
             return Poll::Ready(file.write(buf));
         }
@@ -294,19 +345,17 @@ mod tests {
         close(r);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_go_through_whole_and_a_full_pipe_holds_the_writer_back() {
-        let (r, w) = pipe();
-        let w = leak(w);
+    /// Writes `big` through a `RawOut` on `w` while a thread reads it all from `r`.
+    async fn write_through(w: RawFd, mut r: impl Read + Send + 'static, polled: bool) {
         let mut out = RawOut::new(w);
+        assert_eq!(out.polled.is_some(), polled);
         out.write_all(b"short").await.unwrap();
-        let mut r = std::fs::File::from(r);
         let mut buf = [0u8; 5];
         r.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"short");
 
-        // 1 MiB into a 64 KiB pipe: the writer must wait for the reader, and every byte
-        // arrives in order.
+        // 1 MiB into a 64 KiB pipe (or a socket's buffer): the writer must wait for the
+        // reader, and every byte arrives in order.
         let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
         let want = big.clone();
         let reader = std::thread::spawn(move || {
@@ -316,6 +365,31 @@ mod tests {
         });
         out.write_all(&big).await.unwrap();
         assert!(reader.join().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_to_a_pipe_or_socket_wait_for_the_reader_without_blocking() {
+        let (r, w) = pipe();
+        let w = leak(w);
+        write_through(w, std::fs::File::from(r), true).await;
         close(w);
+
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let w = leak(OwnedFd::from(a));
+        write_through(w, b, true).await;
+        close(w);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_is_written_directly() {
+        let file = tempfile::tempfile().unwrap();
+        let mut out = RawOut::new(file.as_raw_fd());
+        assert!(out.polled.is_none());
+        out.write_all(b"into a file").await.unwrap();
+        let mut back = String::new();
+        let mut file = &file;
+        std::io::Seek::rewind(&mut file).unwrap();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "into a file");
     }
 }
