@@ -13,7 +13,7 @@ import signal
 import sys
 
 from .errors import PyexecError, TimeoutExpired
-from .session import Queued, Session
+from .session import Queued, Session, Started
 
 EXIT_COULD_NOT_RUN = 125
 EXIT_CANCELLED = 130
@@ -65,9 +65,12 @@ def main(argv=None):
 
     broken_pipe = []
     session_box = []  # the Session, once it exists (callbacks may run before)
+    running = []  # non-empty once the script runs (STARTED or output seen)
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
     def on_stdout(data):
+        if not running:
+            running.append(True)
         if broken_pipe:
             return
         try:
@@ -82,13 +85,43 @@ def main(argv=None):
                 session_box[0].cancel()
 
     def on_stderr(data):
+        if not running:
+            running.append(True)
         err.write(data)
         err.flush()
 
     def on_event(event):
+        if isinstance(event, Started) and not running:
+            running.append(True)
         if isinstance(event, Queued) and sys.stderr.isatty():
             _say("queued: position %d" % event.position)
 
+    interrupts = [0]  # Ctrl-Cs pressed
+    delivered = [0]  # ... and acted upon
+
+    def deliver():
+        # First Ctrl-C: SIGINT to the script. Second: cancel. Third: give up here.
+        while delivered[0] < interrupts[0]:
+            delivered[0] += 1
+            if delivered[0] == 1:
+                session_box[0].interrupt()
+            elif delivered[0] == 2:
+                session_box[0].cancel()
+            else:
+                raise SystemExit(EXIT_CANCELLED)
+
+    def on_sigint(signum, frame):
+        interrupts[0] += 1
+        if session_box:
+            deliver()
+        elif not running:
+            raise KeyboardInterrupt  # still connecting: give up
+        # else the script already runs (its output can come before Session() returns):
+        # the Ctrl-C is delivered as soon as the Session exists, below.
+
+    # Installed before the session starts, so that a Ctrl-C right after the script's
+    # first output reaches the script instead of killing this process.
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         session = Session(
             script, opts.args, stdin=stdin, server=opts.server, ca=opts.ca, name=name,
@@ -103,20 +136,7 @@ def main(argv=None):
     session_box.append(session)
     if broken_pipe:
         session.cancel()
-
-    interrupts = [0]
-
-    def on_sigint(signum, frame):
-        # First Ctrl-C: SIGINT to the script. Second: cancel. Third: give up here.
-        interrupts[0] += 1
-        if interrupts[0] == 1:
-            session.interrupt()
-        elif interrupts[0] == 2:
-            session.cancel()
-        else:
-            raise SystemExit(EXIT_CANCELLED)
-
-    signal.signal(signal.SIGINT, on_sigint)
+    deliver()
     try:
         while True:
             try:
