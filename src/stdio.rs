@@ -56,6 +56,17 @@ fn is_pipe_or_socket(fd: RawFd) -> bool {
     matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK)
 }
 
+/// `fd` registered with the runtime's epoll for `interest`, when it is a pipe or socket
+/// (`None` otherwise, or when epoll refuses it).
+fn watch(fd: RawFd, interest: tokio::io::Interest) -> Option<AsyncFd<Borrowed>> {
+    if !is_pipe_or_socket(fd) {
+        return None;
+    }
+    // SAFETY: `fd` stays open and the same for the life of the process (see `Borrowed`),
+    // hence for the life of the registration.
+    unsafe { AsyncFd::register_with_interest(Borrowed::new(fd), interest) }.ok()
+}
+
 /// Bytes waiting to be read on `fd`.
 fn available(fd: RawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
@@ -108,14 +119,7 @@ pub struct PolledIn {
 impl PolledIn {
     /// `None` when `fd` is not a pipe or socket, or epoll refuses it.
     pub fn new(fd: RawFd) -> Option<Self> {
-        if !is_pipe_or_socket(fd) {
-            return None;
-        }
-        // SAFETY: `fd` stays open and the same for the life of the process (see
-        // `Borrowed`), hence for the life of this registration.
-        unsafe { AsyncFd::register_with_interest(Borrowed::new(fd), tokio::io::Interest::READABLE) }
-            .ok()
-            .map(|fd| PolledIn { fd })
+        watch(fd, tokio::io::Interest::READABLE).map(|fd| PolledIn { fd })
     }
 }
 
@@ -166,18 +170,7 @@ impl RawOut {
     /// `fd` must stay open for the life of the process (1 or 2). Needs a runtime with I/O
     /// enabled when `fd` is a pipe or socket.
     pub fn new(fd: RawFd) -> Self {
-        let polled = is_pipe_or_socket(fd)
-            .then(|| {
-                // SAFETY: as for `PolledIn::new`: `fd` outlives the registration.
-                unsafe {
-                    AsyncFd::register_with_interest(
-                        Borrowed::new(fd),
-                        tokio::io::Interest::WRITABLE,
-                    )
-                }
-                .ok()
-            })
-            .flatten();
+        let polled = watch(fd, tokio::io::Interest::WRITABLE);
         RawOut {
             fd: Borrowed::new(fd),
             polled,
