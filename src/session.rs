@@ -26,7 +26,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tracing::{debug, info, info_span, warn, Span};
 
-use crate::config::{format_size, Config};
+use crate::config::{format_duration, format_size, Config};
 use crate::container::{
     ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, ScriptExit, Signal, StdinMsg,
 };
@@ -417,7 +417,10 @@ impl Session {
         let (reason, message) = match cause {
             KillCause::Timeout => (
                 EndReason::Timeout,
-                format!("session timed out after {}", humanize(self.time_limit())),
+                format!(
+                    "session timed out after {}",
+                    format_duration(self.time_limit())
+                ),
             ),
             KillCause::Cancelled | KillCause::ClientGone => {
                 (EndReason::Cancelled, "cancelled by the client".to_string())
@@ -761,14 +764,6 @@ pub fn end_for_exit(exit: ScriptExit, duration_ms: u64) -> End {
     }
 }
 
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -796,7 +791,10 @@ impl Actor for Session {
             if act.phase != Phase::Closing && !act.script_done {
                 act.fail(
                     ErrorCode::UploadTimeout,
-                    format!("no complete script within {}", humanize(upload_timeout)),
+                    format!(
+                        "no complete script within {}",
+                        format_duration(upload_timeout)
+                    ),
                     ctx,
                 );
             }

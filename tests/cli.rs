@@ -102,6 +102,12 @@ fn timeout_from_the_environment_and_its_units() {
     );
     assert_container_gone(&cid_of(&out.stdout), Duration::from_secs(5));
 
+    // A limit under a second is named the way it was given, as the client names the
+    // server's limits.
+    let out = output(pyexec_on(&d, &["--timeout", "750ms"], &script));
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_str(&out));
+    assert_eq!(stderr_str(&out), "pyexec: session timed out after 750ms\n");
+
     // A flag wins over the variable; 0 lifts pyexec's own limit.
     let mut cmd = pyexec_on(
         &d,

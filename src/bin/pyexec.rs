@@ -18,7 +18,7 @@ use bytes::Bytes;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueHint};
 use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Request};
-use pyexec::config::{format_size, parse_duration};
+use pyexec::config::{format_duration, format_size, parse_duration};
 use pyexec::protocol::{EndReason, Welcome};
 use pyexec::stdio::{RawOut, Stdin};
 use tokio::io::AsyncWrite;
@@ -534,21 +534,10 @@ fn describe_server(w: &Welcome) -> String {
         "{} (protocol {}, time limit {}, script limit {}, output limit {})",
         w.server,
         w.version,
-        format_millis(w.limits.timeout_ms),
+        format_duration(Duration::from_millis(w.limits.timeout_ms)),
         format_size(w.limits.script_size),
         format_size(w.limits.output_bytes)
     )
-}
-
-/// `60s`, `500ms`, `1.5s`: as the server writes its limits.
-fn format_millis(ms: u64) -> String {
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
 }
 
 /// Why a probe failed, without repeating the server's address.

@@ -401,6 +401,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Formats a duration the way `parse_duration` takes it, to the millisecond (the wire's
+/// precision): `60s`, `500ms`, `1.5s`, `1.25s`. The server's messages and `pyexec
+/// --version` both write durations this way.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        let secs = format!("{}.{:03}", ms / 1000, ms % 1000);
+        format!("{}s", secs.trim_end_matches('0'))
+    }
+}
+
 /// Parses `1048576`, `64k`, `256m`, `1g`, `256MiB`, `1GB` (all binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -435,6 +450,24 @@ pub fn format_size(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (ms, text) in [
+            (0, "0s"),
+            (1, "1ms"),
+            (500, "500ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (1250, "1.25s"),
+            (60_001, "60.001s"),
+            (60_000, "60s"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d, "{text}");
+        }
+    }
 
     #[test]
     fn durations() {
