@@ -30,7 +30,7 @@ pub const DEFAULT_CA: &str = "certs/ca.pem";
 pub struct ClientConfig {
     /// `host:port`; the host is also the name the server's certificate must carry.
     pub server: String,
-    /// PEM file with the CA certificate(s) to trust.
+    /// PEM file with the CA certificate(s) to trust, or `tls::SYSTEM_CA` for the system's.
     pub ca: PathBuf,
     /// Bound on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,

@@ -27,6 +27,33 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA {}: {reason}", path.display())]
     ClientCa { path: PathBuf, reason: String },
+    #[error("no system certificate bundle (set SSL_CERT_FILE, or give --ca FILE; looked in {})", SYSTEM_BUNDLES.join(", "))]
+    NoSystemBundle,
+}
+
+/// The `--ca` value that means "the operating system's trusted CAs", for servers with a
+/// certificate from a public CA (a file named `system` is `./system`).
+pub const SYSTEM_CA: &str = "system";
+
+/// Where distributions keep their bundle of trusted CAs, in the order tried after
+/// `SSL_CERT_FILE` (the variable OpenSSL and most TLS stacks honour).
+pub const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Arch, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/ssl/cert.pem",                  // Alpine, BSDs
+];
+
+/// The system bundle `--ca system` uses.
+pub fn system_bundle() -> Result<PathBuf, TlsError> {
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+        return Ok(PathBuf::from(file));
+    }
+    SYSTEM_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or(TlsError::NoSystemBundle)
 }
 
 /// The one crypto provider this crate uses, with AES-128-GCM preferred.
@@ -78,6 +105,21 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The client's trust anchors: the CAs in `ca`, or with `SYSTEM_CA` those of the system's
+/// bundle, skipping any the verifier cannot use (a system bundle may hold a few).
+fn client_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    if ca.as_os_str() != SYSTEM_CA {
+        return roots(ca);
+    }
+    let bundle = system_bundle()?;
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(load_certs(&bundle)?);
+    if added == 0 {
+        return Err(TlsError::NoCertificate(bundle));
+    }
+    Ok(roots)
+}
+
 /// Server side: TLS 1.3 only. With `client_ca`, every client must present a certificate
 /// signed by that CA (mutual TLS); without, clients are anonymous.
 pub fn server_config(
@@ -114,15 +156,15 @@ pub struct Identity {
     pub key: PathBuf,
 }
 
-/// Client side: TLS 1.3 only, trusting exactly the CAs in `ca`, presenting `identity`
-/// when given.
+/// Client side: TLS 1.3 only, trusting exactly the CAs in `ca` (or the system's, for
+/// `SYSTEM_CA`), presenting `identity` when given.
 pub fn client_config(
     ca: &Path,
     identity: Option<&Identity>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca)?);
+        .with_root_certificates(client_roots(ca)?);
     let mut config = match identity {
         Some(id) => builder.with_client_auth_cert(load_certs(&id.cert)?, load_key(&id.key)?)?,
         None => builder.with_no_client_auth(),

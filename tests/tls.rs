@@ -128,3 +128,66 @@ fn unreachable_server_and_missing_ca_give_125() {
         stderr_str(&out)
     );
 }
+
+/// `--ca system`: the system's trusted CAs, from SSL_CERT_FILE or the distribution's
+/// bundle; our own CA is trusted exactly when that bundle holds it.
+#[test]
+fn ca_system_trusts_the_system_bundle_and_nothing_else() {
+    let d = Daemon::start(&[]);
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = pyexec::certs::generate(other.path(), &[], false)
+        .unwrap()
+        .ca_cert;
+    // A bundle like the system's: several CAs, ours among them.
+    let bundle = other.path().join("bundle.pem");
+    let mut pem = std::fs::read(&other_ca).unwrap();
+    pem.extend(std::fs::read(d.ca()).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let script = d.script_file("print('trusted')\n");
+    let run = |ca: &str, bundle: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(PYEXEC);
+        cmd.args(["--server", &d.addr.to_string()])
+            .env("PYEXEC_CA", ca)
+            .env_remove("SSL_CERT_FILE")
+            .arg(&script);
+        if let Some(b) = bundle {
+            cmd.env("SSL_CERT_FILE", b);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = run("system", Some(&bundle));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_str(&out));
+    assert_eq!(stdout_str(&out), "trusted\n");
+
+    // A bundle without our CA: the handshake fails on the certificate.
+    let out = run("system", Some(&other_ca));
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr_str(&out);
+    assert!(err.starts_with("pyexec: TLS handshake with"), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+
+    // SSL_CERT_FILE naming nothing: said, with the path.
+    let out = run(
+        "system",
+        Some(std::path::Path::new("/nonexistent/bundle.pem")),
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr_str(&out).contains("/nonexistent/bundle.pem"),
+        "{}",
+        stderr_str(&out)
+    );
+    assert_eq!(stderr_str(&out).lines().count(), 1, "{}", stderr_str(&out));
+
+    // The host's own bundle (or none): a private CA is not in it either way.
+    let out = run("system", None);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("certificate") || err.contains("no system certificate bundle"),
+        "{err}"
+    );
+    assert!(!err.contains("give the server's CA certificate"), "{err}");
+    d.stop();
+}

@@ -21,6 +21,7 @@ use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Reque
 use pyexec::config::{format_duration, format_size, parse_duration};
 use pyexec::protocol::{EndReason, Welcome};
 use pyexec::stdio::{RawOut, Stdin};
+use pyexec::tls::SYSTEM_CA;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
@@ -59,7 +60,7 @@ Examples:
 
 Environment (a flag wins over its variable):
   PYEXEC_SERVER           server to connect to, as --server (default localhost:12344)
-  PYEXEC_CA               CA certificate, as --ca (default certs/ca.pem)
+  PYEXEC_CA               CA certificate, as --ca (default certs/ca.pem; `system`: the system's CAs)
   PYEXEC_CERT             client certificate for mutual TLS, as --cert
   PYEXEC_KEY              its private key, as --key
   PYEXEC_TIMEOUT          time limit, as --timeout (--timeout 0 lifts it for one run)
@@ -108,7 +109,9 @@ struct Args {
         value_hint = ValueHint::Hostname
     )]
     server: String,
-    /// CA certificate that signed the server's certificate.
+    /// CA certificate(s) that signed the server's certificate (a PEM file or bundle), or
+    /// `system` for the system's trusted CAs (SSL_CERT_FILE, else the distribution's
+    /// bundle), for a server with a certificate from a public CA.
     #[arg(
         long,
         env = "PYEXEC_CA",
@@ -559,7 +562,7 @@ fn describe_error(e: &ClientError, cfg: &ClientConfig) -> String {
         {
             format!("{e}; is pyexecd running there? (--server, PYEXEC_SERVER)")
         }
-        ClientError::Config(_) if !cfg.ca.exists() => {
+        ClientError::Config(_) if cfg.ca.as_os_str() != SYSTEM_CA && !cfg.ca.exists() => {
             format!("{e}; give the server's CA certificate with --ca or PYEXEC_CA")
         }
         _ => e.to_string(),

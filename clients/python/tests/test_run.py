@@ -223,6 +223,26 @@ class RunTests(unittest.TestCase):
             px.run("print(1)", server=self.server, ca=other_ca)
         self.assertIn("certificate verify failed", str(cm.exception))
 
+    def test_ca_system_trusts_the_system_bundle(self):
+        saved = os.environ.get("SSL_CERT_FILE")
+        try:
+            # A "system" bundle holding our CA: trusted.
+            os.environ["SSL_CERT_FILE"] = self.ca
+            r = px.run("print('system')", server=self.server, ca="system", timeout=WAIT)
+            self.assertEqual(r.stdout, b"system\n")
+            # One without it: refused, as with any CA that did not sign the server's.
+            other_ca = daemon("_SMALL")[1]
+            if other_ca and _read(other_ca) != _read(self.ca):
+                os.environ["SSL_CERT_FILE"] = other_ca
+                with self.assertRaises(px.TlsError) as cm:
+                    px.run("print(1)", server=self.server, ca="system")
+                self.assertIn("certificate verify failed", str(cm.exception))
+        finally:
+            if saved is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = saved
+
     def test_missing_ca_file(self):
         with self.assertRaises(px.TlsError):
             px.run("print(1)", server=self.server, ca="/nonexistent/ca.pem")

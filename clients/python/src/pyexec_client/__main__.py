@@ -43,7 +43,8 @@ def main(argv=None):
         description="Run a Python script on a pyexecd server, streaming its I/O live.",
     )
     parser.add_argument("--server", help="HOST:PORT (default: $PYEXEC_SERVER or localhost:12344)")
-    parser.add_argument("--ca", help="CA certificate file (default: $PYEXEC_CA, else certs/ca.pem)")
+    parser.add_argument("--ca", help="CA certificate file, or 'system' for the system's CAs "
+                        "(default: $PYEXEC_CA, else certs/ca.pem)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="T",
                         help="seconds for connecting plus the TLS handshake (default 10)")
     parser.add_argument("script", metavar="SCRIPT", help="the script; - reads it from stdin")

@@ -18,12 +18,20 @@ from .errors import ConnectionFailed, TlsError
 _RECV_SIZE = 65536
 
 
+# The `ca` that means the system's trusted CAs (SSL_CERT_FILE, else OpenSSL's default
+# bundle), for a server with a certificate from a public CA; as `pyexec --ca system`.
+SYSTEM_CA = "system"
+
+
 def make_context(ca):
     """The same trust settings as the reference client (§1): the chain is verified
-    against `ca` only (not the system store), the host name is checked, TLS 1.3 only,
-    and ALPN offers exactly `pyexec/1`."""
+    against `ca` only (or the system store, for `SYSTEM_CA`), the host name is checked,
+    TLS 1.3 only, and ALPN offers exactly `pyexec/1`."""
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        if ca == SYSTEM_CA:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     except (OSError, ssl.SSLError) as e:
         raise TlsError("cannot load the CA certificate %s: %s" % (ca, e))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
