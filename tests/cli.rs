@@ -646,39 +646,32 @@ fn stdin_from_a_file_a_pipe_a_socket_or_a_terminal_reaches_the_script_whole() {
         output_with_stdin(&mut pyexec_on(&d, &[], echo), &data),
     );
 
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut cmd = pyexec_on(&d, &[], echo);
-    let child = cmd
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
     let feeder = std::thread::spawn({
         let data = data.clone();
         move || {
-            let mut ours = ours;
             ours.write_all(&data).unwrap();
             // Half-close: the script must see end of file while the socket stays open.
             ours.shutdown(std::net::Shutdown::Write).unwrap();
             ours
         }
     });
-    check("socket", child.wait_with_output().unwrap());
+    let mut cmd = pyexec_on(&d, &[], echo);
+    check(
+        "socket",
+        cmd.stdin(Stdio::from(OwnedFd::from(theirs)))
+            .output()
+            .unwrap(),
+    );
     drop(feeder.join().unwrap());
 
     // A terminal in canonical mode: a line, then Ctrl-D at the start of a line is EOF.
-    let (master, slave) = openpty();
-    let mut cmd = pyexec_on(&d, &[], echo);
-    let child = cmd
-        .stdin(Stdio::from(slave))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut master = master;
+    let (mut master, slave) = openpty();
     master.write_all(b"typed line\n\x04").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pyexec_on(&d, &[], echo)
+        .stdin(Stdio::from(slave))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "tty: {}", stderr_str(&out));
     assert_eq!(out.stdout, b"typed line\n");
     assert_eq!(stderr_str(&out), "|eof 11\n");
