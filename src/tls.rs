@@ -35,6 +35,11 @@ pub enum TlsError {
 /// certificate from a public CA (a file named `system` is `./system`).
 pub const SYSTEM_CA: &str = "system";
 
+/// Whether a `--ca` value asks for the system's CAs rather than naming a file.
+pub fn is_system_ca(ca: &Path) -> bool {
+    ca.as_os_str() == SYSTEM_CA
+}
+
 /// Where distributions keep their bundle of trusted CAs, in the order tried after
 /// `SSL_CERT_FILE` (the variable OpenSSL and most TLS stacks honour).
 pub const SYSTEM_BUNDLES: [&str; 4] = [
@@ -108,7 +113,7 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// The client's trust anchors: the CAs in `ca`, or with `SYSTEM_CA` those of the system's
 /// bundle, skipping any the verifier cannot use (a system bundle may hold a few).
 fn client_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
-    if ca.as_os_str() != SYSTEM_CA {
+    if !is_system_ca(ca) {
         return roots(ca);
     }
     let bundle = system_bundle()?;

@@ -21,7 +21,7 @@ use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Reque
 use pyexec::config::{format_duration, format_size, parse_duration};
 use pyexec::protocol::{EndReason, Welcome};
 use pyexec::stdio::{RawOut, Stdin};
-use pyexec::tls::SYSTEM_CA;
+use pyexec::tls;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
@@ -562,7 +562,7 @@ fn describe_error(e: &ClientError, cfg: &ClientConfig) -> String {
         {
             format!("{e}; is pyexecd running there? (--server, PYEXEC_SERVER)")
         }
-        ClientError::Config(_) if cfg.ca.as_os_str() != SYSTEM_CA && !cfg.ca.exists() => {
+        ClientError::Config(_) if !tls::is_system_ca(&cfg.ca) && !cfg.ca.exists() => {
             format!("{e}; give the server's CA certificate with --ca or PYEXEC_CA")
         }
         _ => e.to_string(),
