@@ -66,12 +66,10 @@ def main(argv=None):
 
     broken_pipe = []
     session_box = []  # the Session, once it exists (callbacks may run before)
-    running = []  # non-empty once the script runs (STARTED or output seen)
+    running = []  # non-empty once STARTED has come (the server sends it before any output)
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
     def on_stdout(data):
-        if not running:
-            running.append(True)
         if broken_pipe:
             return
         try:
@@ -86,8 +84,6 @@ def main(argv=None):
                 session_box[0].cancel()
 
     def on_stderr(data):
-        if not running:
-            running.append(True)
         err.write(data)
         err.flush()
 
