@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod raw;
+
 pub const PYEXECD: &str = env!("CARGO_BIN_EXE_pyexecd");
 pub const PYEXEC: &str = env!("CARGO_BIN_EXE_pyexec");
 
