@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod client_limits;
 pub mod config;
 pub mod container;
 pub mod docker;
@@ -20,6 +21,8 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod status;
+pub mod stdin_queue;
 pub mod stdio;
 pub mod supervisor;
 pub mod tls;
+pub mod token_bucket;

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::client_limits::{ClientLimits, RATE_WINDOW};
 use crate::config::Config;
 use crate::container::{
     ContainerActor, ContainerDeps, ContainerGone, ContainerReady, Kill, KillCause, Orphaned,
@@ -90,18 +91,11 @@ struct Entry {
     state: SessionState,
     timer: SpawnHandle,
     client: String,
+    /// The container handed to this session, kept until the session unregisters. The
+    /// session may stop before it reads the verdict that carried it (a client that
+    /// resets right after HELLO): then only this copy is left to give the slot back.
+    container: Option<Addr<ContainerActor>>,
 }
-
-/// What one client is doing, for `--max-sessions-per-client` and `--rate`.
-#[derive(Default)]
-struct ClientUse {
-    /// Sessions queued or running.
-    active: usize,
-    /// When its recent sessions were admitted, oldest first (at most a minute back).
-    starts: VecDeque<Instant>,
-}
-
-const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 struct Slot {
     addr: Addr<ContainerActor>,
@@ -130,7 +124,7 @@ pub struct Supervisor {
     warming: VecDeque<u64>,
     refill_backoff: Duration,
     refill_paused: bool,
-    clients: HashMap<String, ClientUse>,
+    clients: ClientLimits,
     /// Why the Docker Engine is considered down; `None` while it answers.
     docker_down: Option<String>,
     next_key: u64,
@@ -143,6 +137,7 @@ impl Supervisor {
     /// `deps` must point its recipients at this actor (see `Supervisor::create`).
     pub fn new(cfg: Arc<Config>, deps: ContainerDeps, status: Addr<Status>) -> Self {
         Supervisor {
+            clients: ClientLimits::new(cfg.max_sessions_per_client, cfg.rate),
             cfg,
             deps,
             status,
@@ -153,7 +148,6 @@ impl Supervisor {
             warming: VecDeque::new(),
             refill_backoff: REFILL_BACKOFF,
             refill_paused: false,
-            clients: HashMap::new(),
             docker_down: None,
             next_key: 0,
             draining: false,
@@ -172,69 +166,8 @@ impl Supervisor {
             running: self.running(),
             queued: self.queue.len(),
             warm: self.pool.len(),
-            clients: self
-                .clients
-                .iter()
-                .filter(|(_, u)| u.active > 0)
-                .map(|(c, u)| (c.clone(), u.active))
-                .collect(),
+            clients: self.clients.active(),
         });
-    }
-
-    /// Checks and books one more session for `client` against its own limits.
-    fn admit_client(&mut self, client: &str) -> Result<(), String> {
-        let (max, rate) = (self.cfg.max_sessions_per_client, self.cfg.rate);
-        let now = Instant::now();
-        let usage = self.clients.entry(client.to_string()).or_default();
-        while usage
-            .starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
-        {
-            usage.starts.pop_front();
-        }
-        if max > 0 && usage.active >= max {
-            return Err(format!(
-                "per-client limit reached: {client} already has {} sessions \
-                 (--max-sessions-per-client {max})",
-                usage.active
-            ));
-        }
-        if rate > 0 && usage.starts.len() >= rate {
-            let wait = RATE_WINDOW.saturating_sub(now.duration_since(usage.starts[0]));
-            return Err(format!(
-                "rate limit reached: {client} started {} sessions in the last minute \
-                 (--rate {rate}); try again in {} s",
-                usage.starts.len(),
-                wait.as_secs().max(1)
-            ));
-        }
-        usage.active += 1;
-        if rate > 0 {
-            usage.starts.push_back(now);
-        }
-        Ok(())
-    }
-
-    /// Takes back a booking of `admit_client` that did not lead to a session (busy): it
-    /// counts neither as active nor against the rate.
-    fn unbook_client(&mut self, client: &str) {
-        if let Some(usage) = self.clients.get_mut(client) {
-            if self.cfg.rate > 0 {
-                usage.starts.pop_back();
-            }
-        }
-        self.release_client(client);
-    }
-
-    /// Gives back the booking of `admit_client`.
-    fn release_client(&mut self, client: &str) {
-        if let Some(usage) = self.clients.get_mut(client) {
-            usage.active = usage.active.saturating_sub(1);
-            if usage.active == 0 && usage.starts.is_empty() {
-                self.clients.remove(client);
-            }
-        }
     }
 
     fn launch(&mut self, assigned: bool) -> (u64, Addr<ContainerActor>) {
@@ -356,6 +289,7 @@ impl Supervisor {
             match self.sessions.get_mut(&id) {
                 Some(entry) => {
                     entry.state = SessionState::Running;
+                    entry.container = Some(container.clone());
                     entry.addr.do_send(Admitted { container });
                 }
                 // Gone in the meantime: the container it was given is discarded.
@@ -434,6 +368,9 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.retry_orphans(ctx));
+        // Clients whose last start has left the rate window are forgotten, so the map
+        // holds at most the clients of the last minute, not every address ever seen.
+        ctx.run_interval(RATE_WINDOW / 4, |act, _| act.clients.prune(Instant::now()));
         // An idle daemon (or one whose pool is full) starts no containers, so it would
         // not notice losing the Engine until a client came: look now and then.
         ctx.run_interval(DOCKER_CHECK, |act, ctx| act.check_docker(ctx));
@@ -466,6 +403,7 @@ impl Handler<Register> for Supervisor {
                 state: SessionState::Connected,
                 timer,
                 client: msg.client,
+                container: None,
             },
         );
     }
@@ -477,8 +415,14 @@ impl Handler<Unregister> for Supervisor {
     fn handle(&mut self, Unregister { id }: Unregister, ctx: &mut Context<Self>) {
         if let Some(entry) = self.sessions.remove(&id) {
             ctx.cancel_future(entry.timer);
+            // Whatever the session did or did not see of its container, it is done with
+            // it: a container that already ended ignores this, one the session never
+            // heard of (a verdict it stopped before reading) is removed and its slot freed.
+            if let Some(container) = entry.container {
+                container.do_send(Kill(KillCause::ClientGone));
+            }
             if entry.state != SessionState::Connected {
-                self.release_client(&entry.client);
+                self.clients.release(&entry.client);
                 self.gauges();
             }
             if entry.state == SessionState::Queued {
@@ -506,8 +450,8 @@ impl Handler<Admit> for Supervisor {
         if let Some(why) = &self.docker_down {
             return Admission::Unavailable(why.clone());
         }
-        if let Err(why) = self.admit_client(&client) {
-            return Admission::Limited(why);
+        if let Err(refusal) = self.clients.admit(&client, Instant::now()) {
+            return Admission::Limited(refusal.describe(&client));
         }
         let container = match self.queue.is_empty() {
             true => self.take_container(),
@@ -516,6 +460,7 @@ impl Handler<Admit> for Supervisor {
         let entry = self.sessions.get_mut(&id).expect("checked above");
         if let Some(container) = container {
             entry.state = SessionState::Running;
+            entry.container = Some(container.clone());
             self.fill_pool();
             self.gauges();
             Admission::Granted(container)
@@ -525,7 +470,7 @@ impl Handler<Admit> for Supervisor {
             self.gauges();
             Admission::Queued(self.queue.len() as u32)
         } else {
-            self.unbook_client(&client);
+            self.clients.unbook(&client);
             Admission::Busy {
                 running: self.running(),
                 queued: self.queue.len(),
