@@ -27,6 +27,7 @@ use crate::docker::{is_conflict, is_not_found, remove};
 use crate::protocol::{Frame, Started, DATA_CHUNK};
 use crate::sandbox::{SandboxSpec, NONCE_LEN};
 use crate::status::ByteCounters;
+use crate::stdin_queue::StdinQueue;
 
 type AttachOutput = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 type AttachInput = Pin<Box<dyn AsyncWrite + Send>>;
@@ -54,13 +55,6 @@ pub enum KillCause {
     Discarded,
 }
 
-/// What the session sends towards the script's stdin.
-#[derive(Debug)]
-pub enum StdinMsg {
-    Data(Bytes),
-    Eof,
-}
-
 /// Hands a script to the container and wires its streams to a session.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -72,7 +66,7 @@ pub struct Run {
     /// When the session was admitted, and how long it had queued: for STARTED.
     pub admitted_at: Instant,
     pub queued_ms: u64,
-    pub stdin: mpsc::UnboundedReceiver<StdinMsg>,
+    pub stdin: Arc<StdinQueue>,
     /// Bounded: this is where backpressure from a slow client comes from.
     pub output: mpsc::Sender<Frame>,
     /// Unbounded control path to the client, used for STDIN_CREDIT.
@@ -83,10 +77,22 @@ pub struct Run {
     pub events: Recipient<ContainerEvent>,
 }
 
-/// Deliver a signal (SIGINT for Ctrl-C) to the script.
+/// Deliver a signal (SIGINT for Ctrl-C) to the script, by name.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Signal(pub String);
+pub struct Signal(pub &'static str);
+
+/// Signals on their way to the script. At most one Docker kill request is in flight per
+/// container: a client that floods SIGNAL frames once had one request per frame in flight
+/// at once (thousands of sockets, hundreds of MB, other sessions starved; issue 9).
+#[derive(Debug, Default)]
+enum Signals {
+    #[default]
+    Idle,
+    /// A request is in flight; these follow it, each once, in the order first asked.
+    /// Repeats of a waiting signal are merged, so this holds at most one of each name.
+    Sending { next: Vec<&'static str> },
+}
 
 /// Stop the script now and end the container.
 #[derive(Message)]
@@ -208,6 +214,7 @@ pub struct ContainerActor {
     stdin_pump: Option<SpawnHandle>,
     killed: Option<KillCause>,
     kill_requested: Option<KillCause>,
+    signals: Signals,
     finished: bool,
     leaked: bool,
     unreachable: Option<String>,
@@ -239,6 +246,7 @@ impl ContainerActor {
             stdin_pump: None,
             killed: None,
             kill_requested: None,
+            signals: Signals::Idle,
             finished: false,
             leaked: false,
             unreachable: None,
@@ -668,17 +676,39 @@ impl Handler<Signal> for ContainerActor {
         if self.phase != Phase::Running || self.killed.is_some() {
             return;
         }
+        match &mut self.signals {
+            Signals::Idle => self.send_signal(sig, ctx),
+            Signals::Sending { next } if !next.contains(&sig) => next.push(sig),
+            Signals::Sending { .. } => debug!(signal = sig, "signal merged with a waiting one"),
+        }
+    }
+}
+
+impl ContainerActor {
+    /// Sends one kill request; the next waiting signal goes when it has been answered.
+    fn send_signal(&mut self, sig: &'static str, ctx: &mut Context<Self>) {
+        if !matches!(self.signals, Signals::Sending { .. }) {
+            self.signals = Signals::Sending { next: Vec::new() };
+        }
         let docker = self.deps.docker.clone();
         let id = self.id.clone().unwrap_or_default();
-        ctx.spawn(
-            async move {
-                match crate::docker::kill(&docker, &id, &sig).await {
-                    Ok(()) => debug!(signal = %sig, "signal forwarded"),
-                    Err(e) => debug!(error = %e, signal = %sig, "signal not delivered"),
-                }
+        let fut = async move { crate::docker::kill(&docker, &id, sig).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(()) => debug!(signal = sig, "signal forwarded"),
+                Err(e) => debug!(error = %e, signal = sig, "signal not delivered"),
             }
-            .into_actor(self),
-        );
+            let next = match &mut act.signals {
+                Signals::Sending { next } if !next.is_empty() => Some(next.remove(0)),
+                _ => None,
+            };
+            match next {
+                Some(sig) if act.phase == Phase::Running && act.killed.is_none() => {
+                    act.send_signal(sig, ctx)
+                }
+                _ => act.signals = Signals::Idle,
+            }
+        }));
     }
 }
 
@@ -802,7 +832,7 @@ const CREDIT_BATCH: u64 = crate::session::STDIN_WINDOW as u64 / 4;
 /// container has taken it.
 async fn pump_stdin(
     mut input: AttachInput,
-    mut stdin: mpsc::UnboundedReceiver<StdinMsg>,
+    stdin: Arc<StdinQueue>,
     control: mpsc::UnboundedSender<Frame>,
     in_flight: Arc<AtomicU64>,
     mut exited: watch::Receiver<bool>,
@@ -810,13 +840,13 @@ async fn pump_stdin(
     let mut owed: u64 = 0;
     loop {
         let msg = tokio::select! {
-            msg = stdin.recv() => msg,
+            msg = stdin.next() => msg,
             // Once the script is gone, closing stdin lets Docker end the attach stream,
             // which is how the output pump learns that it has everything.
             _ = exited.wait_for(|e| *e) => None,
         };
         match msg {
-            Some(StdinMsg::Data(data)) => {
+            Some(data) => {
                 let n = data.len();
                 if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
                     break;
@@ -829,7 +859,7 @@ async fn pump_stdin(
                     owed = 0;
                 }
             }
-            Some(StdinMsg::Eof) | None => break,
+            None => break,
         }
     }
     let _ = input.shutdown().await;

@@ -28,7 +28,7 @@ use tracing::{debug, info, info_span, warn, Span};
 
 use crate::config::{format_duration, format_size, Config};
 use crate::container::{
-    ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, ScriptExit, Signal, StdinMsg,
+    ContainerActor, ContainerEvent, Finished, Kill, KillCause, Run, ScriptExit, Signal,
 };
 use crate::listener::ConnectionGuard;
 use crate::protocol::{
@@ -37,9 +37,12 @@ use crate::protocol::{
 };
 use crate::sandbox::{bootstrap_request, check_args, new_nonce, script_name};
 use crate::status::{
-    ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded, Status,
+    ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded,
+    SignalsDropped, Status,
 };
+use crate::stdin_queue::StdinQueue;
 use crate::supervisor::{Admission, Admit, Register, Supervisor, Unregister};
+use crate::token_bucket::TokenBucket;
 
 type Tls = TlsStream<TcpStream>;
 
@@ -56,6 +59,13 @@ const LINGER: Duration = Duration::from_secs(2);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound on waiting for a killed container to report.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIGNAL frames a session may send at once, and then one more per `SIGNAL_EVERY`; the
+/// excess is dropped and counted (protocol §7). Each signal is a Docker API request: a
+/// flood of them once starved the whole daemon (issue 9). A person's Ctrl-C never gets
+/// near this; a second Ctrl-C in our clients is CANCEL, which is not limited.
+const SIGNAL_BURST: u32 = 10;
+const SIGNAL_EVERY: Duration = Duration::from_millis(200);
 
 /// Signals a client may send, by number (Linux numbering, as in the protocol).
 const ALLOWED_SIGNALS: [u8; 7] = [1, 2, 3, 9, 10, 12, 15];
@@ -230,11 +240,13 @@ pub struct Session {
     admitted_at: Option<Instant>,
     run_sent: bool,
     running: bool,
-    stdin_tx: mpsc::UnboundedSender<StdinMsg>,
-    stdin_rx: Option<mpsc::UnboundedReceiver<StdinMsg>>,
+    /// Stdin on its way to the script, merged into one buffer (see `stdin_queue`).
+    stdin: Arc<StdinQueue>,
     stdin_in_flight: Arc<AtomicU64>,
     stdin_closed: bool,
     stop_cause: Option<KillCause>,
+    signal_budget: TokenBucket,
+    signals_dropped: u64,
     outcome: Option<Outcome>,
     registered: bool,
     _guard: ConnectionGuard,
@@ -254,7 +266,6 @@ impl Session {
             crate::tls::peer_identity(stream.get_ref().1).unwrap_or_else(|| peer.ip().to_string());
         let (control, control_rx) = mpsc::unbounded_channel();
         let (output, output_rx) = mpsc::channel(OUTPUT_FRAMES);
-        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
         Session {
             id,
             span: info_span!("session", id, %peer, %client),
@@ -279,11 +290,12 @@ impl Session {
             admitted_at: None,
             run_sent: false,
             running: false,
-            stdin_tx,
-            stdin_rx: Some(stdin_rx),
+            stdin: Arc::new(StdinQueue::new()),
             stdin_in_flight: Arc::new(AtomicU64::new(0)),
             stdin_closed: false,
             stop_cause: None,
+            signal_budget: TokenBucket::new(SIGNAL_BURST, SIGNAL_EVERY, accepted_at),
+            signals_dropped: 0,
             outcome: None,
             registered: false,
             _guard: guard,
@@ -607,7 +619,7 @@ impl Session {
         let (Some(container), Some(hello)) = (&self.container, &self.hello) else {
             return;
         };
-        let (Some(stdin), Some(output)) = (self.stdin_rx.take(), self.output.take()) else {
+        let Some(output) = self.output.take() else {
             return;
         };
         self.run_sent = true;
@@ -628,7 +640,7 @@ impl Session {
             nonce,
             admitted_at,
             queued_ms,
-            stdin,
+            stdin: self.stdin.clone(),
             output,
             control: self.control.clone(),
             stdin_in_flight: self.stdin_in_flight.clone(),
@@ -680,14 +692,14 @@ impl Session {
                     );
                 }
                 self.deps.bytes.add_in(data.len());
-                let _ = self.stdin_tx.send(StdinMsg::Data(data));
+                self.stdin.push(&data);
             }
             (Phase::Active, Frame::StdinEof) => {
                 if !self.script_done || self.stdin_closed {
                     return self.fail(ErrorCode::Protocol, "unexpected STDIN_EOF", ctx);
                 }
                 self.stdin_closed = true;
-                let _ = self.stdin_tx.send(StdinMsg::Eof);
+                self.stdin.close();
             }
             (Phase::Active, Frame::Signal(sig)) => {
                 let Some(name) = signal_name(sig) else {
@@ -700,8 +712,12 @@ impl Session {
                         ctx,
                     );
                 };
+                if !self.signal_budget.take(Instant::now()) {
+                    self.signals_dropped += 1;
+                    return;
+                }
                 match (&self.container, self.running) {
-                    (Some(container), true) => container.do_send(Signal(name.to_string())),
+                    (Some(container), true) => container.do_send(Signal(name)),
                     // Nothing runs yet: a terminating signal means "never mind"; the
                     // user-defined ones have no one to reach and are dropped.
                     _ if matches!(sig, 10 | 12) => {}
@@ -804,6 +820,14 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(writer) = self.writer.take() {
             writer.abort();
+        }
+        // As a dropped channel once did: the script's stdin ends with its session.
+        self.stdin.close();
+        if self.signals_dropped > 0 {
+            info!(parent: &self.span, dropped = self.signals_dropped, "SIGNAL frames over the rate limit were dropped");
+            self.deps
+                .status
+                .do_send(SignalsDropped(self.signals_dropped));
         }
         if self.outcome.is_none() {
             info!(parent: &self.span, duration_ms = self.duration_ms(), "client disconnected");

@@ -106,6 +106,11 @@ pub struct PoolUse {
     pub hit: bool,
 }
 
+/// SIGNAL frames a session dropped over its rate limit (protocol §7), sent once at its end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SignalsDropped(pub u64);
+
 /// Time from accepting a connection to the first byte of script output leaving for it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -259,6 +264,7 @@ struct Metrics {
     busy: Counter,
     tls_failures: Counter,
     connections_refused: Counter,
+    signals_dropped: Counter,
     running: Gauge,
     queued: Gauge,
     warm: Gauge,
@@ -283,6 +289,7 @@ impl Metrics {
             busy: Counter::default(),
             tls_failures: Counter::default(),
             connections_refused: Counter::default(),
+            signals_dropped: Counter::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
             warm: Gauge::default(),
@@ -320,6 +327,11 @@ impl Metrics {
             "connections_refused",
             "Connections closed at once: --max-connections or --max-connections-per-ip reached",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "signals_dropped",
+            "SIGNAL frames dropped over a session's rate limit (protocol section 7)",
+            m.signals_dropped.clone(),
         );
         r.register(
             "sessions_running",
@@ -534,6 +546,13 @@ impl Handler<FirstOutput> for Status {
     type Result = ();
     fn handle(&mut self, msg: FirstOutput, _: &mut Context<Self>) {
         self.metrics.first_output.observe(msg.latency.as_secs_f64());
+    }
+}
+
+impl Handler<SignalsDropped> for Status {
+    type Result = ();
+    fn handle(&mut self, SignalsDropped(n): SignalsDropped, _: &mut Context<Self>) {
+        self.metrics.signals_dropped.inc_by(n);
     }
 }
 
