@@ -4,11 +4,13 @@
 //! size and time) instead of a web framework: a scraper needs nothing more, and nothing
 //! more means nothing more to attack on a port that may be reachable by the network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::status::{Encode, Status};
@@ -17,14 +19,24 @@ use crate::status::{Encode, Status};
 const MAX_REQUEST: usize = 8 * 1024;
 /// Longest a client may take to send its request and read the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections answered at once; more are closed as soon as they are accepted. Without
+/// it, a flood of idle connections (each kept up to `REQUEST_TIMEOUT`) could take every
+/// file descriptor the daemon has, sessions' included (issue 9). A scraper needs one.
+pub const MAX_CONNECTIONS: usize = 16;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, status: Addr<Status>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "metrics connection refused: {MAX_CONNECTIONS} already open");
+                    drop(stream);
+                    continue;
+                };
                 let status = status.clone();
                 actix_rt::spawn(async move {
                     match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, status)).await {
@@ -32,6 +44,7 @@ pub async fn serve(listener: TcpListener, status: Addr<Status>) {
                         Err(_) => debug!(%peer, "metrics request timed out"),
                         Ok(Ok(())) => {}
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
