@@ -6,14 +6,17 @@
 //! `supervisor::Supervisor` caps concurrency and time, and `status::Status` counts.
 //! The client (`pyexec`) is a thin binary over `client`.
 
+pub mod bootstrap;
 pub mod certs;
 pub mod client;
 pub mod client_limits;
 pub mod config;
+pub mod connections;
 pub mod container;
-pub mod docker;
+pub mod engine;
 pub mod image;
 pub mod listener;
+pub mod messages;
 pub mod metrics;
 pub mod protocol;
 pub mod sandbox;
@@ -25,4 +28,7 @@ pub mod stdin_queue;
 pub mod stdio;
 pub mod supervisor;
 pub mod tls;
+
+/// The Docker Engine helpers, under their old path for the benchmark and the CLI.
+pub use engine::docker;
 pub mod token_bucket;

@@ -1,9 +1,8 @@
 //! The Listener actor: accepts TCP connections, bounds them (in all and per address), runs
-//! each TLS handshake under a timeout, and starts a Session actor per connection that
-//! completes one.
+//! each TLS handshake under a timeout, and hands each connection that completes one to
+//! `ListenerDeps::start_session` (which the server wires to the Session actor).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,69 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::session::{Session, SessionDeps};
-use crate::status::{ConnectionRefused, TlsFailed};
-
-/// Open connections, in all and per peer address: checked before any TLS work, so one
-/// host re-opening idle sockets cannot take every place.
-#[derive(Debug, Default)]
-pub struct Connections {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// Which bound a connection hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    Total,
-    PerAddress,
-}
-
-/// One open connection in `Connections`, released on drop (with its session).
-pub struct ConnectionGuard {
-    shared: Arc<Mutex<Connections>>,
-    ip: IpAddr,
-}
-
-impl ConnectionGuard {
-    /// Counts one more connection from `ip`, unless a bound (0: none) is reached.
-    pub fn try_new(
-        shared: &Arc<Mutex<Connections>>,
-        ip: IpAddr,
-        max: usize,
-        max_per_ip: usize,
-    ) -> Result<Self, Refused> {
-        let mut c = shared
-            .lock()
-            .expect("never poisoned: no panics under the lock");
-        if c.total >= max {
-            return Err(Refused::Total);
-        }
-        let mine = c.per_ip.entry(ip).or_default();
-        if max_per_ip > 0 && *mine >= max_per_ip {
-            return Err(Refused::PerAddress);
-        }
-        *mine += 1;
-        c.total += 1;
-        Ok(ConnectionGuard {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let mut c = self.shared.lock().expect("never poisoned");
-        c.total -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
+use crate::config::Config;
+use crate::connections::{ConnectionGuard, Connections};
+use crate::status::{ConnectionRefused, Status, TlsFailed};
 
 /// Use new TLS settings for connections from now on (SIGHUP); sessions carry on.
 #[derive(Message)]
@@ -90,17 +29,33 @@ pub struct StopAccepting;
 #[rtype(result = "()")]
 struct Accepted(TcpStream, SocketAddr);
 
+/// Starts a session for a connection whose handshake completed: id, peer, stream, when
+/// it was accepted, and its place among the open connections.
+pub type StartSession = Arc<
+    dyn Fn(u64, SocketAddr, tokio_rustls::server::TlsStream<TcpStream>, Instant, ConnectionGuard)
+        + Send
+        + Sync,
+>;
+
+/// What the Listener needs from the daemon.
+#[derive(Clone)]
+pub struct ListenerDeps {
+    pub cfg: Arc<Config>,
+    pub status: Addr<Status>,
+    pub start_session: StartSession,
+}
+
 pub struct Listener {
     listener: Option<TcpListener>,
     acceptor: TlsAcceptor,
-    deps: Arc<SessionDeps>,
+    deps: ListenerDeps,
     open: Arc<Mutex<Connections>>,
     next_id: u64,
     accepting: Option<SpawnHandle>,
 }
 
 impl Listener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, deps: Arc<SessionDeps>) -> Self {
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, deps: ListenerDeps) -> Self {
         Listener {
             listener: Some(listener),
             acceptor,
@@ -163,9 +118,7 @@ impl Handler<Accepted> for Listener {
         // and its session is then told that the server is shutting down.
         actix_rt::spawn(async move {
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    Session::new(id, peer, tls, deps, accepted_at, guard).start();
-                }
+                Ok(Ok(tls)) => (deps.start_session)(id, peer, tls, accepted_at, guard),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     deps.status.do_send(TlsFailed);
@@ -195,33 +148,5 @@ impl Handler<StopAccepting> for Listener {
             ctx.cancel_future(handle);
             info!("stopped accepting connections");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_bounds_in_all_and_per_address() {
-        let shared = Arc::new(Mutex::new(Connections::default()));
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = ConnectionGuard::try_new(&shared, a, 3, 2).unwrap();
-        let _second = ConnectionGuard::try_new(&shared, a, 3, 2).unwrap();
-        assert_eq!(
-            ConnectionGuard::try_new(&shared, a, 3, 2).err(),
-            Some(Refused::PerAddress)
-        );
-        let _other = ConnectionGuard::try_new(&shared, b, 3, 2).unwrap();
-        assert_eq!(
-            ConnectionGuard::try_new(&shared, b, 3, 2).err(),
-            Some(Refused::Total)
-        );
-        drop(first);
-        assert!(ConnectionGuard::try_new(&shared, a, 3, 2).is_ok());
-        assert!(
-            ConnectionGuard::try_new(&shared, a, 5, 0).is_ok(),
-            "0: no per-address bound"
-        );
     }
 }

@@ -1,4 +1,4 @@
-//! What a sandbox container is: its Docker create body, its labels and the bootstrap request.
+//! What a sandbox container is: its Docker create body, its command and its labels.
 //!
 //! Pure data, no I/O: the ContainerActor sends what this module builds. Every isolation
 //! setting lives here, in one place, so that `docs/security.md` can point at it.
@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
-use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::{BootstrapMode, SandboxConfig};
 
@@ -15,7 +14,7 @@ pub const LABEL_MANAGED: &str = "pyexec.managed";
 /// Label naming the daemon instance that owns the container.
 pub const LABEL_INSTANCE: &str = "pyexec.instance";
 
-/// The bootstrap program (see `src/bootstrap.py`).
+/// The bootstrap program (see `src/bootstrap.py`; its wire format is in `bootstrap.rs`).
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
 /// Size of the container's /dev/shm.
@@ -185,47 +184,6 @@ pub fn script_name(requested: Option<&str>) -> String {
     }
 }
 
-/// Length of the nonce that marks the bootstrap's end-of-script trailer.
-pub const NONCE_LEN: usize = 16;
-
-/// A fresh, unguessable nonce for one session's trailer.
-pub fn new_nonce() -> [u8; NONCE_LEN] {
-    let mut nonce = [0u8; NONCE_LEN];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .expect("the system's random number generator works");
-    nonce
-}
-
-/// The one request the bootstrap reads from stdin. `args` must have passed `check_args`.
-pub fn bootstrap_request(
-    script: &[u8],
-    name: &str,
-    args: &[String],
-    nonce: &[u8; NONCE_LEN],
-) -> Bytes {
-    let args_len: usize = args
-        .iter()
-        .map(|a| a.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
-    let mut buf = BytesMut::with_capacity(32 + script.len() + name.len() + args_len);
-    buf.put_slice(b"PYX2");
-    // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
-    buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
-    buf.put_u32(name.len() as u32);
-    buf.put_u32(args_len as u32);
-    buf.put_slice(nonce);
-    buf.put_slice(script);
-    buf.put_slice(name.as_bytes());
-    for (i, a) in args.iter().enumerate() {
-        if i > 0 {
-            buf.put_u8(0);
-        }
-        buf.put_slice(a.as_bytes());
-    }
-    buf.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,26 +233,6 @@ mod tests {
             host.security_opt.as_deref(),
             Some(&["no-new-privileges".to_string()][..])
         );
-    }
-
-    #[test]
-    fn bootstrap_request_layout() {
-        let nonce = [7u8; NONCE_LEN];
-        let req = bootstrap_request(
-            b"print(1)\n",
-            "a.py",
-            &["x".into(), "".into(), "z".into()],
-            &nonce,
-        );
-        assert_eq!(&req[..4], b"PYX2");
-        assert_eq!(u32::from_be_bytes(req[4..8].try_into().unwrap()), 9);
-        assert_eq!(u32::from_be_bytes(req[8..12].try_into().unwrap()), 4);
-        assert_eq!(u32::from_be_bytes(req[12..16].try_into().unwrap()), 4);
-        assert_eq!(&req[16..32], &nonce);
-        assert_eq!(&req[32..], b"print(1)\na.pyx\0\0z");
-        assert_ne!(new_nonce(), new_nonce());
-        let none = bootstrap_request(b"", "m.py", &[], &nonce);
-        assert_eq!(u32::from_be_bytes(none[12..16].try_into().unwrap()), 0);
     }
 
     #[test]

@@ -12,15 +12,17 @@ use tracing::{info, warn};
 
 use crate::certs::{self, CertError};
 use crate::config::Config;
-use crate::container::ContainerDeps;
-use crate::docker::{self, DockerError};
+use crate::container::{self, ContainerDeps};
+use crate::engine::docker::{self, DockerEngine, DockerError};
+use crate::engine::SharedEngine;
 use crate::image::{self, ImageError};
-use crate::listener::{Listener, SetAcceptor, StopAccepting};
+use crate::listener::{Listener, ListenerDeps, SetAcceptor, StopAccepting};
+use crate::messages::{Drain, DrainNow, SupervisorHandle};
 use crate::sandbox::SandboxSpec;
-use crate::session::SessionDeps;
+use crate::session::{self, SessionDeps};
 use crate::shutdown::{SignalEvent, Signals};
 use crate::status::{ByteCounters, Capacity, Dump, Status};
-use crate::supervisor::{Drain, DrainNow, Supervisor};
+use crate::supervisor::Supervisor;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,24 +158,37 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     };
     let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
+    let engine: SharedEngine = Arc::new(DockerEngine::new("local", ready.docker.clone()));
     let supervisor = Supervisor::create(|ctx| {
         let deps = ContainerDeps {
-            docker: ready.docker.clone(),
+            engine: engine.clone(),
             spec,
             bytes: bytes.clone(),
             gone: ctx.address().recipient(),
             ready: ctx.address().recipient(),
             orphaned: ctx.address().recipient(),
         };
-        Supervisor::new(cfg.clone(), deps, status.clone())
+        let spawn = Box::new(move |key, warm| container::spawn(deps.clone(), key, warm));
+        Supervisor::new(cfg.clone(), engine.clone(), spawn, status.clone())
     });
-    let deps = Arc::new(SessionDeps {
+    let session_deps = Arc::new(SessionDeps {
         cfg: cfg.clone(),
-        supervisor: supervisor.clone(),
+        supervisor: SupervisorHandle {
+            register: supervisor.clone().recipient(),
+            unregister: supervisor.clone().recipient(),
+            admit: supervisor.clone().recipient(),
+        },
         status: status.clone(),
         bytes,
     });
-    let listener = Listener::new(ready.listener, ready.acceptor, deps).start();
+    let listener_deps = ListenerDeps {
+        cfg: cfg.clone(),
+        status: status.clone(),
+        start_session: Arc::new(move |id, peer, tls, accepted_at, guard| {
+            session::start(id, peer, tls, session_deps.clone(), accepted_at, guard)
+        }),
+    };
+    let listener = Listener::new(ready.listener, ready.acceptor, listener_deps).start();
     if let Some(metrics) = ready.metrics {
         if let Ok(addr) = metrics.local_addr() {
             info!(%addr, "metrics at http://{addr}/metrics");
@@ -230,7 +245,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         }
     }
     status.do_send(Dump);
-    match docker::sweep(&ready.docker, &cfg.instance).await {
+    match engine.sweep(&cfg.instance).await {
         Ok(0) => {}
         Ok(n) => warn!(
             count = n,

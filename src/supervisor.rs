@@ -17,66 +17,12 @@ use tracing::{info, warn};
 
 use crate::client_limits::{ClientLimits, RATE_WINDOW};
 use crate::config::Config;
-use crate::container::{
-    ContainerActor, ContainerDeps, ContainerGone, ContainerReady, Kill, KillCause, Orphaned,
+use crate::engine::{EngineError, SharedEngine};
+use crate::messages::{
+    Admission, Admit, Admitted, ContainerGone, ContainerHandle, ContainerReady, Drain, DrainNow,
+    Kill, KillCause, Orphaned, QueuePosition, Register, SessionHandle, SessionStop, Unregister,
 };
-use crate::session::{Admitted, QueuePosition, Session, SessionStop};
 use crate::status::{DockerHealth, Gauges, PoolUse, Status};
-
-/// A session introduces itself when it starts: from now on its time runs.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Register {
-    pub id: u64,
-    pub addr: Addr<Session>,
-    pub accepted_at: Instant,
-    /// Certificate subject or IP address: the key of per-client limits.
-    pub client: String,
-}
-
-/// A session is over (its container may still be being removed).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unregister {
-    pub id: u64,
-}
-
-/// A session with a valid HELLO asks to run.
-#[derive(Message)]
-#[rtype(result = "Admission")]
-pub struct Admit {
-    pub id: u64,
-}
-
-#[derive(Debug, MessageResponse)]
-pub enum Admission {
-    /// Run now, in this container.
-    Granted(Addr<ContainerActor>),
-    /// Wait; `Admitted` follows when a slot frees.
-    Queued(u32),
-    /// Every slot and queue place is taken.
-    Busy { running: usize, queued: usize },
-    /// This client is over one of its own limits; the text says which.
-    Limited(String),
-    /// The Docker Engine is unreachable (why).
-    Unavailable(String),
-    /// The server is draining.
-    ShuttingDown,
-}
-
-/// Stop admitting; let running sessions go on for `grace`, then end them; signal `done`
-/// once every session has ended and every container is removed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain {
-    pub grace: Duration,
-    pub done: oneshot::Sender<()>,
-}
-
-/// End every remaining session now (a second SIGTERM during the drain).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainNow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionState {
@@ -87,18 +33,18 @@ enum SessionState {
 }
 
 struct Entry {
-    addr: Addr<Session>,
+    session: SessionHandle,
     state: SessionState,
     timer: SpawnHandle,
     client: String,
     /// The container handed to this session, kept until the session unregisters. The
     /// session may stop before it reads the verdict that carried it (a client that
     /// resets right after HELLO): then only this copy is left to give the slot back.
-    container: Option<Addr<ContainerActor>>,
+    container: Option<ContainerHandle>,
 }
 
 struct Slot {
-    addr: Addr<ContainerActor>,
+    container: ContainerHandle,
     /// Serving (or about to serve) a session, as opposed to waiting in the pool.
     assigned: bool,
 }
@@ -111,9 +57,14 @@ const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(10);
 /// How often an idle daemon checks that the Engine still answers.
 const DOCKER_CHECK: Duration = Duration::from_secs(10);
 
+/// Starts a container actor for slot `key` (`warm`: ahead of demand). The server wires
+/// this to `container::spawn`; the unit tests to the same actor on an in-memory engine.
+pub type SpawnContainer = Box<dyn Fn(u64, bool) -> ContainerHandle>;
+
 pub struct Supervisor {
     cfg: Arc<Config>,
-    deps: ContainerDeps,
+    engine: SharedEngine,
+    spawn: SpawnContainer,
     status: Addr<Status>,
     sessions: HashMap<u64, Entry>,
     queue: VecDeque<u64>,
@@ -125,8 +76,8 @@ pub struct Supervisor {
     refill_backoff: Duration,
     refill_paused: bool,
     clients: ClientLimits,
-    /// Why the Docker Engine is considered down; `None` while it answers.
-    docker_down: Option<String>,
+    /// Why the engine is considered down; `None` while it answers.
+    docker_down: Option<EngineError>,
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
@@ -134,12 +85,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// `deps` must point its recipients at this actor (see `Supervisor::create`).
-    pub fn new(cfg: Arc<Config>, deps: ContainerDeps, status: Addr<Status>) -> Self {
+    /// `spawn` must point the containers' recipients at this actor (see
+    /// `Supervisor::create`).
+    pub fn new(
+        cfg: Arc<Config>,
+        engine: SharedEngine,
+        spawn: SpawnContainer,
+        status: Addr<Status>,
+    ) -> Self {
         Supervisor {
             clients: ClientLimits::new(cfg.max_sessions_per_client, cfg.rate),
             cfg,
-            deps,
+            engine,
+            spawn,
             status,
             sessions: HashMap::new(),
             queue: VecDeque::new(),
@@ -170,18 +128,18 @@ impl Supervisor {
         });
     }
 
-    fn launch(&mut self, assigned: bool) -> (u64, Addr<ContainerActor>) {
+    fn launch(&mut self, assigned: bool) -> (u64, ContainerHandle) {
         self.next_key += 1;
         let key = self.next_key;
-        let addr = ContainerActor::new(self.deps.clone(), key, !assigned).start();
+        let container = (self.spawn)(key, !assigned);
         self.slots.insert(
             key,
             Slot {
-                addr: addr.clone(),
+                container: container.clone(),
                 assigned,
             },
         );
-        (key, addr)
+        (key, container)
     }
 
     fn has_room(&self) -> bool {
@@ -190,15 +148,15 @@ impl Supervisor {
 
     /// A container for a session: a ready warm one, else one still warming up, else a
     /// cold start if there is room.
-    fn take_container(&mut self) -> Option<Addr<ContainerActor>> {
+    fn take_container(&mut self) -> Option<ContainerHandle> {
         // One still starting was started ahead of demand: a hit all the same.
         let Some(key) = self.pool.pop_front().or_else(|| self.warming.pop_front()) else {
             if !self.has_room() {
                 return None;
             }
-            let (_, addr) = self.launch(true);
+            let (_, container) = self.launch(true);
             self.status.do_send(PoolUse { hit: false });
-            return Some(addr);
+            return Some(container);
         };
         self.status.do_send(PoolUse { hit: true });
         let slot = self
@@ -206,12 +164,12 @@ impl Supervisor {
             .get_mut(&key)
             .expect("pooled containers have slots");
         slot.assigned = true;
-        Some(slot.addr.clone())
+        Some(slot.container.clone())
     }
 
     /// The Engine stopped answering: refuse new sessions at once (instead of letting each
     /// try and fail), fail the queued ones, and ping until it is back.
-    fn docker_lost(&mut self, why: String, ctx: &mut Context<Self>) {
+    fn docker_lost(&mut self, why: EngineError, ctx: &mut Context<Self>) {
         if self.docker_down.is_some() || self.draining {
             return;
         }
@@ -220,7 +178,7 @@ impl Supervisor {
         self.status.do_send(DockerHealth { up: false });
         for id in self.queue.drain(..) {
             if let Some(entry) = self.sessions.get(&id) {
-                entry.addr.do_send(SessionStop::Unavailable);
+                entry.session.stop.do_send(SessionStop::Unavailable);
             }
         }
         self.gauges();
@@ -231,20 +189,18 @@ impl Supervisor {
         if self.docker_down.is_some() || self.draining {
             return; // ping_docker is on it already
         }
-        let docker = self.deps.docker.clone();
-        let ping = async move { docker.ping().await };
+        let ping = self.engine.ping();
         ctx.spawn(ping.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
-                if crate::docker::is_unreachable(&e) {
-                    act.docker_lost(e.to_string(), ctx);
+                if e.is_unreachable() {
+                    act.docker_lost(e, ctx);
                 }
             }
         }));
     }
 
     fn ping_docker(&mut self, ctx: &mut Context<Self>) {
-        let docker = self.deps.docker.clone();
-        let ping = async move { docker.ping().await };
+        let ping = self.engine.ping();
         ctx.spawn(ping.into_actor(self).map(|res, act, ctx| match res {
             Ok(_) => {
                 info!("the Docker Engine is back");
@@ -290,10 +246,10 @@ impl Supervisor {
                 Some(entry) => {
                     entry.state = SessionState::Running;
                     entry.container = Some(container.clone());
-                    entry.addr.do_send(Admitted { container });
+                    entry.session.admitted.do_send(Admitted { container });
                 }
                 // Gone in the meantime: the container it was given is discarded.
-                None => container.do_send(Kill(KillCause::Discarded)),
+                None => container.kill.do_send(Kill(KillCause::Discarded)),
             }
         }
         if moved {
@@ -307,7 +263,7 @@ impl Supervisor {
     fn tell_positions(&self, from: usize) {
         for (i, id) in self.queue.iter().enumerate().skip(from) {
             if let Some(entry) = self.sessions.get(id) {
-                entry.addr.do_send(QueuePosition(i as u32 + 1));
+                entry.session.position.do_send(QueuePosition(i as u32 + 1));
             }
         }
     }
@@ -323,18 +279,18 @@ impl Supervisor {
     fn stop_all(&mut self, running_too: bool) {
         for entry in self.sessions.values() {
             if running_too || entry.state != SessionState::Running {
-                entry.addr.do_send(SessionStop::Shutdown);
+                entry.session.stop.do_send(SessionStop::Shutdown);
             }
         }
         // Spares serve nobody now.
         for key in self.pool.drain(..).chain(self.warming.drain(..)) {
             if let Some(slot) = self.slots.get(&key) {
-                slot.addr.do_send(Kill(KillCause::Discarded));
+                slot.container.kill.do_send(Kill(KillCause::Discarded));
             }
         }
         if running_too {
             for slot in self.slots.values() {
-                slot.addr.do_send(Kill(KillCause::Shutdown));
+                slot.container.kill.do_send(Kill(KillCause::Shutdown));
             }
         }
     }
@@ -343,12 +299,12 @@ impl Supervisor {
         if self.orphans.is_empty() {
             return;
         }
-        let docker = self.deps.docker.clone();
+        let engine = self.engine.clone();
         let ids = std::mem::take(&mut self.orphans);
         let fut = async move {
             let mut left = Vec::new();
             for id in ids {
-                if crate::docker::remove(&docker, &id).await.is_err() {
+                if engine.remove(&id).await.is_err() {
                     left.push(id);
                 }
             }
@@ -384,7 +340,7 @@ impl Handler<Register> for Supervisor {
 
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
         if self.draining {
-            msg.addr.do_send(SessionStop::Shutdown);
+            msg.session.stop.do_send(SessionStop::Shutdown);
         }
         let left = self
             .cfg
@@ -393,13 +349,13 @@ impl Handler<Register> for Supervisor {
         let id = msg.id;
         let timer = ctx.run_later(left, move |act, _| {
             if let Some(entry) = act.sessions.get(&id) {
-                entry.addr.do_send(SessionStop::Timeout);
+                entry.session.stop.do_send(SessionStop::Timeout);
             }
         });
         self.sessions.insert(
             id,
             Entry {
-                addr: msg.addr,
+                session: msg.session,
                 state: SessionState::Connected,
                 timer,
                 client: msg.client,
@@ -419,7 +375,7 @@ impl Handler<Unregister> for Supervisor {
             // it: a container that already ended ignores this, one the session never
             // heard of (a verdict it stopped before reading) is removed and its slot freed.
             if let Some(container) = entry.container {
-                container.do_send(Kill(KillCause::ClientGone));
+                container.kill.do_send(Kill(KillCause::ClientGone));
             }
             if entry.state != SessionState::Connected {
                 self.clients.release(&entry.client);
@@ -451,7 +407,7 @@ impl Handler<Admit> for Supervisor {
             return Admission::Unavailable(why.clone());
         }
         if let Err(refusal) = self.clients.admit(&client, Instant::now()) {
-            return Admission::Limited(refusal.describe(&client));
+            return Admission::Limited(refusal);
         }
         let container = match self.queue.is_empty() {
             true => self.take_container(),

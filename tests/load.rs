@@ -46,7 +46,7 @@ sys.exit(int(i) % 7)
 
 /// A fresh random token, hex.
 fn nonce() -> String {
-    pyexec::sandbox::new_nonce()
+    pyexec::bootstrap::new_nonce()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -250,7 +250,7 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
                     results.lock().unwrap().push((i, outcome, took));
                     if busy {
                         let jitter =
-                            0.75 + 0.5 * f64::from(pyexec::sandbox::new_nonce()[0]) / 255.0;
+                            0.75 + 0.5 * f64::from(pyexec::bootstrap::new_nonce()[0]) / 255.0;
                         thread::sleep(backoff.mul_f64(jitter));
                         backoff = (backoff * 2).min(BUSY_BACKOFF.1);
                     } else {

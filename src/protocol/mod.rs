@@ -27,3 +27,7 @@ pub const MAX_FRAME_PAYLOAD: usize = 128 * 1024;
 /// Largest chunk a sender should put in one data frame (SCRIPT, STDIN, STDOUT, STDERR).
 /// Smaller than `MAX_FRAME_PAYLOAD` so that control frames never wait long behind data.
 pub const DATA_CHUNK: usize = 64 * 1024;
+
+/// STDIN payload bytes a client may send ahead of `STDIN_CREDIT` (announced in `WELCOME`
+/// as `limits.stdin_window`; fixed in version 1).
+pub const STDIN_WINDOW: u32 = 256 * 1024;

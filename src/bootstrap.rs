@@ -1,0 +1,239 @@
+//! The bootstrap's wire format, both ways: the one request the in-container bootstrap
+//! (`src/bootstrap.py`) reads from stdin, the ACK byte it answers with, and the trailer
+//! (a per-session nonce, then `E` + status or `S` + signal) it writes on both streams when
+//! the script ends. Pure, but for `hand_over`, which speaks it over the attach streams.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::engine::{InputSink, Output, OutputStream};
+
+/// How the script's process ended, as its parent in the container saw it and the trailer
+/// reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptExit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Length of the nonce that marks the bootstrap's end-of-script trailer.
+pub const NONCE_LEN: usize = 16;
+
+/// The byte the bootstrap writes to stdout once it has the script.
+pub const ACK: u8 = 0x06;
+
+/// Stderr that may arrive before the ACK on stdout, kept: it is the script's (Docker
+/// copies the two streams independently, so under load the script's first stderr can
+/// overtake the bootstrap's ACK), or, if no ACK comes, the bootstrap's error message.
+const MAX_EARLY_STDERR: usize = 4 << 20;
+
+/// A fresh, unguessable nonce for one session's trailer.
+pub fn new_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("the system's random number generator works");
+    nonce
+}
+
+/// The one request the bootstrap reads from stdin. `args` must have passed `check_args`.
+pub fn request(script: &[u8], name: &str, args: &[String], nonce: &[u8; NONCE_LEN]) -> Bytes {
+    let args_len: usize = args
+        .iter()
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let mut buf = BytesMut::with_capacity(32 + script.len() + name.len() + args_len);
+    buf.put_slice(b"PYX2");
+    // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
+    buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
+    buf.put_u32(name.len() as u32);
+    buf.put_u32(args_len as u32);
+    buf.put_slice(nonce);
+    buf.put_slice(script);
+    buf.put_slice(name.as_bytes());
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(0);
+        }
+        buf.put_slice(a.as_bytes());
+    }
+    buf.freeze()
+}
+
+/// Writes the bootstrap request and waits for the ACK. Returns the streams and the output
+/// to deliver first: stderr that overtook the ACK, and whatever followed the ACK in its
+/// frame. The error is why the container cannot take the script (it is then replaced).
+pub async fn hand_over(
+    mut input: InputSink,
+    mut output: OutputStream,
+    request: Bytes,
+) -> Result<(InputSink, OutputStream, Vec<Output>), String> {
+    if let Err(e) = async {
+        input.write_all(&request).await?;
+        input.flush().await
+    }
+    .await
+    {
+        return Err(format!("cannot write the script: {e}"));
+    }
+    drop(request);
+    let (mut early, mut early_len) = (Vec::new(), 0usize);
+    loop {
+        match output.next().await {
+            Some(Ok(Output::Stdout(mut message))) if message.first() == Some(&ACK) => {
+                let rest = message.split_off(1);
+                if !rest.is_empty() {
+                    early.push(Output::Stdout(rest));
+                }
+                return Ok((input, output, early));
+            }
+            Some(Ok(Output::Stderr(message))) => {
+                early_len += message.len();
+                if early_len > MAX_EARLY_STDERR {
+                    return Err("too much stderr before the script was accepted".into());
+                }
+                early.push(Output::Stderr(message));
+            }
+            Some(Ok(Output::Stdout(_))) => {
+                return Err("the sandbox image's python3 did not run the bootstrap".into())
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {
+                let errors: Vec<u8> = early
+                    .iter()
+                    .flat_map(|item| item.bytes().iter().copied())
+                    .take(2048)
+                    .collect();
+                let text = String::from_utf8_lossy(&errors);
+                return Err(match text.trim() {
+                    "" => "its output closed before the script was accepted".into(),
+                    text => text.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Finds the bootstrap's trailer (nonce, then `E` + status or `S` + signal) in each output
+/// stream. The bootstrap writes it with one write into drained pipes, so it arrives
+/// within one engine frame, but a frame boundary may still cut it (see `partial_tail`).
+pub struct Trailers {
+    finder: memchr::memmem::Finder<'static>,
+    stdout: Option<ScriptExit>,
+    stderr: Option<ScriptExit>,
+}
+
+impl Trailers {
+    pub fn new(nonce: &[u8; NONCE_LEN]) -> Self {
+        Trailers {
+            finder: memchr::memmem::Finder::new(nonce).into_owned(),
+            stdout: None,
+            stderr: None,
+        }
+    }
+
+    /// Where the trailer starts in `data`, and what it says.
+    pub fn find(&self, data: &[u8]) -> Option<(usize, ScriptExit)> {
+        let at = self.finder.find(data)?;
+        let exit = match data.get(at + NONCE_LEN..at + NONCE_LEN + 2)? {
+            [b'E', code] => ScriptExit::Code(*code as i32),
+            [b'S', sig] => ScriptExit::Signal(*sig as i32),
+            _ => return None,
+        };
+        Some((at, exit))
+    }
+
+    /// How many bytes at the end of `data` could be the start of a trailer cut in two
+    /// (the longest such suffix; 0 when none is).
+    pub fn partial_tail(&self, data: &[u8]) -> usize {
+        let nonce = self.finder.needle();
+        let longest = (NONCE_LEN + 1).min(data.len());
+        (1..=longest)
+            .rev()
+            .find(|&k| {
+                let tail = &data[data.len() - k..];
+                if k <= NONCE_LEN {
+                    tail == &nonce[..k]
+                } else {
+                    tail[..NONCE_LEN] == *nonce && matches!(tail[NONCE_LEN], b'E' | b'S')
+                }
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether this stream has carried its trailer already.
+    pub fn seen(&self, stderr: bool) -> bool {
+        if stderr {
+            self.stderr.is_some()
+        } else {
+            self.stdout.is_some()
+        }
+    }
+
+    /// Notes a trailer on one stream; returns the script's end once both have one.
+    pub fn record(&mut self, stderr: bool, exit: ScriptExit) -> Option<ScriptExit> {
+        if stderr {
+            self.stderr = Some(exit);
+        } else {
+            self.stdout = Some(exit);
+        }
+        self.stdout.and(self.stderr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_layout() {
+        let nonce = [7u8; NONCE_LEN];
+        let req = request(
+            b"print(1)\n",
+            "a.py",
+            &["x".into(), "".into(), "z".into()],
+            &nonce,
+        );
+        assert_eq!(&req[..4], b"PYX2");
+        assert_eq!(u32::from_be_bytes(req[4..8].try_into().unwrap()), 9);
+        assert_eq!(u32::from_be_bytes(req[8..12].try_into().unwrap()), 4);
+        assert_eq!(u32::from_be_bytes(req[12..16].try_into().unwrap()), 4);
+        assert_eq!(&req[16..32], &nonce);
+        assert_eq!(&req[32..], b"print(1)\na.pyx\0\0z");
+        assert_ne!(new_nonce(), new_nonce());
+        let none = request(b"", "m.py", &[], &nonce);
+        assert_eq!(u32::from_be_bytes(none[12..16].try_into().unwrap()), 0);
+    }
+
+    /// Docker copies stdout and stderr apart: the script's first stderr can come before the
+    /// bootstrap's ACK on stdout. It is the script's, and must not be lost.
+    #[tokio::test]
+    async fn stderr_that_overtakes_the_ack_is_kept_in_order() {
+        let items = vec![
+            Ok(Output::Stderr(Bytes::from_static(b"early"))),
+            Ok(Output::Stdout(Bytes::from_static(b"\x06hi"))),
+            Ok(Output::Stderr(Bytes::from_static(b"late"))),
+        ];
+        let output: OutputStream = Box::pin(futures::stream::iter(items));
+        let input: InputSink = Box::pin(tokio::io::sink());
+        let (_, mut rest, first) = hand_over(input, output, Bytes::from_static(b"req"))
+            .await
+            .unwrap();
+        let first: Vec<Vec<u8>> = first.iter().map(|o| o.bytes().to_vec()).collect();
+        assert_eq!(first, [b"early".to_vec(), b"hi".to_vec()]);
+        assert!(matches!(rest.next().await, Some(Ok(Output::Stderr(_)))));
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_that_dies_reports_its_stderr() {
+        let items = vec![Ok(Output::Stderr(Bytes::from_static(b"Traceback: boom\n")))];
+        let output: OutputStream = Box::pin(futures::stream::iter(items));
+        let input: InputSink = Box::pin(tokio::io::sink());
+        let err = hand_over(input, output, Bytes::from_static(b"req"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err, "Traceback: boom");
+    }
+}

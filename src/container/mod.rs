@@ -1,0 +1,653 @@
+//! The ContainerActor: one sandbox container from creation to removal, and its attach streams.
+//!
+//! It creates, attaches and starts the container before it knows the script (the
+//! bootstrap waits on stdin), so the same actor serves a cold start and a warm pool.
+//! Once given a `Run`, it pumps the session's stdin into the container and the
+//! container's output into the session's bounded output channel (`pumps.rs`): when the
+//! client reads slowly the channel fills, the pump stops reading the attach stream, the
+//! engine's buffers fill and the script blocks on write. Nothing grows. Whatever happens,
+//! the actor ends by removing its container and telling its owner that the slot is free.
+//!
+//! It knows the engine only through the `Engine` seam and its peers only through the
+//! recipients in `ContainerDeps` and `Run`.
+
+mod pumps;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::bootstrap::{hand_over, Trailers};
+use crate::engine::{
+    EngineError, InputSink, LaunchFailed, Launched, Output, OutputStream, SharedEngine,
+};
+use crate::messages::{
+    ContainerEvent, ContainerFailure, ContainerGone, ContainerHandle, ContainerReady, Finished,
+    Kill, KillCause, Orphaned, Run, ScriptExit, Signal,
+};
+use crate::protocol::{Frame, Started};
+use crate::sandbox::SandboxSpec;
+use crate::status::ByteCounters;
+use pumps::{pump_output, pump_stdin, PumpEnd};
+
+/// After a kill, output still on its way is forwarded for this long at most. Past it the
+/// attach connection is closed: Docker does not report a container's exit while its copy
+/// of the output is blocked on a client that does not read.
+const KILL_DRAIN: Duration = Duration::from_millis(500);
+
+/// A container that dies before it has accepted its script is replaced, transparently,
+/// this many times in all before the session is told that the engine failed.
+const MAX_LAUNCHES: u32 = 3;
+
+/// Everything the actor needs from its creator.
+#[derive(Clone)]
+pub struct ContainerDeps {
+    pub engine: SharedEngine,
+    pub spec: Arc<SandboxSpec>,
+    pub bytes: Arc<ByteCounters>,
+    pub gone: Recipient<ContainerGone>,
+    pub ready: Recipient<ContainerReady>,
+    pub orphaned: Recipient<Orphaned>,
+}
+
+/// Starts a container actor; what the Supervisor's spawner calls.
+pub fn spawn(deps: ContainerDeps, key: u64, warm: bool) -> ContainerHandle {
+    let addr = ContainerActor::new(deps, key, warm).start();
+    ContainerHandle {
+        run: addr.clone().recipient(),
+        signal: addr.clone().recipient(),
+        kill: addr.recipient(),
+    }
+}
+
+/// Where the container is in its life.
+enum Phase {
+    /// Creating, attaching, starting.
+    Launching,
+    /// Started, the bootstrap waiting for its script on the attach streams held here.
+    Ready {
+        output: OutputStream,
+        input: InputSink,
+    },
+    /// The script is being written; waiting for the bootstrap's ACK.
+    Handover(SpawnHandle),
+    /// The script runs; its output is pumped until `output_done`.
+    Running,
+    /// The container has exited; the last output may still be on its way.
+    Exited,
+    /// The outcome is being reported (the engine may be asked whether it was an OOM kill).
+    Finishing,
+    /// Being removed; then the actor stops.
+    Removing,
+    /// The removal was answered: `removed` unless it failed (the owner retries later).
+    Gone { removed: bool },
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Launching => "launching",
+            Phase::Ready { .. } => "ready",
+            Phase::Handover(_) => "handover",
+            Phase::Running => "running",
+            Phase::Exited => "exited",
+            Phase::Finishing => "finishing",
+            Phase::Removing => "removing",
+            Phase::Gone { .. } => "gone",
+        }
+    }
+}
+
+/// Whether, and why, the server is stopping the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    No,
+    /// Asked while the container was being launched: carried out once it is started.
+    Asked(KillCause),
+    /// The server stopped (or is stopping) the script.
+    Killed(KillCause),
+}
+
+/// Signals on their way to the script. At most one engine kill request is in flight per
+/// container: a client that floods SIGNAL frames once had one request per frame in flight
+/// at once (thousands of sockets, hundreds of MB, other sessions starved; issue 9).
+#[derive(Debug, Default)]
+enum Signals {
+    #[default]
+    Idle,
+    /// A request is in flight; these follow it, each once, in the order first asked.
+    /// Repeats of a waiting signal are merged, so this holds at most one of each name.
+    Sending { next: Vec<&'static str> },
+}
+
+pub struct ContainerActor {
+    deps: ContainerDeps,
+    key: u64,
+    /// Started ahead of demand (reported in STARTED); false again after a replacement.
+    warm: bool,
+    launches: u32,
+    id: Option<String>,
+    phase: Phase,
+    /// The session's request, kept until the bootstrap has accepted the script, so that a
+    /// replacement container can take it over.
+    run: Option<Run>,
+    /// The session's events, once its script runs (taken by the one report).
+    events: Option<Recipient<ContainerEvent>>,
+    launched_at: Instant,
+    run_at: Option<Instant>,
+    exited_tx: watch::Sender<bool>,
+    /// The container's exit status, and the script's own end if the bootstrap told it.
+    status: Option<i64>,
+    exact: Option<ScriptExit>,
+    failure: Option<ContainerFailure>,
+    output_done: bool,
+    wait: Option<SpawnHandle>,
+    pump: Option<SpawnHandle>,
+    stdin_pump: Option<SpawnHandle>,
+    stop: Stop,
+    signals: Signals,
+    unreachable: Option<EngineError>,
+}
+
+impl ContainerActor {
+    /// `warm` marks a container started ahead of demand (reported in STARTED).
+    pub fn new(deps: ContainerDeps, key: u64, warm: bool) -> Self {
+        ContainerActor {
+            deps,
+            key,
+            warm,
+            launches: 0,
+            id: None,
+            phase: Phase::Launching,
+            run: None,
+            events: None,
+            launched_at: Instant::now(),
+            run_at: None,
+            exited_tx: watch::channel(false).0,
+            status: None,
+            exact: None,
+            failure: None,
+            output_done: false,
+            wait: None,
+            pump: None,
+            stdin_pump: None,
+            stop: Stop::No,
+            signals: Signals::Idle,
+            unreachable: None,
+        }
+    }
+
+    fn short_id(&self) -> &str {
+        self.id.as_deref().map_or("-", |id| &id[..id.len().min(12)])
+    }
+
+    fn killed(&self) -> Option<KillCause> {
+        match self.stop {
+            Stop::Killed(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    fn launch(&mut self, ctx: &mut Context<Self>) {
+        self.launches += 1;
+        self.phase = Phase::Launching;
+        self.launched_at = Instant::now();
+        let fut = self.deps.engine.launch(self.deps.spec.clone());
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(launched) => act.launched(launched, ctx),
+            Err(failed) => act.launch_failed(failed, ctx),
+        }));
+    }
+
+    fn launched(&mut self, launched: Launched, ctx: &mut Context<Self>) {
+        let Launched { id, output, input } = launched;
+        self.id = Some(id.clone());
+        debug!(container = %self.short_id(), ms = self.launched_at.elapsed().as_millis() as u64, "container started");
+        self.phase = Phase::Ready { output, input };
+        // Polled from now on, i.e. after start: a wait first polled after the exit still
+        // answers with the default condition.
+        let wait = self.deps.engine.wait(&id);
+        self.wait = Some(
+            ctx.spawn(
+                wait.into_actor(self)
+                    .map(|res, act, ctx| act.exited(res, ctx)),
+            ),
+        );
+        if let Stop::Asked(cause) = self.stop {
+            self.stop = Stop::Killed(cause);
+            return self.finish(ctx);
+        }
+        if self.run.is_some() {
+            self.hand_over(ctx);
+        } else {
+            self.deps.ready.do_send(ContainerReady {
+                key: self.key,
+                ready: true,
+            });
+        }
+    }
+
+    fn launch_failed(&mut self, failed: LaunchFailed, ctx: &mut Context<Self>) {
+        warn!(engine = self.deps.engine.name(), error = %failed.error, "cannot start a sandbox container");
+        if failed.error.is_unreachable() {
+            self.unreachable = Some(failed.error.clone());
+        }
+        self.id = failed.id;
+        self.failure = Some(ContainerFailure::Start(failed.error));
+        self.finish(ctx);
+    }
+
+    /// Writes the script and waits for the bootstrap's ACK, keeping the session's
+    /// request until then.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let Some(request) = self.run.as_ref().map(|r| r.request.clone()) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut self.phase, Phase::Launching);
+        let Phase::Ready { output, input } = phase else {
+            self.phase = phase;
+            return;
+        };
+        let fut = hand_over(input, output, request);
+        let task = ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((input, output, first)) => act.running(input, output, first, ctx),
+            Err(reason) => act.replace(reason, ctx),
+        }));
+        self.phase = Phase::Handover(task);
+    }
+
+    /// The container died (or misbehaved) before accepting its script: start another one
+    /// for the same request, unless that has failed too often already.
+    fn replace(&mut self, reason: String, ctx: &mut Context<Self>) {
+        if self.stop != Stop::No {
+            return self.finish(ctx);
+        }
+        if self.launches >= MAX_LAUNCHES {
+            self.failure = Some(ContainerFailure::Bootstrap(reason));
+            return self.finish(ctx);
+        }
+        info!(container = self.short_id(), %reason, "sandbox container lost before its script started; replacing it");
+        if let Some(handle) = self.wait.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Phase::Handover(task) = std::mem::replace(&mut self.phase, Phase::Launching) {
+            ctx.cancel_future(task);
+        }
+        if let Some(id) = self.id.take() {
+            let removal = self.deps.engine.remove(&id);
+            let orphaned = self.deps.orphaned.clone();
+            actix_rt::spawn(async move {
+                if removal.await.is_err() {
+                    orphaned.do_send(Orphaned(id));
+                }
+            });
+        }
+        self.exited_tx = watch::channel(false).0;
+        self.status = None;
+        self.failure = None;
+        self.warm = false;
+        self.launch(ctx);
+    }
+
+    /// The script is in: wire the session's streams and start pumping.
+    fn running(
+        &mut self,
+        input: InputSink,
+        output: OutputStream,
+        first: Vec<Output>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(run) = self.run.take() else { return };
+        self.phase = Phase::Running;
+        let since = self
+            .run_at
+            .map_or(self.launched_at, |r| r.max(self.launched_at));
+        // On the control path before any STDIN_CREDIT the stdin pump may send.
+        let _ = run.control.send(Frame::Started(Started {
+            queued_ms: run.queued_ms,
+            start_ms: run.admitted_at.elapsed().as_millis() as u64,
+            warm: self.warm,
+        }));
+        run.events.do_send(ContainerEvent::Started {
+            latency: since.elapsed(),
+            warm: self.warm,
+        });
+        self.events = Some(run.events);
+
+        let stdin = pump_stdin(
+            input,
+            run.stdin,
+            run.control,
+            run.stdin_in_flight,
+            self.exited_tx.subscribe(),
+        );
+        self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
+
+        let output = futures::stream::iter(first.into_iter().map(Ok)).chain(output);
+        let pump = pump_output(
+            Box::pin(output),
+            run.output,
+            self.exited_tx.subscribe(),
+            run.output_limit,
+            Trailers::new(&run.nonce),
+            self.events.clone(),
+            self.deps.bytes.clone(),
+        );
+        self.pump = Some(
+            ctx.spawn(
+                pump.into_actor(self)
+                    .map(|end, act, ctx| act.output_ended(end, ctx)),
+            ),
+        );
+    }
+
+    fn exited(&mut self, res: Result<i64, EngineError>, ctx: &mut Context<Self>) {
+        self.wait = None;
+        match res {
+            Ok(code) => self.status = Some(code),
+            Err(e) => {
+                self.failure.get_or_insert(ContainerFailure::Lost(e));
+            }
+        }
+        debug!(container = self.short_id(), code = ?self.status, "container exited");
+        let _ = self.exited_tx.send(true);
+        match self.phase {
+            Phase::Running => {
+                self.phase = Phase::Exited;
+                if self.output_done {
+                    self.finish(ctx);
+                }
+            }
+            Phase::Handover(_) => {
+                let reason = format!("it exited with status {:?} first", self.status);
+                self.replace(reason, ctx);
+            }
+            // A spare that died unused (killed from outside, the engine restarted):
+            // replace it in place, so that a session the Supervisor handed it to in the
+            // meantime is served all the same.
+            Phase::Ready { .. } => {
+                warn!(container = self.short_id(), code = ?self.status, "warm container died unused; replacing it");
+                self.deps.ready.do_send(ContainerReady {
+                    key: self.key,
+                    ready: false,
+                });
+                let reason = format!("it exited with status {:?} while waiting", self.status);
+                self.replace(reason, ctx);
+            }
+            _ => {}
+        }
+    }
+
+    fn output_ended(&mut self, end: PumpEnd, ctx: &mut Context<Self>) {
+        self.pump = None;
+        self.output_done = true;
+        match end {
+            PumpEnd::Eof | PumpEnd::Drained => {}
+            // Death by SIGKILL may be the OOM killer: only the engine can tell, once the
+            // container has exited, so that case takes the slow path.
+            PumpEnd::Trailer(ScriptExit::Signal(9)) => {}
+            PumpEnd::Trailer(exit) => {
+                self.exact = Some(exit);
+                self.status = Some(match exit {
+                    ScriptExit::Code(c) => c as i64,
+                    ScriptExit::Signal(n) => 128 + n as i64,
+                });
+                if let Some(wait) = self.wait.take() {
+                    ctx.cancel_future(wait);
+                }
+                let _ = self.exited_tx.send(true);
+                return self.finish(ctx);
+            }
+            PumpEnd::Limit => self.kill(KillCause::OutputLimit, ctx),
+            PumpEnd::ClientGone => self.kill(KillCause::ClientGone, ctx),
+            PumpEnd::Failed(e) => {
+                self.failure.get_or_insert(ContainerFailure::Lost(e));
+                self.kill(KillCause::EngineFailed, ctx);
+            }
+        }
+        if matches!(self.phase, Phase::Exited) {
+            self.finish(ctx);
+        }
+    }
+
+    fn kill(&mut self, cause: KillCause, ctx: &mut Context<Self>) {
+        match self.phase {
+            Phase::Launching => {
+                if self.stop == Stop::No {
+                    self.stop = Stop::Asked(cause);
+                }
+            }
+            Phase::Ready { .. } => {
+                if self.killed().is_none() {
+                    self.stop = Stop::Killed(cause);
+                }
+                self.finish(ctx);
+            }
+            Phase::Handover(_) | Phase::Running => {
+                if self.killed().is_some() {
+                    return;
+                }
+                self.stop = Stop::Killed(cause);
+                if matches!(self.phase, Phase::Handover(_)) {
+                    // The script never started: nothing to wait for.
+                    return self.finish(ctx);
+                }
+                let fut = self
+                    .deps
+                    .engine
+                    .kill(self.id.as_deref().unwrap_or_default(), "SIGKILL");
+                ctx.run_later(KILL_DRAIN, |act, ctx| act.close_attach(ctx));
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(()) => {}
+                    // It had exited on its own just before: its own status stands.
+                    Err(e) if e.is_gone() => {
+                        if cause != KillCause::OutputLimit {
+                            act.stop = Stop::No;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot kill container");
+                        act.failure.get_or_insert(ContainerFailure::Kill(e));
+                        act.finish(ctx);
+                    }
+                }));
+            }
+            Phase::Exited => {
+                // Output is stuck behind a client that does not read: stop waiting for it.
+                if let Some(pump) = self.pump.take() {
+                    ctx.cancel_future(pump);
+                    self.output_done = true;
+                }
+                self.finish(ctx);
+            }
+            Phase::Finishing | Phase::Removing | Phase::Gone { .. } => {}
+        }
+    }
+
+    /// Stops both pumps, which closes the attach connection.
+    fn close_attach(&mut self, ctx: &mut Context<Self>) {
+        for handle in [self.pump.take(), self.stdin_pump.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        if !self.output_done {
+            self.output_done = true;
+            if matches!(self.phase, Phase::Exited) {
+                self.finish(ctx);
+            }
+        }
+    }
+
+    /// Reports the outcome (once) and removes the container.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if matches!(
+            self.phase,
+            Phase::Finishing | Phase::Removing | Phase::Gone { .. }
+        ) {
+            return;
+        }
+        // Dropping a Ready phase's streams closes our ends of the attach.
+        self.phase = Phase::Finishing;
+        let oom_possible =
+            self.status == Some(137) && self.killed().is_none() && self.exact.is_none();
+        match (oom_possible, self.id.clone()) {
+            (true, Some(id)) => {
+                let fut = self.deps.engine.oom_killed(&id);
+                ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+                    act.report(res.unwrap_or(false));
+                    act.remove(ctx);
+                }));
+            }
+            _ => {
+                self.report(false);
+                self.remove(ctx);
+            }
+        }
+    }
+
+    /// What the session is told: an engine failure before the script's end was known
+    /// wins over a kill asked for meanwhile; a kill wins over the status it caused.
+    fn outcome(&self, oom: bool) -> Finished {
+        match (self.status, &self.failure, self.killed()) {
+            (None, Some(failure), _) => Finished::Failed(failure.clone()),
+            (_, _, Some(cause)) => Finished::Killed(cause),
+            (Some(status), _, None) => Finished::Exited {
+                status,
+                exact: self.exact,
+                oom,
+            },
+            (None, None, None) => Finished::Unknown,
+        }
+    }
+
+    fn report(&mut self, oom: bool) {
+        let events = self
+            .events
+            .take()
+            .or_else(|| self.run.take().map(|r| r.events));
+        if let Some(events) = events {
+            events.do_send(ContainerEvent::Finished(self.outcome(oom)));
+        }
+    }
+
+    fn remove(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Removing;
+        let Some(id) = self.id.clone() else {
+            self.phase = Phase::Gone { removed: true };
+            return ctx.stop();
+        };
+        let fut = self.deps.engine.remove(&id);
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = &res {
+                warn!(container = act.short_id(), error = %e, "cannot remove container; will retry");
+            }
+            act.phase = Phase::Gone {
+                removed: res.is_ok(),
+            };
+            ctx.stop();
+        }));
+    }
+
+    /// Sends one kill request; the next waiting signal goes when it has been answered.
+    fn send_signal(&mut self, sig: &'static str, ctx: &mut Context<Self>) {
+        if !matches!(self.signals, Signals::Sending { .. }) {
+            self.signals = Signals::Sending { next: Vec::new() };
+        }
+        let fut = self
+            .deps
+            .engine
+            .kill(self.id.as_deref().unwrap_or_default(), sig);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(()) => debug!(signal = sig, "signal forwarded"),
+                Err(e) => debug!(error = %e, signal = sig, "signal not delivered"),
+            }
+            let next = match &mut act.signals {
+                Signals::Sending { next } if !next.is_empty() => Some(next.remove(0)),
+                _ => None,
+            };
+            match next {
+                Some(sig) if matches!(act.phase, Phase::Running) && act.killed().is_none() => {
+                    act.send_signal(sig, ctx)
+                }
+                _ => act.signals = Signals::Idle,
+            }
+        }));
+    }
+}
+
+impl Actor for ContainerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.launch(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // A container whose removal failed (or never ran) is handed back for a retry.
+        let leaked = match self.phase {
+            Phase::Gone { removed: true } => None,
+            _ => self.id.clone(),
+        };
+        self.report(false);
+        self.deps.gone.do_send(ContainerGone {
+            key: self.key,
+            leaked,
+            unreachable: self.unreachable.take(),
+        });
+    }
+}
+
+impl Handler<Run> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, run: Run, ctx: &mut Context<Self>) {
+        self.run_at = Some(Instant::now());
+        match self.phase {
+            Phase::Launching if self.run.is_none() => self.run = Some(run),
+            Phase::Ready { .. } if self.run.is_none() => {
+                self.run = Some(run);
+                self.hand_over(ctx);
+            }
+            _ => {
+                debug!(
+                    phase = self.phase.name(),
+                    "a script came for a container that cannot take it"
+                );
+                run.events
+                    .do_send(ContainerEvent::Finished(Finished::Failed(
+                        ContainerFailure::Gone,
+                    )));
+            }
+        }
+    }
+}
+
+impl Handler<Signal> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, Signal(sig): Signal, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Running) || self.killed().is_some() {
+            return;
+        }
+        match &mut self.signals {
+            Signals::Idle => self.send_signal(sig, ctx),
+            Signals::Sending { next } if !next.contains(&sig) => next.push(sig),
+            Signals::Sending { .. } => debug!(signal = sig, "signal merged with a waiting one"),
+        }
+    }
+}
+
+impl Handler<Kill> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, Kill(cause): Kill, ctx: &mut Context<Self>) {
+        self.kill(cause, ctx);
+    }
+}

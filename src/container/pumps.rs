@@ -1,0 +1,346 @@
+//! The container's two pumps: the session's stdin into the container, and the container's
+//! output into the session's bounded channel. Each is a future the ContainerActor spawns;
+//! neither knows the actor, so each is unit-tested on in-memory streams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Recipient;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::bootstrap::Trailers;
+use crate::engine::{EngineError, InputSink, Output, OutputStream};
+use crate::messages::{ContainerEvent, ScriptExit};
+use crate::protocol::{Frame, DATA_CHUNK, STDIN_WINDOW};
+use crate::status::ByteCounters;
+use crate::stdin_queue::StdinQueue;
+
+/// After the container has exited, output that does not arrive within this long is taken
+/// to be all there is. Docker normally ends the attach stream promptly once stdin is
+/// closed (which we do on exit); this only bounds the case where it does not.
+const DRAIN_IDLE: Duration = Duration::from_millis(1500);
+
+/// STDIN_CREDIT is sent once this much stdin has been taken since the last one: not a
+/// frame per line (an echo's round trip would pay for it), yet a quarter of the window,
+/// so a client streaming stdin never waits on it.
+const CREDIT_BATCH: u64 = STDIN_WINDOW as u64 / 4;
+
+/// Writes the client's stdin as it comes, acknowledging it with STDIN_CREDIT once the
+/// container has taken it.
+pub async fn pump_stdin(
+    mut input: InputSink,
+    stdin: Arc<StdinQueue>,
+    control: mpsc::UnboundedSender<Frame>,
+    in_flight: Arc<AtomicU64>,
+    mut exited: watch::Receiver<bool>,
+) {
+    let mut owed: u64 = 0;
+    loop {
+        let msg = tokio::select! {
+            msg = stdin.next() => msg,
+            // Once the script is gone, closing stdin lets Docker end the attach stream,
+            // which is how the output pump learns that it has everything.
+            _ = exited.wait_for(|e| *e) => None,
+        };
+        match msg {
+            Some(data) => {
+                let n = data.len();
+                if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
+                    break;
+                }
+                in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+                owed += n as u64;
+                if owed >= CREDIT_BATCH {
+                    // At most a window's worth, so the count fits.
+                    let _ = control.send(Frame::StdinCredit(owed as u32));
+                    owed = 0;
+                }
+            }
+            None => break,
+        }
+    }
+    let _ = input.shutdown().await;
+}
+
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// Docker closed the output stream.
+    Eof,
+    /// The container exited and no more output came for `DRAIN_IDLE`.
+    Drained,
+    /// The output limit was reached; the rest was discarded.
+    Limit,
+    /// The session's output channel is closed.
+    ClientGone,
+    /// The engine's output stream broke.
+    Failed(EngineError),
+    /// Both streams carried the bootstrap's trailer: the script is over.
+    Trailer(ScriptExit),
+}
+
+/// Output that may be the start of a trailer split across two Docker frames is held back
+/// this long at most before it is sent as the output it then must be.
+const HOLD_MAX: Duration = Duration::from_millis(10);
+
+enum Next {
+    Item(Option<Result<Output, EngineError>>),
+    /// The exit was signalled; look again (with the drain's idle bound from now on).
+    Exited,
+    /// The container exited and no more output came for `DRAIN_IDLE`.
+    Drained,
+    /// Held-back bytes have waited long enough.
+    HoldExpired,
+}
+
+async fn next_output(output: &mut OutputStream, exited: &mut watch::Receiver<bool>) -> Next {
+    if *exited.borrow() {
+        return match tokio::time::timeout(DRAIN_IDLE, output.next()).await {
+            Ok(item) => Next::Item(item),
+            Err(_) => Next::Drained,
+        };
+    }
+    tokio::select! {
+        item = output.next() => Next::Item(item),
+        changed = exited.changed() => match changed {
+            Ok(()) => Next::Exited,
+            Err(_) => Next::Drained,
+        },
+    }
+}
+
+/// Where forwarded output stands against the session's limit.
+struct Sent {
+    total: u64,
+    limit: u64,
+    /// Told of the first byte, once: straight from here, so that the event is queued
+    /// before the `Finished` that follows the pump's end, however short the script.
+    first: Option<Recipient<ContainerEvent>>,
+}
+
+/// Sends `data` to the session in frames of at most `DATA_CHUNK`, within the output limit.
+async fn forward(
+    tx: &mpsc::Sender<Frame>,
+    mut data: Bytes,
+    stderr: bool,
+    sent: &mut Sent,
+    bytes: &ByteCounters,
+) -> Result<(), PumpEnd> {
+    let room = sent.limit.saturating_sub(sent.total);
+    let over = data.len() as u64 > room;
+    if over {
+        data.truncate(room as usize);
+    }
+    sent.total += data.len() as u64;
+    if !data.is_empty() {
+        if let Some(first) = sent.first.take() {
+            first.do_send(ContainerEvent::FirstOutput);
+        }
+    }
+    while !data.is_empty() {
+        let chunk = data.split_to(data.len().min(DATA_CHUNK));
+        let n = chunk.len();
+        let frame = if stderr {
+            Frame::Stderr(chunk)
+        } else {
+            Frame::Stdout(chunk)
+        };
+        if tx.send(frame).await.is_err() {
+            return Err(PumpEnd::ClientGone);
+        }
+        bytes.add_out(n);
+    }
+    if over {
+        return Err(PumpEnd::Limit);
+    }
+    Ok(())
+}
+
+/// Moves the container's output into the session's bounded channel, chunk by chunk, with
+/// no copy: each Docker frame is sliced, never re-buffered (but for the rare bytes held
+/// back as a possible trailer start), and the bootstrap's trailer is cut out.
+pub async fn pump_output(
+    mut output: OutputStream,
+    tx: mpsc::Sender<Frame>,
+    mut exited: watch::Receiver<bool>,
+    limit: u64,
+    mut trailers: Trailers,
+    first: Option<Recipient<ContainerEvent>>,
+    bytes: Arc<ByteCounters>,
+) -> PumpEnd {
+    let mut sent = Sent {
+        total: 0,
+        limit,
+        first,
+    };
+    let mut held: Option<(Bytes, bool, tokio::time::Instant)> = None;
+    loop {
+        let hold_until = held.as_ref().map(|(_, _, since)| *since + HOLD_MAX);
+        let next = tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                if hold_until.is_some() => Next::HoldExpired,
+            next = next_output(&mut output, &mut exited) => next,
+        };
+        let (mut data, stderr) = match next {
+            Next::HoldExpired => {
+                let (data, stderr, _) = held.take().expect("a hold expired");
+                if let Err(end) = forward(&tx, data, stderr, &mut sent, &bytes).await {
+                    return end;
+                }
+                continue;
+            }
+            Next::Exited => continue,
+            Next::Drained => return PumpEnd::Drained,
+            Next::Item(None) => return PumpEnd::Eof,
+            Next::Item(Some(Err(e))) => return PumpEnd::Failed(e),
+            Next::Item(Some(Ok(Output::Stdout(message)))) => (message, false),
+            Next::Item(Some(Ok(Output::Stderr(message)))) => (message, true),
+        };
+        if let Some((before, was_stderr, _)) = held.take() {
+            if was_stderr == stderr {
+                let mut joined = BytesMut::with_capacity(before.len() + data.len());
+                joined.extend_from_slice(&before);
+                joined.extend_from_slice(&data);
+                data = joined.freeze();
+            } else if let Err(end) = forward(&tx, before, was_stderr, &mut sent, &bytes).await {
+                return end;
+            }
+        }
+        if trailers.seen(stderr) {
+            continue; // written after the script ended, by a process it left behind
+        }
+        let mut ended = None;
+        if let Some((at, exit)) = trailers.find(&data) {
+            data.truncate(at);
+            ended = Some(trailers.record(stderr, exit));
+        } else {
+            let keep = trailers.partial_tail(&data);
+            if keep > 0 {
+                let tail = data.split_off(data.len() - keep);
+                held = Some((tail, stderr, tokio::time::Instant::now()));
+            }
+        }
+        if let Err(end) = forward(&tx, data, stderr, &mut sent, &bytes).await {
+            return end;
+        }
+        if let Some(Some(exit)) = ended {
+            return PumpEnd::Trailer(exit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootstrap::NONCE_LEN;
+
+    const NONCE: [u8; NONCE_LEN] = *b"0123456789abcdef";
+
+    fn out(data: &[u8]) -> Result<Output, EngineError> {
+        Ok(Output::Stdout(Bytes::copy_from_slice(data)))
+    }
+
+    fn err(data: &[u8]) -> Result<Output, EngineError> {
+        Ok(Output::Stderr(Bytes::copy_from_slice(data)))
+    }
+
+    /// Runs the pump over `items` (then a stream that never ends) and collects what it
+    /// forwards per stream, with how it ended.
+    async fn pump(
+        items: Vec<Result<Output, EngineError>>,
+        limit: u64,
+    ) -> (Vec<u8>, Vec<u8>, PumpEnd) {
+        let output: OutputStream =
+            Box::pin(futures::stream::iter(items).chain(futures::stream::pending()));
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_exited_tx, exited) = watch::channel(false);
+        let end = tokio::time::timeout(
+            Duration::from_millis(300),
+            pump_output(
+                output,
+                tx,
+                exited,
+                limit,
+                Trailers::new(&NONCE),
+                None,
+                Arc::new(ByteCounters::default()),
+            ),
+        )
+        .await
+        .unwrap_or(PumpEnd::Drained);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Ok(frame) = rx.try_recv() {
+            match frame {
+                Frame::Stdout(b) => stdout.extend_from_slice(&b),
+                Frame::Stderr(b) => stderr.extend_from_slice(&b),
+                other => panic!("{other:?}"),
+            }
+        }
+        (stdout, stderr, end)
+    }
+
+    fn trailer(kind: u8, value: u8) -> Vec<u8> {
+        let mut t = NONCE.to_vec();
+        t.extend_from_slice(&[kind, value]);
+        t
+    }
+
+    #[tokio::test]
+    async fn trailer_on_both_streams_ends_the_pump_and_is_cut_out() {
+        let mut last = b"bye".to_vec();
+        last.extend(trailer(b'E', 3));
+        last.extend_from_slice(b"left behind");
+        let (stdout, stderr, end) = pump(
+            vec![out(b"hello "), out(&last), err(&trailer(b'E', 3))],
+            1 << 20,
+        )
+        .await;
+        assert_eq!(stdout, b"hello bye");
+        assert_eq!(stderr, b"");
+        assert!(
+            matches!(end, PumpEnd::Trailer(ScriptExit::Code(3))),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trailer_cut_across_frames_is_still_found_and_never_leaks() {
+        let t = trailer(b'S', 9);
+        for cut in 1..t.len() {
+            let mut first = b"data".to_vec();
+            first.extend_from_slice(&t[..cut]);
+            let (stdout, _, end) = pump(
+                vec![out(&first), out(&t[cut..]), err(&trailer(b'S', 9))],
+                1 << 20,
+            )
+            .await;
+            assert_eq!(stdout, b"data", "cut at {cut}");
+            assert!(
+                matches!(end, PumpEnd::Trailer(ScriptExit::Signal(9))),
+                "cut at {cut}: {end:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_that_only_look_like_a_trailer_start_are_sent_soon_after() {
+        // Ends with the nonce's first byte, and nothing follows: held, then sent.
+        let (stdout, _, end) = pump(vec![out(b"Name: 0")], 1 << 20).await;
+        assert_eq!(stdout, b"Name: 0");
+        assert!(matches!(end, PumpEnd::Drained), "{end:?}");
+        // And when other output follows, it is joined in order.
+        let (stdout, _, _) = pump(vec![out(b"x01"), out(b"2y")], 1 << 20).await;
+        assert_eq!(stdout, b"x012y");
+    }
+
+    #[tokio::test]
+    async fn output_limit_is_exact() {
+        let (stdout, _, end) = pump(vec![out(&[b'a'; 700]), out(&[b'b'; 700])], 1000).await;
+        assert_eq!(stdout.len(), 1000);
+        assert!(matches!(end, PumpEnd::Limit));
+    }
+}

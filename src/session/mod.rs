@@ -1,0 +1,834 @@
+//! The Session actor: one client connection from the end of its TLS handshake to its close.
+//!
+//! Reading: the TLS read half is a `FramedRead` stream handled by this actor. It never
+//! blocks: stdin is bounded by the credit window the client must respect, not by
+//! stalling the socket, so a Ctrl-C or a disconnect is seen at once even when the script
+//! does not read its stdin.
+//!
+//! Writing: a writer task (`writer.rs`) owns the TLS write half behind two channels: a
+//! bounded one for script output (its capacity is the backpressure on the container) and
+//! an unbounded one for the few control frames.
+//!
+//! The Session knows the Supervisor and its container only through the recipients in
+//! `messages`; its states are the enums of `state.rs`.
+
+mod codec;
+pub mod exit;
+mod state;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use tokio::io::ReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info, info_span, warn, Span};
+
+use crate::bootstrap;
+use crate::config::{format_duration, format_size, Config};
+use crate::connections::ConnectionGuard;
+use crate::messages::{
+    Admission, Admit, Admitted, ContainerEvent, ContainerHandle, Finished, Kill, KillCause,
+    QueuePosition, Register, Run, SessionHandle, SessionStop, Signal, SupervisorHandle, Unregister,
+};
+use crate::protocol::{
+    CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
+    Welcome, PROTOCOL_VERSION, STDIN_WINDOW,
+};
+use crate::sandbox::{check_args, script_name};
+use crate::status::{
+    ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded,
+    SignalsDropped, Status,
+};
+use crate::stdin_queue::StdinQueue;
+use crate::token_bucket::TokenBucket;
+use codec::SessionCodec;
+use exit::{classify_exit, end_for_exit, exit_code_for, signal_name, ALLOWED_SIGNALS};
+use state::{Phase, Slot, Stdin, Upload, Writer};
+use writer::{write_frames, WriterDone};
+
+type Tls = TlsStream<TcpStream>;
+
+/// Frames of script output buffered between the container and the socket, per session.
+/// Small on purpose: with chunks of at most 64 KiB this caps a session's output buffer.
+const OUTPUT_FRAMES: usize = 4;
+/// After END/ERROR, how long to wait for the client's close before dropping it. Closing
+/// while the client still sends would make the kernel answer with a reset, which can
+/// destroy the END frame in the client's receive buffer.
+const LINGER: Duration = Duration::from_secs(2);
+/// Upper bound on ending a session whose client does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound on waiting for a killed container to report.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIGNAL frames a session may send at once, and then one more per `SIGNAL_EVERY`; the
+/// excess is dropped and counted (protocol §7). Each signal is an engine request: a
+/// flood of them once starved the whole daemon (issue 9). A person's Ctrl-C never gets
+/// near this; a second Ctrl-C in our clients is CANCEL, which is not limited.
+const SIGNAL_BURST: u32 = 10;
+const SIGNAL_EVERY: Duration = Duration::from_millis(200);
+
+/// What every session needs from the daemon.
+pub struct SessionDeps {
+    pub cfg: Arc<Config>,
+    pub supervisor: SupervisorHandle,
+    pub status: Addr<Status>,
+    pub bytes: Arc<ByteCounters>,
+}
+
+/// Starts a Session actor for a connection whose TLS handshake completed.
+pub fn start(
+    id: u64,
+    peer: SocketAddr,
+    stream: Tls,
+    deps: Arc<SessionDeps>,
+    accepted_at: Instant,
+    guard: ConnectionGuard,
+) {
+    Session::new(id, peer, stream, deps, accepted_at, guard).start();
+}
+
+pub struct Session {
+    id: u64,
+    span: Span,
+    /// The key for per-client limits and the identity in logs and status.
+    client: String,
+    deps: Arc<SessionDeps>,
+    accepted_at: Instant,
+    phase: Phase,
+    io: Option<Tls>,
+    control: mpsc::UnboundedSender<Frame>,
+    control_rx: Option<mpsc::UnboundedReceiver<Frame>>,
+    output: Option<mpsc::Sender<Frame>>,
+    output_rx: Option<mpsc::Receiver<Frame>>,
+    writer: Writer,
+    /// The client has closed its side (or it broke).
+    read_done: bool,
+    hello: Option<Hello>,
+    upload: Upload,
+    slot: Slot,
+    /// Stdin on its way to the script, merged into one buffer (see `stdin_queue`).
+    stdin: Arc<StdinQueue>,
+    stdin_in_flight: Arc<AtomicU64>,
+    stdin_state: Stdin,
+    /// Why the server is stopping the script, once it is.
+    stop_cause: Option<KillCause>,
+    signal_budget: TokenBucket,
+    signals_dropped: u64,
+    _guard: ConnectionGuard,
+}
+
+impl Session {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: Tls,
+        deps: Arc<SessionDeps>,
+        accepted_at: Instant,
+        guard: ConnectionGuard,
+    ) -> Self {
+        // Who the client is: its certificate's subject under mutual TLS, else its address.
+        let client =
+            crate::tls::peer_identity(stream.get_ref().1).unwrap_or_else(|| peer.ip().to_string());
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (output, output_rx) = mpsc::channel(OUTPUT_FRAMES);
+        Session {
+            id,
+            span: info_span!("session", id, %peer, %client),
+            client,
+            deps,
+            accepted_at,
+            phase: Phase::Hello,
+            io: Some(stream),
+            control,
+            control_rx: Some(control_rx),
+            output: Some(output),
+            output_rx: Some(output_rx),
+            writer: Writer::NotStarted,
+            read_done: false,
+            hello: None,
+            upload: Upload::NotAnnounced,
+            slot: Slot::Waiting { queued_at: None },
+            stdin: Arc::new(StdinQueue::new()),
+            stdin_in_flight: Arc::new(AtomicU64::new(0)),
+            stdin_state: Stdin::Open,
+            stop_cause: None,
+            signal_budget: TokenBucket::new(SIGNAL_BURST, SIGNAL_EVERY, accepted_at),
+            signals_dropped: 0,
+            _guard: guard,
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.deps.cfg
+    }
+
+    fn closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing(_))
+    }
+
+    fn send(&self, frame: Frame) {
+        let _ = self.control.send(frame);
+    }
+
+    fn session_handle(&self, ctx: &Context<Self>) -> SessionHandle {
+        let me = ctx.address();
+        SessionHandle {
+            admitted: me.clone().recipient(),
+            position: me.clone().recipient(),
+            stop: me.recipient(),
+        }
+    }
+
+    /// Ends the session with an ERROR frame: the script could not run (or go on).
+    fn fail(&mut self, code: ErrorCode, message: impl Into<String>, ctx: &mut Context<Self>) {
+        if self.closing() {
+            return;
+        }
+        let message = message.into();
+        info!(parent: &self.span, code = code.as_str(), %message, "session refused");
+        if let Some(c) = self.slot.container() {
+            c.kill.do_send(Kill(KillCause::ClientGone));
+        }
+        self.send(Frame::Error(ErrorMsg::new(code, message)));
+        self.close(Outcome::Error(code), ctx);
+    }
+
+    /// Ends the session with an END frame.
+    fn end(&mut self, end: End, ctx: &mut Context<Self>) {
+        let outcome = Outcome::End(end.reason);
+        self.end_as(end, outcome, ctx);
+    }
+
+    /// Ends the session with an END frame, counted in the status as `outcome`.
+    fn end_as(&mut self, end: End, outcome: Outcome, ctx: &mut Context<Self>) {
+        if self.closing() {
+            return;
+        }
+        info!(
+            parent: &self.span,
+            reason = end.reason.as_str(),
+            exit_code = end.exit_code,
+            duration_ms = end.duration_ms,
+            "session ended"
+        );
+        self.send(Frame::End(end));
+        self.close(outcome, ctx);
+    }
+
+    /// The terminal frame is queued: the outcome is final and is counted now, before the
+    /// client can have read it, so a status dump the client asks for next includes it.
+    fn close(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closing(outcome);
+        self.deps.status.do_send(SessionEnded(outcome));
+        // Nothing else will be written: the writer ends after the terminal frame.
+        self.output = None;
+        self.unregister();
+        ctx.run_later(CLOSE_TIMEOUT, |act, ctx| {
+            debug!(parent: &act.span, "client did not take the end of the session in time");
+            ctx.stop();
+        });
+        self.maybe_stop(ctx);
+    }
+
+    fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
+        if self.closing() && matches!(self.writer, Writer::Done) {
+            if self.read_done {
+                ctx.stop();
+            } else {
+                ctx.run_later(LINGER, |_, ctx| ctx.stop());
+            }
+        }
+    }
+
+    /// Tells the Supervisor the session is over. Sent at the close and again when the
+    /// actor stops (a client that vanished mid-session); the second is a no-op there.
+    fn unregister(&self) {
+        self.deps
+            .supervisor
+            .unregister
+            .do_send(Unregister { id: self.id });
+    }
+
+    fn duration_ms(&self) -> u64 {
+        self.accepted_at.elapsed().as_millis() as u64
+    }
+
+    /// Stops the script for `cause`; the session ends when the container reports back.
+    fn stop_script(&mut self, cause: KillCause, ctx: &mut Context<Self>) {
+        if self.closing() || self.stop_cause.is_some() {
+            return;
+        }
+        self.stop_cause = Some(cause);
+        match &self.slot {
+            // The script may be running: its end is what the container reports.
+            Slot::Running { container, .. } => {
+                container.kill.do_send(Kill(cause));
+                ctx.run_later(KILL_TIMEOUT, move |act, ctx| {
+                    warn!(parent: &act.span, "container did not report after a kill");
+                    let end = act.end_for_cause(cause);
+                    act.end(end, ctx);
+                });
+            }
+            // A container, but no script in it yet: nothing to wait for.
+            Slot::Held { container, .. } => {
+                container.kill.do_send(Kill(cause));
+                let end = self.end_for_cause(cause);
+                self.end(end, ctx);
+            }
+            Slot::Waiting { .. } | Slot::Released => {
+                let end = self.end_for_cause(cause);
+                self.end(end, ctx);
+            }
+        }
+    }
+
+    /// The session's time limit: the server's, or the client's if it asked for less.
+    fn time_limit(&self) -> Duration {
+        let asked = self
+            .hello
+            .as_ref()
+            .and_then(|h| h.timeout_ms)
+            .filter(|ms| *ms > 0) // 0: no limit of the client's own
+            .map(Duration::from_millis);
+        match asked {
+            Some(t) if t < self.cfg().session_timeout => t,
+            _ => self.cfg().session_timeout,
+        }
+    }
+
+    fn end_for_cause(&self, cause: KillCause) -> End {
+        let (reason, message) = match cause {
+            KillCause::Timeout => (
+                EndReason::Timeout,
+                format!(
+                    "session timed out after {}",
+                    format_duration(self.time_limit())
+                ),
+            ),
+            KillCause::Cancelled | KillCause::ClientGone | KillCause::EngineFailed => {
+                (EndReason::Cancelled, "cancelled by the client".to_string())
+            }
+            KillCause::Shutdown | KillCause::Discarded => (
+                EndReason::Shutdown,
+                "the server is shutting down".to_string(),
+            ),
+            KillCause::OutputLimit => (
+                EndReason::OutputLimit,
+                format!(
+                    "output limit of {} reached; the script was stopped",
+                    format_size(self.cfg().output_limit)
+                ),
+            ),
+        };
+        End {
+            reason,
+            exit_code: exit_code_for(reason, None),
+            signal: None,
+            duration_ms: self.duration_ms(),
+            message,
+        }
+    }
+
+    /// Turns the container's report into the session's last frame.
+    fn conclude(&mut self, finished: Finished, ctx: &mut Context<Self>) {
+        let end = match finished {
+            // The engine failed before the script's end was known: that, not any kill we
+            // may have asked for meanwhile, is what the client must hear.
+            Finished::Failed(failure) => {
+                return self.fail(ErrorCode::Docker, failure.to_string(), ctx)
+            }
+            Finished::Killed(cause) => self.end_for_cause(cause),
+            Finished::Exited { oom: true, .. } => End {
+                reason: EndReason::Oom,
+                exit_code: exit_code_for(EndReason::Oom, None),
+                signal: Some(9),
+                duration_ms: self.duration_ms(),
+                message: format!(
+                    "out of memory (limit {}); the script was killed",
+                    format_size(self.cfg().sandbox.memory)
+                ),
+            },
+            Finished::Exited {
+                exact: Some(exit), ..
+            } => end_for_exit(exit, self.duration_ms()),
+            Finished::Exited { status, .. } => classify_exit(status, self.duration_ms()),
+            // Stopped before the script ran: the reason is ours.
+            Finished::Unknown => match self.stop_cause {
+                Some(cause) => self.end_for_cause(cause),
+                None => {
+                    return self.fail(ErrorCode::Internal, "the script's status is unknown", ctx)
+                }
+            },
+        };
+        self.end(end, ctx);
+    }
+
+    fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        if let Err((code, why)) = self.validate(&hello) {
+            return self.fail(code, why, ctx);
+        }
+        debug!(parent: &self.span, client = %hello.client, script_size = hello.script_size, args = hello.args.len(), "hello");
+        self.upload = match hello.script_size {
+            0 => Upload::Complete(Default::default()),
+            size => Upload::Arriving {
+                script: BytesMut::with_capacity(size.min(64 * 1024) as usize),
+                size,
+            },
+        };
+        let probe = hello.probe;
+        self.hello = Some(hello);
+        self.phase = Phase::Active;
+        self.welcome(ctx);
+        if probe {
+            let end = End {
+                reason: EndReason::Exited,
+                exit_code: 0,
+                signal: None,
+                duration_ms: self.duration_ms(),
+                message: "probe: no script was run".into(),
+            };
+            return self.end_as(end, Outcome::Probe, ctx);
+        }
+        self.ask_admission(ctx);
+        self.maybe_run(ctx);
+    }
+
+    /// Everything HELLO asks for is checked before anything is started.
+    fn validate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err((
+                ErrorCode::Version,
+                format!(
+                    "unsupported protocol version {}; this server speaks {PROTOCOL_VERSION}",
+                    hello.version
+                ),
+            ));
+        }
+        let max = self.cfg().max_script_size;
+        if hello.script_size > max {
+            return Err((
+                ErrorCode::TooLarge,
+                format!(
+                    "script too large: {} bytes, the limit is {}",
+                    hello.script_size,
+                    format_size(max)
+                ),
+            ));
+        }
+        check_args(&hello.args).map_err(|e| (ErrorCode::TooLarge, e.to_string()))?;
+        if hello.probe && hello.script_size != 0 {
+            return Err((ErrorCode::Protocol, "a probe carries no script".into()));
+        }
+        Ok(())
+    }
+
+    /// WELCOME, with the limits that apply; and the client's own shorter time limit.
+    fn welcome(&mut self, ctx: &mut Context<Self>) {
+        let limit = self.time_limit();
+        if limit < self.cfg().session_timeout {
+            // The client asked for less time than the Supervisor's limit: keep its own timer.
+            let left = limit.saturating_sub(self.accepted_at.elapsed());
+            ctx.run_later(left, |act, ctx| act.stop_script(KillCause::Timeout, ctx));
+        }
+        let cfg = self.cfg();
+        self.send(Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            server: format!("pyexecd {}", env!("CARGO_PKG_VERSION")),
+            session: self.id.to_string(),
+            limits: Limits {
+                script_size: cfg.max_script_size,
+                timeout_ms: limit.as_millis() as u64,
+                output_bytes: cfg.output_limit,
+                stdin_window: STDIN_WINDOW,
+            },
+        }));
+    }
+
+    /// Asks the Supervisor for a slot. The reply may come after the session has stopped
+    /// (then it is never read: the Supervisor takes the container back on Unregister).
+    fn ask_admission(&mut self, ctx: &mut Context<Self>) {
+        let admit = self.deps.supervisor.admit.send(Admit { id: self.id });
+        ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Admission::Granted(container)) => act.admitted(container, ctx),
+            // `Admitted` may overtake this reply: then the session is no longer queued.
+            Ok(Admission::Queued(_))
+                if act.closing() || !matches!(act.slot, Slot::Waiting { .. }) => {}
+            Ok(Admission::Queued(position)) => {
+                act.slot = Slot::Waiting {
+                    queued_at: Some(Instant::now()),
+                };
+                debug!(parent: &act.span, position, "queued");
+                act.send(Frame::Queued(Queued { position }));
+            }
+            Ok(Admission::Busy { running, queued }) => act.fail(
+                ErrorCode::Busy,
+                format!(
+                    "server busy: {running} scripts running and {queued} waiting; try again later"
+                ),
+                ctx,
+            ),
+            Ok(Admission::Limited(refusal)) => {
+                let why = refusal.describe(&act.client);
+                act.fail(ErrorCode::Limited, why, ctx)
+            }
+            Ok(Admission::Unavailable(why)) => act.fail(
+                ErrorCode::Docker,
+                format!("the Docker Engine is unreachable ({why}); try again later"),
+                ctx,
+            ),
+            Ok(Admission::ShuttingDown) => act.stop_script(KillCause::Shutdown, ctx),
+            Err(e) => act.fail(
+                ErrorCode::Internal,
+                format!("supervisor unavailable: {e}"),
+                ctx,
+            ),
+        }));
+    }
+
+    fn admitted(&mut self, container: ContainerHandle, ctx: &mut Context<Self>) {
+        if self.closing() {
+            // Ended while the verdict was on its way: give the slot straight back.
+            container.kill.do_send(Kill(KillCause::ClientGone));
+            return;
+        }
+        let admitted_at = Instant::now();
+        let queued_ms = match self.slot {
+            Slot::Waiting { queued_at: Some(q) } => {
+                admitted_at.saturating_duration_since(q).as_millis() as u64
+            }
+            _ => 0,
+        };
+        self.slot = Slot::Held {
+            container,
+            admitted_at,
+            queued_ms,
+        };
+        if let Some(cause) = self.stop_cause.take() {
+            return self.stop_script(cause, ctx);
+        }
+        self.maybe_run(ctx);
+    }
+
+    /// Hands the script to the container once both are there.
+    fn maybe_run(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Active || !matches!(self.upload, Upload::Complete(_)) {
+            return;
+        }
+        let (Slot::Held { .. }, Some(hello)) = (&self.slot, &self.hello) else {
+            return;
+        };
+        let Some(output) = self.output.take() else {
+            return;
+        };
+        let Upload::Complete(script) = std::mem::replace(&mut self.upload, Upload::HandedOver)
+        else {
+            unreachable!("checked above");
+        };
+        let Slot::Held {
+            container,
+            admitted_at,
+            queued_ms,
+        } = std::mem::replace(&mut self.slot, Slot::Released)
+        else {
+            unreachable!("checked above");
+        };
+        let nonce = bootstrap::new_nonce();
+        let request = bootstrap::request(
+            &script,
+            &script_name(hello.name.as_deref()),
+            &hello.args,
+            &nonce,
+        );
+        container.run.do_send(Run {
+            request,
+            nonce,
+            admitted_at,
+            queued_ms,
+            stdin: self.stdin.clone(),
+            output,
+            control: self.control.clone(),
+            stdin_in_flight: self.stdin_in_flight.clone(),
+            output_limit: self.cfg().output_limit,
+            events: ctx.address().recipient(),
+        });
+        self.slot = Slot::Running {
+            container,
+            started: false,
+        };
+    }
+
+    fn on_script(&mut self, chunk: bytes::Bytes, ctx: &mut Context<Self>) {
+        let Upload::Arriving { script, size } = &mut self.upload else {
+            let size = self.hello.as_ref().map_or(0, |h| h.script_size);
+            return self.fail(
+                ErrorCode::Protocol,
+                format!("more SCRIPT bytes than the {size} announced"),
+                ctx,
+            );
+        };
+        if script.len() as u64 + chunk.len() as u64 > *size {
+            let size = *size;
+            return self.fail(
+                ErrorCode::Protocol,
+                format!("more SCRIPT bytes than the {size} announced"),
+                ctx,
+            );
+        }
+        self.deps.bytes.add_in(chunk.len());
+        script.extend_from_slice(&chunk);
+        if script.len() as u64 == *size {
+            let script = std::mem::take(script).freeze();
+            self.upload = Upload::Complete(script);
+            self.maybe_run(ctx);
+        }
+    }
+
+    fn on_stdin(&mut self, data: bytes::Bytes, ctx: &mut Context<Self>) {
+        if !self.upload.complete() || self.stdin_state == Stdin::Closed {
+            let why = if self.stdin_state == Stdin::Closed {
+                "STDIN after STDIN_EOF"
+            } else {
+                "STDIN before the whole script"
+            };
+            return self.fail(ErrorCode::Protocol, why, ctx);
+        }
+        let n = data.len() as u64;
+        let in_flight = self.stdin_in_flight.fetch_add(n, Ordering::Relaxed) + n;
+        if in_flight > STDIN_WINDOW as u64 {
+            return self.fail(
+                ErrorCode::Protocol,
+                format!("STDIN window of {STDIN_WINDOW} bytes exceeded"),
+                ctx,
+            );
+        }
+        self.deps.bytes.add_in(data.len());
+        self.stdin.push(&data);
+    }
+
+    fn on_signal(&mut self, sig: u8, ctx: &mut Context<Self>) {
+        let Some(name) = signal_name(sig) else {
+            return self.fail(
+                ErrorCode::Protocol,
+                format!(
+                    "signal {sig} may not be sent (allowed: {})",
+                    ALLOWED_SIGNALS.map(|n| n.to_string()).join(", ")
+                ),
+                ctx,
+            );
+        };
+        if !self.signal_budget.take(Instant::now()) {
+            self.signals_dropped += 1;
+            return;
+        }
+        match &self.slot {
+            Slot::Running {
+                container,
+                started: true,
+            } => container.signal.do_send(Signal(name)),
+            // Nothing runs yet: a terminating signal means "never mind"; the
+            // user-defined ones have no one to reach and are dropped.
+            _ if matches!(sig, 10 | 12) => {}
+            _ => self.stop_script(KillCause::Cancelled, ctx),
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match (self.phase, frame) {
+            (Phase::Closing(_), _) => {}
+            (Phase::Hello, Frame::Hello(hello)) => self.on_hello(hello, ctx),
+            (Phase::Hello, other) => self.fail(
+                ErrorCode::Protocol,
+                format!("expected HELLO, got {}", other.frame_type().name()),
+                ctx,
+            ),
+            (Phase::Active, Frame::Script(chunk)) => self.on_script(chunk, ctx),
+            (Phase::Active, Frame::Stdin(data)) => self.on_stdin(data, ctx),
+            (Phase::Active, Frame::StdinEof) => {
+                if !self.upload.complete() || self.stdin_state == Stdin::Closed {
+                    return self.fail(ErrorCode::Protocol, "unexpected STDIN_EOF", ctx);
+                }
+                self.stdin_state = Stdin::Closed;
+                self.stdin.close();
+            }
+            (Phase::Active, Frame::Signal(sig)) => self.on_signal(sig, ctx),
+            (Phase::Active, Frame::Cancel) => self.stop_script(KillCause::Cancelled, ctx),
+            (_, other) => self.fail(
+                ErrorCode::Protocol,
+                format!("unexpected {} frame", other.frame_type().name()),
+                ctx,
+            ),
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        debug!(parent: &self.span, "session started");
+        self.deps.status.do_send(SessionAccepted);
+        self.deps.supervisor.register.do_send(Register {
+            id: self.id,
+            session: self.session_handle(ctx),
+            accepted_at: self.accepted_at,
+            client: self.client.clone(),
+        });
+        let (read, write): (ReadHalf<Tls>, _) =
+            tokio::io::split(self.io.take().expect("io is set in new()"));
+        ctx.add_stream(FramedRead::new(read, SessionCodec::default()));
+        let writer = write_frames(
+            FramedWrite::new(write, FrameCodec::new()),
+            self.output_rx.take().expect("set in new()"),
+            self.control_rx.take().expect("set in new()"),
+            ctx.address().recipient(),
+        );
+        self.writer = Writer::Running(actix_rt::spawn(writer));
+        let upload_timeout = self.cfg().upload_timeout;
+        ctx.run_later(upload_timeout, move |act, ctx| {
+            if !act.closing() && !act.upload.complete() {
+                act.fail(
+                    ErrorCode::UploadTimeout,
+                    format!(
+                        "no complete script within {}",
+                        format_duration(upload_timeout)
+                    ),
+                    ctx,
+                );
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Writer::Running(writer) = std::mem::replace(&mut self.writer, Writer::Done) {
+            writer.abort();
+        }
+        // As a dropped channel once did: the script's stdin ends with its session.
+        self.stdin.close();
+        if self.signals_dropped > 0 {
+            info!(parent: &self.span, dropped = self.signals_dropped, "SIGNAL frames over the rate limit were dropped");
+            self.deps
+                .status
+                .do_send(SignalsDropped(self.signals_dropped));
+        }
+        if !self.closing() {
+            info!(parent: &self.span, duration_ms = self.duration_ms(), "client disconnected");
+            if let Some(c) = self.slot.container() {
+                c.kill.do_send(Kill(KillCause::ClientGone));
+            }
+            self.deps
+                .status
+                .do_send(SessionEnded(Outcome::Disconnected));
+        }
+        self.unregister();
+    }
+}
+
+impl StreamHandler<Result<Result<Frame, CodecError>, CodecError>> for Session {
+    fn handle(
+        &mut self,
+        item: Result<Result<Frame, CodecError>, CodecError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match item {
+            Ok(Ok(frame)) => self.on_frame(frame, ctx),
+            Ok(Err(e)) => self.fail(ErrorCode::Protocol, e.to_string(), ctx),
+            Err(e) => {
+                debug!(parent: &self.span, error = %e, "read failed");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.read_done = true;
+        if self.closing() {
+            self.maybe_stop(ctx);
+        } else {
+            // The client is gone mid-session: nobody to tell, stop everything now.
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Admitted> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: Admitted, ctx: &mut Context<Self>) {
+        self.admitted(msg.container, ctx);
+    }
+}
+
+impl Handler<QueuePosition> for Session {
+    type Result = ();
+    fn handle(&mut self, QueuePosition(position): QueuePosition, _: &mut Context<Self>) {
+        if self.phase == Phase::Active && matches!(self.slot, Slot::Waiting { .. }) {
+            self.send(Frame::Queued(Queued { position }));
+        }
+    }
+}
+
+impl Handler<SessionStop> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: SessionStop, ctx: &mut Context<Self>) {
+        let cause = match msg {
+            SessionStop::Timeout => KillCause::Timeout,
+            SessionStop::Shutdown => KillCause::Shutdown,
+            SessionStop::Unavailable => {
+                return self.fail(
+                    ErrorCode::Docker,
+                    "the Docker Engine is unreachable; try again later",
+                    ctx,
+                )
+            }
+        };
+        if self.phase == Phase::Hello && msg == SessionStop::Shutdown {
+            // No HELLO yet: there is no session to end, only a connection to refuse.
+            return self.fail(ErrorCode::Shutdown, "the server is shutting down", ctx);
+        }
+        self.stop_script(cause, ctx);
+    }
+}
+
+impl Handler<ContainerEvent> for Session {
+    type Result = ();
+    fn handle(&mut self, event: ContainerEvent, ctx: &mut Context<Self>) {
+        match event {
+            // The container has already queued the STARTED frame (ahead of any
+            // STDIN_CREDIT); here it is only noted.
+            ContainerEvent::Started { latency, warm } => {
+                if let Slot::Running { started, .. } = &mut self.slot {
+                    *started = true;
+                }
+                debug!(parent: &self.span, latency_ms = latency.as_millis() as u64, warm, "script started");
+                self.deps.status.do_send(ContainerStarted { latency });
+            }
+            ContainerEvent::FirstOutput => {
+                self.deps.status.do_send(FirstOutput {
+                    latency: self.accepted_at.elapsed(),
+                });
+            }
+            ContainerEvent::Finished(f) => {
+                self.slot = Slot::Released;
+                self.conclude(f, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<WriterDone> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: WriterDone, ctx: &mut Context<Self>) {
+        self.writer = Writer::Done;
+        if !msg.clean && !self.closing() {
+            // The socket failed: the client is gone.
+            return ctx.stop();
+        }
+        self.maybe_stop(ctx);
+    }
+}

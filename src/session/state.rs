@@ -1,0 +1,85 @@
+//! The states a session moves through, as enums that carry their data, so that a
+//! combination the protocol cannot reach (a script handed over twice, a container with
+//! no admission, a closing session still counted as live) cannot be written.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::messages::ContainerHandle;
+use crate::status::Outcome;
+
+/// Where the conversation with the client stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for HELLO.
+    Hello,
+    /// HELLO accepted; the script is arriving, the session may be queued or running.
+    Active,
+    /// END or ERROR has been queued and counted as this outcome; waiting for the writer
+    /// and the client's close.
+    Closing(Outcome),
+}
+
+/// The script's bytes, from HELLO to the container.
+#[derive(Debug)]
+pub(super) enum Upload {
+    /// No HELLO yet.
+    NotAnnounced,
+    /// `size` bytes announced; `script` holds those received so far.
+    Arriving { script: BytesMut, size: u64 },
+    /// Every announced byte has arrived.
+    Complete(Bytes),
+    /// Given to the container in `Run`.
+    HandedOver,
+}
+
+impl Upload {
+    pub(super) fn complete(&self) -> bool {
+        matches!(self, Upload::Complete(_) | Upload::HandedOver)
+    }
+}
+
+/// The session's run slot, as granted by the Supervisor.
+pub(super) enum Slot {
+    /// No container: not asked yet, queued since `queued_at`, or refused.
+    Waiting { queued_at: Option<Instant> },
+    /// A container is ours; the script has not been handed to it yet.
+    Held {
+        container: ContainerHandle,
+        admitted_at: Instant,
+        queued_ms: u64,
+    },
+    /// `Run` has been sent; `started` once the container said the script is in.
+    Running {
+        container: ContainerHandle,
+        started: bool,
+    },
+    /// The container has reported the script's end.
+    Released,
+}
+
+impl Slot {
+    pub(super) fn container(&self) -> Option<&ContainerHandle> {
+        match self {
+            Slot::Held { container, .. } | Slot::Running { container, .. } => Some(container),
+            Slot::Waiting { .. } | Slot::Released => None,
+        }
+    }
+}
+
+/// The client's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stdin {
+    Open,
+    /// STDIN_EOF has come: no more STDIN.
+    Closed,
+}
+
+/// The writer task.
+pub(super) enum Writer {
+    NotStarted,
+    Running(actix_rt::task::JoinHandle<()>),
+    /// It has ended (after the terminal frame, or because the socket failed).
+    Done,
+}
