@@ -24,5 +24,6 @@ pub mod status;
 pub mod stdin_queue;
 pub mod stdio;
 pub mod supervisor;
+pub mod tcp_memory;
 pub mod tls;
 pub mod token_bucket;
