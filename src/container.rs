@@ -186,6 +186,8 @@ pub struct ContainerDeps {
     pub gone: Recipient<ContainerGone>,
     pub ready: Recipient<ContainerReady>,
     pub orphaned: Recipient<Orphaned>,
+    /// Bounds each container's TCP socket memory between its start and its script.
+    pub tcp_memory: Arc<crate::tcp_memory::TcpMemGuard>,
 }
 
 pub struct ContainerActor {
@@ -261,7 +263,11 @@ impl ContainerActor {
         self.launches += 1;
         self.phase = Phase::Launching;
         self.launched_at = Instant::now();
-        let fut = launch(self.deps.docker.clone(), self.deps.spec.clone());
+        let fut = launch(
+            self.deps.docker.clone(),
+            self.deps.spec.clone(),
+            self.deps.tcp_memory.clone(),
+        );
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((id, attach)) => act.launched(id, attach, ctx),
             Err((id, e)) => act.launch_failed(id, e, ctx),
@@ -301,14 +307,9 @@ impl ContainerActor {
         }
     }
 
-    fn launch_failed(
-        &mut self,
-        id: Option<String>,
-        err: bollard::errors::Error,
-        ctx: &mut Context<Self>,
-    ) {
+    fn launch_failed(&mut self, id: Option<String>, err: LaunchError, ctx: &mut Context<Self>) {
         warn!(error = %err, "cannot start a sandbox container");
-        if crate::docker::is_unreachable(&err) {
+        if matches!(&err, LaunchError::Engine(e) if crate::docker::is_unreachable(e)) {
             self.unreachable = Some(err.to_string());
         }
         self.id = id;
@@ -720,18 +721,30 @@ impl Handler<Kill> for ContainerActor {
     }
 }
 
-/// Create, attach, start: in that order, or early output is lost.
+/// Why a container could not be made ready.
+#[derive(Debug, thiserror::Error)]
+enum LaunchError {
+    #[error(transparent)]
+    Engine(#[from] bollard::errors::Error),
+    /// Fail closed: a container whose TCP memory cannot be bounded runs no script.
+    #[error(transparent)]
+    TcpMemory(#[from] crate::tcp_memory::TcpMemError),
+}
+
+/// Create, attach, start: in that order, or early output is lost. Then bound its TCP
+/// socket memory, before the container is reported ready or handed a script.
 async fn launch(
     docker: Docker,
     spec: Arc<SandboxSpec>,
-) -> Result<(String, (AttachOutput, AttachInput)), (Option<String>, bollard::errors::Error)> {
+    tcp_memory: Arc<crate::tcp_memory::TcpMemGuard>,
+) -> Result<(String, (AttachOutput, AttachInput)), (Option<String>, LaunchError)> {
     let created = docker
         .create_container(
             Some(CreateContainerOptionsBuilder::default().build()),
             spec.create_body(),
         )
         .await
-        .map_err(|e| (None, e))?;
+        .map_err(|e| (None, e.into()))?;
     let id = created.id;
     let opts = AttachContainerOptionsBuilder::default()
         .stream(true)
@@ -741,10 +754,13 @@ async fn launch(
         .build();
     let attach = match docker.attach_container(&id, Some(opts)).await {
         Ok(a) => a,
-        Err(e) => return Err((Some(id), e)),
+        Err(e) => return Err((Some(id), e.into())),
     };
     if let Err(e) = docker.start_container(&id, None).await {
-        return Err((Some(id), e));
+        return Err((Some(id), e.into()));
+    }
+    if let Err(e) = tcp_memory.apply(&docker, &id).await {
+        return Err((Some(id), e.into()));
     }
     Ok((id, (attach.output, attach.input)))
 }

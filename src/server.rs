@@ -21,6 +21,7 @@ use crate::session::SessionDeps;
 use crate::shutdown::{SignalEvent, Signals};
 use crate::status::{ByteCounters, Capacity, Dump, Status};
 use crate::supervisor::{Drain, DrainNow, Supervisor};
+use crate::tcp_memory::TcpMemGuard;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     };
     let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
+    let tcp_memory = Arc::new(TcpMemGuard::detect(cfg.sandbox.tcp_memory));
+    if tcp_memory.is_bounded() {
+        info!("TCP socket memory: {tcp_memory}");
+    } else {
+        warn!("TCP socket memory: {tcp_memory}");
+    }
     let supervisor = Supervisor::create(|ctx| {
         let deps = ContainerDeps {
             docker: ready.docker.clone(),
@@ -164,6 +171,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             gone: ctx.address().recipient(),
             ready: ctx.address().recipient(),
             orphaned: ctx.address().recipient(),
+            tcp_memory,
         };
         Supervisor::new(cfg.clone(), deps, status.clone())
     });
