@@ -113,8 +113,10 @@ fn loopback_tcp_buffers_are_bounded_by_tcp_memory() {
     for warm in ["1", "0"] {
         let d = Daemon::start(&["--memory", "64m", "--tcp-memory", "16m", "--warm", warm]);
         assert!(
-            d.log()
-                .contains("TCP socket memory: bounded to 16 MiB per container"),
+            d.wait_log(
+                "TCP socket memory: bounded to 16 MiB per container",
+                std::time::Duration::from_secs(5)
+            ),
             "the start-up log says how TCP memory is bounded:\n{}",
             d.log()
         );
