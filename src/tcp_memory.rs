@@ -5,13 +5,14 @@
 //! Why it exists (issue 9, item 3): on cgroup v1, TCP socket buffers are not charged to a
 //! container's memory cgroup (pipes and AF_UNIX sockets are). A script limited to
 //! `--memory 64m` queued 640 MiB of host kernel memory into 60 loopback TCP pairs it never
-//! read, and 200 pairs reached the host's `net.ipv4.tcp_mem` hard limit, slowing every
+//! read (224 MiB with `tests/tcp_memory.rs`'s script), and 200 pairs reached the host's `net.ipv4.tcp_mem` hard limit, slowing every
 //! other TCP user on the host. Docker's `HostConfig.KernelMemoryTCP` is accepted by Engine
 //! 20.10 but not applied (the container's `memory.kmem.tcp.limit_in_bytes` stays
 //! unlimited), so pyexecd writes that file itself, on the Engine's host, into the
 //! container's memory cgroup. The bootstrap is then waiting for its script on stdin and
 //! has opened no socket, so every socket the script makes is charged and bounded: past the
-//! limit, sends fail with `EAGAIN` (or block) instead of growing host memory.
+//! limit, sends fail with `EAGAIN` (or block) instead of growing host memory. The bound is
+//! not exact: each connection still gets about 70 KiB past it (docs/security.md §6.9).
 //!
 //! On cgroup v2, socket memory is charged to the container's `memory.max` already, so
 //! `--memory` bounds it and nothing is written.
@@ -133,6 +134,7 @@ impl TcpMemGuard {
         let TcpMemGuard::CgroupV1 { root, limit } = self else {
             return Ok(());
         };
+        // cgroupfs is in memory: these synchronous stats, reads and writes do not block.
         let dir = match find_by_id(root, id) {
             Some(dir) => dir,
             None => find_by_pid(docker, root, id).await?,
