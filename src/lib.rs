@@ -27,6 +27,7 @@ pub mod status;
 pub mod stdin_queue;
 pub mod stdio;
 pub mod supervisor;
+pub mod tcp_memory;
 pub mod tls;
 
 /// The Docker Engine helpers, under their old path for the benchmark and the CLI.

@@ -193,6 +193,7 @@ mod tests {
             SandboxConfig {
                 image: "img".into(),
                 memory: 256 << 20,
+                tcp_memory: 16 << 20,
                 pids_limit: 64,
                 cpus: 1.0,
                 tmp_size: 64 << 20,

@@ -23,6 +23,7 @@ use crate::session::{self, SessionDeps};
 use crate::shutdown::{SignalEvent, Signals};
 use crate::status::{ByteCounters, Capacity, Dump, Status};
 use crate::supervisor::Supervisor;
+use crate::tcp_memory::TcpMemGuard;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +159,14 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     };
     let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
-    let engine: SharedEngine = Arc::new(DockerEngine::new("local", ready.docker.clone()));
+    let tcp_memory = Arc::new(TcpMemGuard::detect(cfg.sandbox.tcp_memory));
+    if tcp_memory.is_bounded() {
+        info!("TCP socket memory: {tcp_memory}");
+    } else {
+        warn!("TCP socket memory: {tcp_memory}");
+    }
+    let engine: SharedEngine =
+        Arc::new(DockerEngine::new("local", ready.docker.clone(), tcp_memory));
     let supervisor = Supervisor::create(|ctx| {
         let deps = ContainerDeps {
             engine: engine.clone(),

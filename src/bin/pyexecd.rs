@@ -137,6 +137,13 @@ fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
             cfg.key.display()
         );
     }
+    // Local facts only (DOCKER_HOST, this host's cgroupfs): the Engine is not contacted.
+    let tcp_memory = pyexec::tcp_memory::TcpMemGuard::detect(cfg.sandbox.tcp_memory);
+    if tcp_memory.is_bounded() {
+        println!("# TCP socket memory: {tcp_memory}");
+    } else {
+        println!("# warning: TCP socket memory: {tcp_memory}");
+    }
     println!("# configuration is valid");
     Ok(())
 }

@@ -387,6 +387,21 @@ mod tests {
         assert!(loaded
             .explain(&err)
             .contains("pyexecd.toml: key `tmp_size`: "));
+        let loaded = load_with("tcp_memory = \"64k\"\n", &[]).unwrap();
+        let err = loaded.cli.serve.clone().resolve().unwrap_err();
+        assert!(
+            loaded
+                .explain(&err)
+                .contains("pyexecd.toml: key `tcp_memory`: must be at least 1m"),
+            "{}",
+            loaded.explain(&err)
+        );
+        let err = load_with("tcp_memory = \"lots\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("pyexecd.toml: key `tcp_memory`: invalid value 'lots'"),
+            "{err}"
+        );
     }
 
     #[test]

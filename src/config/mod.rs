@@ -22,6 +22,9 @@ pub mod layers;
 pub const DEFAULT_IMAGE: &str = "pyexec/sandbox:bookworm-1";
 pub const DEFAULT_CERT_DIR: &str = "certs";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:12344";
+/// The smallest non-zero `--tcp-memory`: below it, loopback connections of ordinary
+/// scripts (a local test server, a multiprocessing manager over TCP) would stall.
+pub const MIN_TCP_MEMORY: u64 = 1 << 20;
 /// Read when it exists and no `--config` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/pyexec/pyexecd.toml";
 
@@ -131,6 +134,11 @@ pub struct ServeArgs {
     /// Memory limit per container (no swap on top).
     #[arg(long, env = "PYEXECD_MEMORY", default_value = "256m", value_parser = parse_size)]
     pub memory: u64,
+    /// Kernel TCP socket buffer memory per container. On cgroup v1 it is not part of
+    /// --memory, so pyexecd writes it into the container's memory cgroup (a container where
+    /// that fails runs no script); on cgroup v2, --memory already bounds it. 0: no limit.
+    #[arg(long, env = "PYEXECD_TCP_MEMORY", default_value = "16m", value_parser = parse_size)]
+    pub tcp_memory: u64,
     /// Processes and threads per container.
     #[arg(long, env = "PYEXECD_PIDS_LIMIT", default_value_t = 64)]
     pub pids_limit: i64,
@@ -254,6 +262,8 @@ pub struct Config {
 pub struct SandboxConfig {
     pub image: String,
     pub memory: u64,
+    /// Bytes of TCP socket buffers per container; 0: no limit (see `tcp_memory`).
+    pub tcp_memory: u64,
     pub pids_limit: i64,
     pub cpus: f64,
     pub tmp_size: u64,
@@ -304,6 +314,12 @@ impl ServeArgs {
                 "must be at least 16m (Python needs ~10 MiB to start)",
             ));
         }
+        if self.tcp_memory != 0 && self.tcp_memory < MIN_TCP_MEMORY {
+            return Err(err(
+                "tcp-memory",
+                "must be at least 1m (one loopback connection's buffers), or 0 for no limit",
+            ));
+        }
         if self.pids_limit < 4 {
             return Err(err("pids-limit", "must be at least 4"));
         }
@@ -349,6 +365,7 @@ impl ServeArgs {
             sandbox: SandboxConfig {
                 image: self.image,
                 memory: self.memory,
+                tcp_memory: self.tcp_memory,
                 pids_limit: self.pids_limit,
                 cpus: self.cpus,
                 tmp_size: self.tmp_size,
@@ -526,5 +543,27 @@ mod tests {
         let cli = Cli::try_parse_from(["pyexecd", "--tmp-size", "1k"]).unwrap();
         let err = cli.serve.resolve().unwrap_err();
         assert_eq!(err.flag, "tmp-size");
+        let cli = Cli::try_parse_from(["pyexecd", "--tcp-memory", "64k"]).unwrap();
+        let err = cli.serve.resolve().unwrap_err();
+        assert_eq!(err.flag, "tcp-memory");
+    }
+
+    #[test]
+    fn tcp_memory_defaults_to_16m_and_0_turns_it_off() {
+        let cfg = Cli::try_parse_from(["pyexecd"])
+            .unwrap()
+            .serve
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.sandbox.tcp_memory, 16 << 20);
+        for (arg, bytes) in [("0", 0), ("1m", 1 << 20), ("1g", 1 << 30)] {
+            let cli = Cli::try_parse_from(["pyexecd", "--tcp-memory", arg]).unwrap();
+            assert_eq!(
+                cli.serve.resolve().unwrap().sandbox.tcp_memory,
+                bytes,
+                "{arg}"
+            );
+        }
+        assert!(Cli::try_parse_from(["pyexecd", "--tcp-memory", "lots"]).is_err());
     }
 }

@@ -17,6 +17,7 @@ use futures::StreamExt;
 
 use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Output};
 use crate::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_MANAGED};
+use crate::tcp_memory::TcpMemGuard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -163,13 +164,16 @@ impl From<bollard::errors::Error> for EngineError {
 pub struct DockerEngine {
     name: String,
     docker: Docker,
+    /// How this engine's host bounds a container's TCP socket memory.
+    tcp_memory: Arc<TcpMemGuard>,
 }
 
 impl DockerEngine {
-    pub fn new(name: impl Into<String>, docker: Docker) -> Self {
+    pub fn new(name: impl Into<String>, docker: Docker, tcp_memory: Arc<TcpMemGuard>) -> Self {
         DockerEngine {
             name: name.into(),
             docker,
+            tcp_memory,
         }
     }
 
@@ -185,8 +189,8 @@ impl Engine for DockerEngine {
     }
 
     fn launch(&self, spec: Arc<SandboxSpec>) -> BoxFuture<'static, Result<Launched, LaunchFailed>> {
-        let docker = self.docker.clone();
-        Box::pin(launch(docker, spec))
+        let (docker, tcp_memory) = (self.docker.clone(), self.tcp_memory.clone());
+        Box::pin(launch(docker, spec, tcp_memory))
     }
 
     fn wait(&self, id: &str) -> EngineResult<i64> {
@@ -261,8 +265,14 @@ fn flatten(e: DockerError) -> EngineError {
     }
 }
 
-/// Create, attach, start: in that order, or early output is lost.
-async fn launch(docker: Docker, spec: Arc<SandboxSpec>) -> Result<Launched, LaunchFailed> {
+/// Create, attach, start: in that order, or early output is lost. Then bound its TCP
+/// socket memory, before the container is reported ready or handed a script: one whose
+/// bound cannot be set fails to launch (fail closed) and runs no script.
+async fn launch(
+    docker: Docker,
+    spec: Arc<SandboxSpec>,
+    tcp_memory: Arc<TcpMemGuard>,
+) -> Result<Launched, LaunchFailed> {
     let failed = |id: Option<&String>, e: bollard::errors::Error| LaunchFailed {
         id: id.cloned(),
         error: e.into(),
@@ -289,6 +299,12 @@ async fn launch(docker: Docker, spec: Arc<SandboxSpec>) -> Result<Launched, Laun
         .start_container(&id, None)
         .await
         .map_err(|e| failed(Some(&id), e))?;
+    if let Err(e) = tcp_memory.apply(&docker, &id).await {
+        return Err(LaunchFailed {
+            id: Some(id),
+            error: EngineError::Api(e.to_string()),
+        });
+    }
     // With tty=false, stdout and stderr arrive apart; the attach's own echo of stdin is
     // not output.
     let output = attach.output.filter_map(|item| {
