@@ -14,6 +14,7 @@
 
 mod codec;
 pub mod exit;
+mod hello;
 mod state;
 mod writer;
 
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::BytesMut;
 use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -35,14 +35,14 @@ use crate::bootstrap;
 use crate::config::{format_duration, format_size, Config};
 use crate::connections::ConnectionGuard;
 use crate::messages::{
-    Admission, Admit, Admitted, ContainerEvent, ContainerHandle, Finished, Kill, KillCause,
-    QueuePosition, Register, Run, SessionHandle, SessionStop, Signal, SupervisorHandle, Unregister,
+    Admitted, ContainerEvent, Finished, Kill, KillCause, QueuePosition, Register, Run,
+    SessionHandle, SessionStop, Signal, SupervisorHandle, Unregister,
 };
 use crate::protocol::{
-    CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, Hello, Limits, Queued,
-    Welcome, PROTOCOL_VERSION, STDIN_WINDOW,
+    CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Hello, Queued,
+    STDIN_WINDOW,
 };
-use crate::sandbox::{check_args, script_name};
+use crate::sandbox::script_name;
 use crate::status::{
     ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded,
     SignalsDropped, Status,
@@ -371,152 +371,6 @@ impl Session {
         self.end(end, ctx);
     }
 
-    fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
-        if let Err((code, why)) = self.validate(&hello) {
-            return self.fail(code, why, ctx);
-        }
-        debug!(parent: &self.span, client = %hello.client, script_size = hello.script_size, args = hello.args.len(), "hello");
-        self.upload = match hello.script_size {
-            0 => Upload::Complete(Default::default()),
-            size => Upload::Arriving {
-                script: BytesMut::with_capacity(size.min(64 * 1024) as usize),
-                size,
-            },
-        };
-        let probe = hello.probe;
-        self.hello = Some(hello);
-        self.phase = Phase::Active;
-        self.welcome(ctx);
-        if probe {
-            let end = End {
-                reason: EndReason::Exited,
-                exit_code: 0,
-                signal: None,
-                duration_ms: self.duration_ms(),
-                message: "probe: no script was run".into(),
-            };
-            return self.end_as(end, Outcome::Probe, ctx);
-        }
-        self.ask_admission(ctx);
-        self.maybe_run(ctx);
-    }
-
-    /// Everything HELLO asks for is checked before anything is started.
-    fn validate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
-        if hello.version != PROTOCOL_VERSION {
-            return Err((
-                ErrorCode::Version,
-                format!(
-                    "unsupported protocol version {}; this server speaks {PROTOCOL_VERSION}",
-                    hello.version
-                ),
-            ));
-        }
-        let max = self.cfg().max_script_size;
-        if hello.script_size > max {
-            return Err((
-                ErrorCode::TooLarge,
-                format!(
-                    "script too large: {} bytes, the limit is {}",
-                    hello.script_size,
-                    format_size(max)
-                ),
-            ));
-        }
-        check_args(&hello.args).map_err(|e| (ErrorCode::TooLarge, e.to_string()))?;
-        if hello.probe && hello.script_size != 0 {
-            return Err((ErrorCode::Protocol, "a probe carries no script".into()));
-        }
-        Ok(())
-    }
-
-    /// WELCOME, with the limits that apply; and the client's own shorter time limit.
-    fn welcome(&mut self, ctx: &mut Context<Self>) {
-        let limit = self.time_limit();
-        if limit < self.cfg().session_timeout {
-            // The client asked for less time than the Supervisor's limit: keep its own timer.
-            let left = limit.saturating_sub(self.accepted_at.elapsed());
-            ctx.run_later(left, |act, ctx| act.stop_script(KillCause::Timeout, ctx));
-        }
-        let cfg = self.cfg();
-        self.send(Frame::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            server: format!("pyexecd {}", env!("CARGO_PKG_VERSION")),
-            session: self.id.to_string(),
-            limits: Limits {
-                script_size: cfg.max_script_size,
-                timeout_ms: limit.as_millis() as u64,
-                output_bytes: cfg.output_limit,
-                stdin_window: STDIN_WINDOW,
-            },
-        }));
-    }
-
-    /// Asks the Supervisor for a slot. The reply may come after the session has stopped
-    /// (then it is never read: the Supervisor takes the container back on Unregister).
-    fn ask_admission(&mut self, ctx: &mut Context<Self>) {
-        let admit = self.deps.supervisor.admit.send(Admit { id: self.id });
-        ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
-            Ok(Admission::Granted(container)) => act.admitted(container, ctx),
-            // `Admitted` may overtake this reply: then the session is no longer queued.
-            Ok(Admission::Queued(_))
-                if act.closing() || !matches!(act.slot, Slot::Waiting { .. }) => {}
-            Ok(Admission::Queued(position)) => {
-                act.slot = Slot::Waiting {
-                    queued_at: Some(Instant::now()),
-                };
-                debug!(parent: &act.span, position, "queued");
-                act.send(Frame::Queued(Queued { position }));
-            }
-            Ok(Admission::Busy { running, queued }) => act.fail(
-                ErrorCode::Busy,
-                format!(
-                    "server busy: {running} scripts running and {queued} waiting; try again later"
-                ),
-                ctx,
-            ),
-            Ok(Admission::Limited(refusal)) => {
-                let why = refusal.describe(&act.client);
-                act.fail(ErrorCode::Limited, why, ctx)
-            }
-            Ok(Admission::Unavailable(why)) => act.fail(
-                ErrorCode::Docker,
-                format!("the Docker Engine is unreachable ({why}); try again later"),
-                ctx,
-            ),
-            Ok(Admission::ShuttingDown) => act.stop_script(KillCause::Shutdown, ctx),
-            Err(e) => act.fail(
-                ErrorCode::Internal,
-                format!("supervisor unavailable: {e}"),
-                ctx,
-            ),
-        }));
-    }
-
-    fn admitted(&mut self, container: ContainerHandle, ctx: &mut Context<Self>) {
-        if self.closing() {
-            // Ended while the verdict was on its way: give the slot straight back.
-            container.kill.do_send(Kill(KillCause::ClientGone));
-            return;
-        }
-        let admitted_at = Instant::now();
-        let queued_ms = match self.slot {
-            Slot::Waiting { queued_at: Some(q) } => {
-                admitted_at.saturating_duration_since(q).as_millis() as u64
-            }
-            _ => 0,
-        };
-        self.slot = Slot::Held {
-            container,
-            admitted_at,
-            queued_ms,
-        };
-        if let Some(cause) = self.stop_cause.take() {
-            return self.stop_script(cause, ctx);
-        }
-        self.maybe_run(ctx);
-    }
-
     /// Hands the script to the container once both are there.
     fn maybe_run(&mut self, ctx: &mut Context<Self>) {
         if self.phase != Phase::Active || !matches!(self.upload, Upload::Complete(_)) {
@@ -739,6 +593,13 @@ impl StreamHandler<Result<Result<Frame, CodecError>, CodecError>> for Session {
     ) {
         match item {
             Ok(Ok(frame)) => self.on_frame(frame, ctx),
+            // Protocol §3: any first frame but HELLO is answered "expected HELLO, got …",
+            // an unknown type byte included.
+            Ok(Err(e @ CodecError::Frame(FrameError::UnknownType(_))))
+                if self.phase == Phase::Hello =>
+            {
+                self.fail(ErrorCode::Protocol, format!("expected HELLO, got {e}"), ctx)
+            }
             Ok(Err(e)) => self.fail(ErrorCode::Protocol, e.to_string(), ctx),
             Err(e) => {
                 debug!(parent: &self.span, error = %e, "read failed");

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 
 use super::Tls;
-use crate::protocol::{CodecError, DataRun, Frame, FrameCodec, MAX_FRAME_PAYLOAD};
+use crate::protocol::{CodecError, DataRun, Frame, FrameCodec, DATA_CHUNK};
 
 /// The writer task is done; `clean` when close_notify went out.
 #[derive(Message)]
@@ -18,9 +18,10 @@ pub(super) struct WriterDone {
     pub(super) clean: bool,
 }
 
-/// Takes the chunks of the same stream already waiting behind `first`, up to one frame's
-/// worth: a flood leaves in frames of up to 128 KiB instead of Docker's 32 KiB reads. A
-/// chunk of the other stream ends the run and is kept for next.
+/// Takes the chunks of the same stream already waiting behind `first`, up to
+/// `DATA_CHUNK` (64 KiB): a flood leaves in full frames instead of Docker's 32 KiB reads,
+/// yet no frame is larger than protocol §2 promises, so a control frame never waits long
+/// behind data. A chunk of the other stream ends the run and is kept for next.
 fn gather(
     stderr: bool,
     first: bytes::Bytes,
@@ -29,13 +30,13 @@ fn gather(
 ) -> DataRun {
     let mut len = first.len();
     let mut parts = vec![first];
-    while len < MAX_FRAME_PAYLOAD {
+    while len < DATA_CHUNK {
         match output.try_recv() {
-            Ok(Frame::Stdout(b)) if !stderr && len + b.len() <= MAX_FRAME_PAYLOAD => {
+            Ok(Frame::Stdout(b)) if !stderr && len + b.len() <= DATA_CHUNK => {
                 len += b.len();
                 parts.push(b);
             }
-            Ok(Frame::Stderr(b)) if stderr && len + b.len() <= MAX_FRAME_PAYLOAD => {
+            Ok(Frame::Stderr(b)) if stderr && len + b.len() <= DATA_CHUNK => {
                 len += b.len();
                 parts.push(b);
             }
@@ -107,4 +108,51 @@ pub(super) async fn write_frames(
     done.do_send(WriterDone {
         clean: result.is_ok(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn run_len(run: &DataRun) -> usize {
+        run.parts.iter().map(|p| p.len()).sum()
+    }
+
+    #[test]
+    fn a_run_never_exceeds_a_data_chunk_and_keeps_the_order() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 0..6u8 {
+            tx.try_send(Frame::Stdout(Bytes::from(vec![i; 20_000])))
+                .unwrap();
+        }
+        let mut stashed = None;
+        let first = Bytes::from(vec![9u8; 20_000]);
+        let run = gather(false, first, &mut rx, &mut stashed);
+        // 20,000 + 2 × 20,000 fit in 65,536; a third would not.
+        assert_eq!(run_len(&run), 60_000);
+        assert!(run_len(&run) <= DATA_CHUNK);
+        assert_eq!(run.parts[1][0], 0);
+        assert_eq!(run.parts[2][0], 1);
+        // The chunk that did not fit goes out next, in its own frame.
+        assert!(matches!(stashed, Some(Frame::Stdout(ref b)) if b[0] == 2));
+    }
+
+    #[test]
+    fn the_other_stream_ends_a_run_and_is_kept_for_next() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(Frame::Stdout(Bytes::from_static(b"b")))
+            .unwrap();
+        tx.try_send(Frame::Stderr(Bytes::from_static(b"e")))
+            .unwrap();
+        tx.try_send(Frame::Stdout(Bytes::from_static(b"c")))
+            .unwrap();
+        let mut stashed = None;
+        let run = gather(false, Bytes::from_static(b"a"), &mut rx, &mut stashed);
+        assert_eq!(
+            run.parts,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert!(matches!(stashed, Some(Frame::Stderr(ref b)) if b == "e"));
+    }
 }
