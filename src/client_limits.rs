@@ -161,6 +161,7 @@ impl ClientLimits {
     }
 
     /// How many clients are tracked at all.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.clients.len()
     }

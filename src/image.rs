@@ -104,6 +104,8 @@ struct BuildLock {
 }
 
 impl BuildLock {
+    // flock(2) has no safe wrapper in std.
+    #[allow(unsafe_code)]
     async fn acquire() -> Result<Self, ImageError> {
         let path = std::env::temp_dir().join("pyexec-build-image.lock");
         let file =

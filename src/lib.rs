@@ -6,30 +6,33 @@
 //! `supervisor::Supervisor` caps concurrency and time, and `status::Status` counts.
 //! The client (`pyexec`) is a thin binary over `client`.
 
+// Unsafe code only where a syscall has no safe wrapper, allowed there with a comment.
+#![deny(unsafe_code)]
+
 pub mod bootstrap;
 pub mod certs;
 pub mod client;
-pub mod client_limits;
+pub(crate) mod client_limits;
 pub mod config;
-pub mod connections;
-pub mod container;
-pub mod engine;
+pub(crate) mod connections;
+pub(crate) mod container;
+pub(crate) mod engine;
 pub mod image;
-pub mod listener;
-pub mod messages;
+pub(crate) mod listener;
+pub(crate) mod messages;
 pub mod metrics;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;
-pub mod session;
-pub mod shutdown;
-pub mod status;
-pub mod stdin_queue;
+pub(crate) mod session;
+pub(crate) mod shutdown;
+pub(crate) mod status;
+pub(crate) mod stdin_queue;
 pub mod stdio;
-pub mod supervisor;
+pub(crate) mod supervisor;
 pub mod tcp_memory;
 pub mod tls;
 
 /// The Docker Engine helpers, under their old path for the benchmark and the CLI.
 pub use engine::docker;
-pub mod token_bucket;
+pub(crate) mod token_bucket;

@@ -49,6 +49,8 @@ pub enum ServeError {
 
 /// Raises the soft open-files limit to the hard one: every session holds a TLS socket and
 /// a Docker attach connection, and the usual soft limit of 1024 is reached early.
+// getrlimit/setrlimit have no safe wrapper in std.
+#[allow(unsafe_code)]
 fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {

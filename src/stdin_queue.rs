@@ -65,15 +65,6 @@ impl StdinQueue {
             self.ready.notified().await;
         }
     }
-
-    /// Bytes waiting to be taken (for tests and the status).
-    pub fn len(&self) -> usize {
-        self.pending().data.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -127,7 +118,7 @@ mod tests {
         for _ in 0..262_144 {
             q.push(b"a");
         }
-        assert_eq!(q.len(), 262_144);
+        assert_eq!(q.pending().data.len(), 262_144);
         // Doubling growth: the buffer holds the bytes in at most twice their size.
         assert!(q.pending().data.capacity() <= 2 * 262_144);
     }

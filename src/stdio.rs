@@ -19,6 +19,10 @@
 //!   block, else under `block_in_place`, so that a stuck terminal does not stall the
 //!   runtime.
 
+// This module is the client's raw I/O: fstat, ioctl(FIONREAD), poll and pwritev2 on
+// descriptors it borrows have no safe wrappers. Every unsafe block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};

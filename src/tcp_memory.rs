@@ -70,6 +70,8 @@ impl TcpMemGuard {
 
     /// `detect` with the Engine's endpoint (empty: the local default) and the cgroup mount
     /// point given, for tests.
+    // geteuid(2) (for the message only) has no safe wrapper in std.
+    #[allow(unsafe_code)]
     pub fn detect_in(limit: u64, endpoint: &str, cgroup_mount: &Path) -> TcpMemGuard {
         use TcpMemGuard::*;
         if limit == 0 {
@@ -174,6 +176,8 @@ impl fmt::Display for TcpMemGuard {
     }
 }
 
+// statvfs(3) has no safe wrapper in std.
+#[allow(unsafe_code)]
 fn read_only(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
@@ -185,6 +189,8 @@ fn read_only(path: &Path) -> bool {
     }
 }
 
+// access(2) has no safe wrapper in std.
+#[allow(unsafe_code)]
 fn writable(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
@@ -283,6 +289,8 @@ pub fn write_limit(dir: &Path, limit: u64) -> Result<(), TcpMemError> {
     }
 }
 
+// sysconf(3) has no safe wrapper in std.
+#[allow(unsafe_code)]
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -5,6 +5,8 @@
 //! errors (always printed; pyexec exits 125), notes (suppressed by `--quiet`) and the
 //! queue position, which is shown only on a terminal and cleared when the script starts.
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};

@@ -1,6 +1,8 @@
 //! `pyexecd`: the daemon. Serves by default; `gen-certs` and `build-image` prepare a machine;
 //! `check-config` shows the effective configuration.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use pyexec::config::layers::{self, LoadError, Loaded};
