@@ -4,10 +4,13 @@
 //! connections and runs TLS handshakes, a `session::Session` per connection speaks the
 //! protocol, a `container::ContainerActor` per sandbox owns its Docker attach streams, a
 //! `supervisor::Supervisor` caps concurrency and time, and `status::Status` counts.
-//! The client (`pyexec`) is a thin binary over `client`.
+//! The client (`pyexec`) is a thin binary over `client`. The wire protocol is the
+//! `pyexec-protocol` crate, re-exported as `protocol`.
 
 // Unsafe code only where a syscall has no safe wrapper, allowed there with a comment.
 #![deny(unsafe_code)]
+
+pub use pyexec_protocol as protocol;
 
 pub mod bootstrap;
 pub mod certs;
@@ -21,7 +24,6 @@ pub mod image;
 pub(crate) mod listener;
 pub(crate) mod messages;
 pub mod metrics;
-pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub(crate) mod session;

@@ -1,8 +1,11 @@
 //! The pyexec wire protocol: typed frames (`frame`) and their tokio-util codec (`codec`).
 //!
-//! `docs/protocol.md` is the normative description; this module is its executable twin.
-//! Parsing lives in `frame.rs` and touches no I/O, so it can be unit-tested and fuzzed
-//! byte by byte; `codec.rs` only adds the length prefix and the size bound.
+//! `docs/protocol.md` is the normative description; this crate is its executable twin,
+//! shared by the daemon and the clients. Parsing lives in `frame.rs` and touches no I/O,
+//! so it can be unit-tested and fuzzed byte by byte; `codec.rs` only adds the length
+//! prefix and the size bound.
+
+#![deny(unsafe_code)]
 
 pub mod codec;
 pub mod frame;
