@@ -17,8 +17,8 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::protocol::{
-    CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK, HEADER_LEN,
-    MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
+    exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
+    HEADER_LEN, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::tls::{self, TlsError};
 
@@ -98,17 +98,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The status `pyexec` exits with.
+    /// The status `pyexec` exits with (protocol §9): the server's `END.exit_code`, or
+    /// `exit::STDOUT_CLOSED` when our stdout was closed, as a local process would.
     pub fn exit_code(&self) -> i32 {
         if self.stdout_closed {
-            128 + 13 // as if killed by SIGPIPE, like a local process writing to a closed pipe
+            exit::STDOUT_CLOSED
         } else {
             self.end.exit_code
         }
     }
 }
 
-/// Why the script could not be run (the CLI exits 125 for all of these).
+/// Why the script could not be run (the CLI exits `exit::CANNOT_RUN`, 125, for all of
+/// these).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {server}: {source}")]
@@ -191,7 +193,7 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
 /// Checks what the server would refuse anyway, before connecting: clearer, and nothing
 /// is sent in vain.
 fn check_hello(hello: &Hello) -> Result<(), ClientError> {
-    crate::sandbox::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
+    crate::protocol::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
     let mut encoded = bytes::BytesMut::new();
     Frame::Hello(hello.clone())
         .encode(&mut encoded)
@@ -307,7 +309,7 @@ where
             }
             Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                 let frame = match c {
-                    Control::Interrupt => Frame::Signal(2),
+                    Control::Interrupt => Frame::Signal(exit::SIGINT as u8),
                     Control::Cancel => Frame::Cancel,
                 };
                 send(frame).await;
