@@ -1,7 +1,17 @@
 //! The client side of the protocol: connect, send a script, stream its I/O, return its end.
 //!
-//! Used by the `pyexec` binary, the benchmark and the tests. Generic over the streams, so
-//! a caller can hand it the terminal or in-memory buffers alike.
+//! Used by the `pyexec` binary (`src/bin/pyexec.rs`), the benchmark and the tests. Generic
+//! over the streams, so a caller can hand it the terminal or in-memory buffers alike.
+//! This crate does not depend on the daemon: building `pyexec` compiles neither actix nor
+//! bollard. The daemon depends on it for what both ends share (`tls`, `units`).
+
+// Unsafe code only where a syscall has no safe wrapper (`stdio`), allowed there with a
+// comment.
+#![deny(unsafe_code)]
+
+pub mod stdio;
+pub mod tls;
+pub mod units;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,11 +26,12 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::protocol::{
+use pyexec_protocol::{
     exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
     HEADER_LEN, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
-use crate::tls::{self, TlsError};
+
+use crate::tls::TlsError;
 
 pub const DEFAULT_SERVER: &str = "localhost:12344";
 pub const DEFAULT_CA: &str = "certs/ca.pem";
@@ -193,14 +204,14 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
 /// Checks what the server would refuse anyway, before connecting: clearer, and nothing
 /// is sent in vain.
 fn check_hello(hello: &Hello) -> Result<(), ClientError> {
-    crate::protocol::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
+    pyexec_protocol::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
     let mut encoded = bytes::BytesMut::new();
     Frame::Hello(hello.clone())
         .encode(&mut encoded)
         .map_err(|_| {
             ClientError::Request(format!(
                 "arguments too large to send: encoded, they exceed the frame limit of {} bytes",
-                crate::protocol::MAX_FRAME_PAYLOAD
+                MAX_FRAME_PAYLOAD
             ))
         })?;
     Ok(())

@@ -19,12 +19,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueHint};
-use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Request};
-use pyexec::config::{format_duration, format_size, parse_duration};
-use pyexec::protocol::exit::{self, exit_code_for};
-use pyexec::protocol::{EndReason, Welcome};
-use pyexec::stdio::{RawOut, Stdin};
-use pyexec::tls;
+use pyexec_client::stdio::{RawOut, Stdin};
+use pyexec_client::units::{format_duration, format_size, parse_duration};
+use pyexec_client::{self as client, tls};
+use pyexec_client::{ClientConfig, ClientError, Control, Io, Notice, Request};
+use pyexec_protocol::exit::{self, exit_code_for};
+use pyexec_protocol::{EndReason, Welcome};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
@@ -442,7 +442,7 @@ fn read_script(path: &Path, messages: &Messages) -> (Bytes, Option<String>) {
 
 /// One worker: a session is one connection, and with a single worker the stdin reader,
 /// the frame writer and the frame reader hand work to each other without waking another
-/// thread. Multi-threaded all the same, for `block_in_place` (see `pyexec::stdio`).
+/// thread. Multi-threaded all the same, for `block_in_place` (see `pyexec_client::stdio`).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -467,7 +467,7 @@ fn main() {
         identity: args
             .cert
             .zip(args.key)
-            .map(|(cert, key)| pyexec::tls::Identity { cert, key }),
+            .map(|(cert, key)| tls::Identity { cert, key }),
     };
     if args.version {
         version(&cfg, &messages);
