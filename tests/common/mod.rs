@@ -23,7 +23,8 @@ pub const PYEXECD: &str = env!("CARGO_BIN_EXE_pyexecd");
 /// `pyexec` belongs to the `pyexec-client` package, so Cargo defines no
 /// `CARGO_BIN_EXE_pyexec` for these tests: it is the file beside `pyexecd`, in the same
 /// target directory and profile. `cargo build` at the root builds both (both packages
-/// are default members); `scripts/test` builds both first.
+/// are default members), and so does a `cargo test` or `cargo nextest run` of the whole
+/// workspace (for the client's own integration tests); `scripts/test` builds both first.
 pub const PYEXEC: &str = beside_pyexecd();
 
 /// `PYEXECD` without its final `d`: `.../target/debug/pyexec`.
