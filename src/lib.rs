@@ -4,14 +4,21 @@
 //! connections and runs TLS handshakes, a `session::Session` per connection speaks the
 //! protocol, a `container::ContainerActor` per sandbox owns its Docker attach streams, a
 //! `supervisor::Supervisor` caps concurrency and time, and `status::Status` counts.
-//! The client (`pyexec`) is a thin binary over `client`.
+//!
+//! The wire protocol is the `pyexec-protocol` crate and the client (the library and the
+//! `pyexec` binary) the `pyexec-client` crate, which builds without this one. Both are
+//! re-exported here (`protocol`, `client`, `stdio`) so that the daemon, the tests and the
+//! benchmark reach either end through one crate.
 
 // Unsafe code only where a syscall has no safe wrapper, allowed there with a comment.
 #![deny(unsafe_code)]
 
+pub use pyexec_client as client;
+pub use pyexec_client::stdio;
+pub use pyexec_protocol as protocol;
+
 pub mod bootstrap;
 pub mod certs;
-pub mod client;
 pub(crate) mod client_limits;
 pub mod config;
 pub(crate) mod connections;
@@ -21,14 +28,12 @@ pub mod image;
 pub(crate) mod listener;
 pub(crate) mod messages;
 pub mod metrics;
-pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
 pub(crate) mod status;
 pub(crate) mod stdin_queue;
-pub mod stdio;
 pub(crate) mod supervisor;
 pub mod tcp_memory;
 pub mod tls;

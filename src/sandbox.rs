@@ -23,11 +23,8 @@ pub const SHM_SIZE: u64 = 16 << 20;
 /// Script name used when the client gives none, or one that is not a plain file name.
 pub const DEFAULT_SCRIPT_NAME: &str = "main.py";
 
-/// Limits on the arguments, checked before anything runs. Linux refuses a single
-/// argument above 128 KiB and an argv above a few MiB; staying well below both means the
-/// exec in the bootstrap cannot fail for size.
-pub const MAX_ARGS: usize = 4096;
-pub const MAX_ARGS_BYTES: usize = 64 * 1024;
+/// The limits on the arguments are the protocol's (§4.1): the client checks them too.
+pub use crate::protocol::check_args;
 
 /// A complete specification for sandbox containers of one daemon.
 #[derive(Debug, Clone)]
@@ -140,31 +137,6 @@ impl SandboxSpec {
     }
 }
 
-/// Why a script name or its arguments cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RequestError {
-    #[error("too many arguments ({0}, the limit is {MAX_ARGS})")]
-    TooManyArgs(usize),
-    #[error("arguments too large ({0} bytes, the limit is {MAX_ARGS_BYTES})")]
-    ArgsTooLarge(usize),
-    #[error("argument {0} contains a NUL byte")]
-    NulInArg(usize),
-}
-
-pub fn check_args(args: &[String]) -> Result<(), RequestError> {
-    if args.len() > MAX_ARGS {
-        return Err(RequestError::TooManyArgs(args.len()));
-    }
-    let total: usize = args.iter().map(|a| a.len() + 1).sum();
-    if total > MAX_ARGS_BYTES {
-        return Err(RequestError::ArgsTooLarge(total));
-    }
-    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
-        return Err(RequestError::NulInArg(i + 1));
-    }
-    Ok(())
-}
-
 /// The file name the script is written to: the client's name when it is a plain,
 /// harmless file name, so that `sys.argv[0]` and tracebacks read as they would locally.
 /// Not a hidden file, and not one starting with `-`, which `python3 -u NAME` would read
@@ -245,19 +217,5 @@ mod tests {
         assert_eq!(script_name(Some("my-script.py")), "my-script.py");
         assert_eq!(script_name(Some("a b.py")), DEFAULT_SCRIPT_NAME);
         assert_eq!(script_name(None), DEFAULT_SCRIPT_NAME);
-    }
-
-    #[test]
-    fn argument_limits() {
-        assert!(check_args(&["a".into()]).is_ok());
-        assert_eq!(check_args(&["a\0b".into()]), Err(RequestError::NulInArg(1)));
-        assert!(matches!(
-            check_args(&["x".repeat(MAX_ARGS_BYTES)]),
-            Err(RequestError::ArgsTooLarge(_))
-        ));
-        assert!(matches!(
-            check_args(&vec![String::new(); MAX_ARGS + 1]),
-            Err(RequestError::TooManyArgs(_))
-        ));
     }
 }

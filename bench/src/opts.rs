@@ -38,7 +38,7 @@ pub struct Opts {
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
     /// Directory holding pyexecd and pyexec (default: next to this binary, after
-    /// building them with `cargo build --release -p pyexec --bins`).
+    /// building them with `cargo build --release -p pyexec -p pyexec-client --bins`).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Do not build pyexec first; measure the binaries already there.

@@ -23,15 +23,24 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Builds the release binaries of the `pyexec` package (a no-op when they are up to
-/// date), so that the daemon measured is the one the bench was compiled against and not
-/// a stale leftover. `cargo run` has released its lock by the time we run, so a nested
-/// cargo works.
+/// Builds the release binaries, `pyexecd` of the `pyexec` package and `pyexec` of
+/// `pyexec-client` (a no-op when they are up to date), so that the daemon measured is the
+/// one the bench was compiled against and not a stale leftover. `cargo run` has released
+/// its lock by the time we run, so a nested cargo works.
 pub async fn build_release() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p pyexec --bins");
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "pyexec",
+        "-p",
+        "pyexec-client",
+        "--bins",
+    ];
+    eprintln!("bench: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "pyexec", "--bins"])
+        .args(args)
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .status()

@@ -1,8 +1,13 @@
 //! Signals and exits in the protocol's terms: which signals a client may send, their
-//! names, and how a script's end becomes an `END` frame and a client exit status (§9).
+//! names, and how a script's end becomes an `END` frame. The exit statuses themselves
+//! (§9) are the protocol crate's, shared with the clients.
 
 use crate::messages::ScriptExit;
+use crate::protocol::exit::{killed_by, signal_of_status};
 use crate::protocol::{End, EndReason};
+
+/// The status a client exits with for each reason: the protocol's one table (§9).
+pub use crate::protocol::exit::exit_code_for;
 
 /// Signals a client may send, by number (Linux numbering, as in the protocol).
 pub const ALLOWED_SIGNALS: [u8; 7] = [1, 2, 3, 9, 10, 12, 15];
@@ -58,28 +63,15 @@ pub fn describe_signal(sig: i32) -> String {
     }
 }
 
-/// Maps a reason to the status a client exits with (the table in docs/protocol.md).
-pub fn exit_code_for(reason: EndReason, status: Option<i32>) -> i32 {
-    match reason {
-        EndReason::Exited | EndReason::Signal => status.unwrap_or(1),
-        EndReason::Timeout => 124,
-        EndReason::Oom | EndReason::OutputLimit => 137,
-        EndReason::Cancelled => 130,
-        EndReason::Shutdown => 143,
-        EndReason::Unknown => 125,
-    }
-}
-
 /// Reads a container's exit status as a shell does: above 128 means death by a signal.
 /// The fallback when the bootstrap's exact report is missing (SIGKILL, which may be the
 /// OOM killer, or a container killed whole): docker-init reports a child killed by signal
 /// N as 128 + N, so a `sys.exit(137)` would read as SIGKILL here, as in a shell.
 pub fn classify_exit(code: i64, duration_ms: u64) -> End {
     let status = code.clamp(0, 255) as i32;
-    let exit = if (129..=128 + 64).contains(&status) {
-        ScriptExit::Signal(status - 128)
-    } else {
-        ScriptExit::Code(status)
+    let exit = match signal_of_status(status) {
+        Some(sig) => ScriptExit::Signal(sig),
+        None => ScriptExit::Code(status),
     };
     end_for_exit(exit, duration_ms)
 }
@@ -96,7 +88,7 @@ pub fn end_for_exit(exit: ScriptExit, duration_ms: u64) -> End {
         },
         ScriptExit::Signal(sig) => End {
             reason: EndReason::Signal,
-            exit_code: 128 + sig,
+            exit_code: killed_by(sig),
             signal: Some(sig),
             duration_ms,
             message: format!("killed by {}", describe_signal(sig)),
@@ -127,16 +119,6 @@ mod tests {
         assert_eq!(e.signal, Some(15));
         let e = classify_exit(255, 5);
         assert_eq!((e.reason, e.exit_code), (EndReason::Exited, 255));
-    }
-
-    #[test]
-    fn reasons_map_to_documented_statuses() {
-        assert_eq!(exit_code_for(EndReason::Timeout, None), 124);
-        assert_eq!(exit_code_for(EndReason::Oom, None), 137);
-        assert_eq!(exit_code_for(EndReason::OutputLimit, None), 137);
-        assert_eq!(exit_code_for(EndReason::Cancelled, None), 130);
-        assert_eq!(exit_code_for(EndReason::Shutdown, None), 143);
-        assert_eq!(exit_code_for(EndReason::Exited, Some(7)), 7);
     }
 
     #[test]

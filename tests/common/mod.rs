@@ -20,7 +20,22 @@ use std::time::{Duration, Instant};
 pub mod raw;
 
 pub const PYEXECD: &str = env!("CARGO_BIN_EXE_pyexecd");
-pub const PYEXEC: &str = env!("CARGO_BIN_EXE_pyexec");
+/// `pyexec` belongs to the `pyexec-client` package, so Cargo defines no
+/// `CARGO_BIN_EXE_pyexec` for these tests: it is the file beside `pyexecd`, in the same
+/// target directory and profile. `cargo build` at the root builds both (both packages
+/// are default members), and so does a `cargo test` or `cargo nextest run` of the whole
+/// workspace (for the client's own integration tests); `scripts/test` builds both first.
+pub const PYEXEC: &str = beside_pyexecd();
+
+/// `PYEXECD` without its final `d`: `.../target/debug/pyexec`.
+const fn beside_pyexecd() -> &'static str {
+    let (path, d) = PYEXECD.as_bytes().split_at(PYEXECD.len() - 1);
+    assert!(d[0] == b'd', "CARGO_BIN_EXE_pyexecd ends with pyexecd");
+    match std::str::from_utf8(path) {
+        Ok(path) => path,
+        Err(_) => panic!("CARGO_BIN_EXE_pyexecd is UTF-8"),
+    }
+}
 
 /// Builds the default sandbox image once per test process (quick when it exists; the
 /// build itself takes a lock, so parallel test processes do not build twice).

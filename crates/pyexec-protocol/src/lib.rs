@@ -1,13 +1,21 @@
-//! The pyexec wire protocol: typed frames (`frame`) and their tokio-util codec (`codec`).
+//! The pyexec wire protocol: typed frames (`frame`), their tokio-util codec (`codec`), the
+//! limits on a `HELLO`'s arguments (`args`) and the exit status of a session's end (`exit`).
 //!
-//! `docs/protocol.md` is the normative description; this module is its executable twin.
-//! Parsing lives in `frame.rs` and touches no I/O, so it can be unit-tested and fuzzed
-//! byte by byte; `codec.rs` only adds the length prefix and the size bound.
+//! `docs/protocol.md` is the normative description; this crate is its executable twin,
+//! shared by the daemon and the clients. Parsing lives in `frame.rs` and touches no I/O,
+//! so it can be unit-tested and fuzzed byte by byte; `codec.rs` only adds the length
+//! prefix and the size bound.
 
+#![deny(unsafe_code)]
+
+pub mod args;
 pub mod codec;
+pub mod exit;
 pub mod frame;
 
+pub use args::{check_args, ArgsError, MAX_ARGS, MAX_ARGS_BYTES};
 pub use codec::{CodecError, DataRun, FrameCodec};
+pub use exit::exit_code_for;
 pub use frame::{
     End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
     Started, Welcome, HEADER_LEN,

@@ -1,7 +1,17 @@
 //! The client side of the protocol: connect, send a script, stream its I/O, return its end.
 //!
-//! Used by the `pyexec` binary, the benchmark and the tests. Generic over the streams, so
-//! a caller can hand it the terminal or in-memory buffers alike.
+//! Used by the `pyexec` binary (`src/bin/pyexec.rs`), the benchmark and the tests. Generic
+//! over the streams, so a caller can hand it the terminal or in-memory buffers alike.
+//! This crate does not depend on the daemon: building `pyexec` compiles neither actix nor
+//! bollard. The daemon depends on it for what both ends share (`tls`, `units`).
+
+// Unsafe code only where a syscall has no safe wrapper (`stdio`), allowed there with a
+// comment.
+#![deny(unsafe_code)]
+
+pub mod stdio;
+pub mod tls;
+pub mod units;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,11 +26,12 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::protocol::{
-    CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK, HEADER_LEN,
-    MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
+use pyexec_protocol::{
+    exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
+    HEADER_LEN, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
-use crate::tls::{self, TlsError};
+
+use crate::tls::TlsError;
 
 pub const DEFAULT_SERVER: &str = "localhost:12344";
 pub const DEFAULT_CA: &str = "certs/ca.pem";
@@ -98,17 +109,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The status `pyexec` exits with.
+    /// The status `pyexec` exits with (protocol §9): the server's `END.exit_code`, or
+    /// `exit::STDOUT_CLOSED` when our stdout was closed, as a local process would.
     pub fn exit_code(&self) -> i32 {
         if self.stdout_closed {
-            128 + 13 // as if killed by SIGPIPE, like a local process writing to a closed pipe
+            exit::STDOUT_CLOSED
         } else {
             self.end.exit_code
         }
     }
 }
 
-/// Why the script could not be run (the CLI exits 125 for all of these).
+/// Why the script could not be run (the CLI exits `exit::CANNOT_RUN`, 125, for all of
+/// these).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {server}: {source}")]
@@ -191,14 +204,14 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Tls, ClientError> {
 /// Checks what the server would refuse anyway, before connecting: clearer, and nothing
 /// is sent in vain.
 fn check_hello(hello: &Hello) -> Result<(), ClientError> {
-    crate::sandbox::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
+    pyexec_protocol::check_args(&hello.args).map_err(|e| ClientError::Request(e.to_string()))?;
     let mut encoded = bytes::BytesMut::new();
     Frame::Hello(hello.clone())
         .encode(&mut encoded)
         .map_err(|_| {
             ClientError::Request(format!(
                 "arguments too large to send: encoded, they exceed the frame limit of {} bytes",
-                crate::protocol::MAX_FRAME_PAYLOAD
+                MAX_FRAME_PAYLOAD
             ))
         })?;
     Ok(())
@@ -307,7 +320,7 @@ where
             }
             Some(c) = async { match control.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                 let frame = match c {
-                    Control::Interrupt => Frame::Signal(2),
+                    Control::Interrupt => Frame::Signal(exit::SIGINT as u8),
                     Control::Cancel => Frame::Cancel,
                 };
                 send(frame).await;

@@ -19,16 +19,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueHint};
-use pyexec::client::{self, ClientConfig, ClientError, Control, Io, Notice, Request};
-use pyexec::config::{format_duration, format_size, parse_duration};
-use pyexec::protocol::{EndReason, Welcome};
-use pyexec::stdio::{RawOut, Stdin};
-use pyexec::tls;
+use pyexec_client::stdio::{RawOut, Stdin};
+use pyexec_client::units::{format_duration, format_size, parse_duration};
+use pyexec_client::{self as client, tls};
+use pyexec_client::{ClientConfig, ClientError, Control, Io, Notice, Request};
+use pyexec_protocol::exit::{self, exit_code_for};
+use pyexec_protocol::{EndReason, Welcome};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-
-/// Exit status when the script could not be run at all (usage errors included).
-const EXIT_CANNOT_RUN: i32 = 125;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -219,7 +217,7 @@ fn print_err(message: impl Display) {
 /// Prints an error and exits 125. Only for use before any queue line can be shown.
 fn fail(message: impl Display) -> ! {
     print_err(message);
-    std::process::exit(EXIT_CANNOT_RUN);
+    std::process::exit(exit::CANNOT_RUN);
 }
 
 /// How the queue position is shown.
@@ -444,7 +442,7 @@ fn read_script(path: &Path, messages: &Messages) -> (Bytes, Option<String>) {
 
 /// One worker: a session is one connection, and with a single worker the stdin reader,
 /// the frame writer and the frame reader hand work to each other without waking another
-/// thread. Multi-threaded all the same, for `block_in_place` (see `pyexec::stdio`).
+/// thread. Multi-threaded all the same, for `block_in_place` (see `pyexec_client::stdio`).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -469,7 +467,7 @@ fn main() {
         identity: args
             .cert
             .zip(args.key)
-            .map(|(cert, key)| pyexec::tls::Identity { cert, key }),
+            .map(|(cert, key)| tls::Identity { cert, key }),
     };
     if args.version {
         version(&cfg, &messages);
@@ -509,7 +507,7 @@ fn main() {
     // worker would cost a thread wake-up, two per line of an echo.
     let code = rt
         .block_on(rt.spawn(session(cfg, request, from_stdin, messages)))
-        .unwrap_or(EXIT_CANNOT_RUN);
+        .unwrap_or(exit::CANNOT_RUN);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // Exit without waiting for a stdin read that may block on the terminal forever.
@@ -588,7 +586,7 @@ async fn session(
                 2 => Control::Cancel,
                 _ => {
                     on_third.over();
-                    std::process::exit(130)
+                    std::process::exit(exit_code_for(EndReason::Cancelled, None))
                 }
             };
             if control_tx.send(c).is_err() {
@@ -628,7 +626,7 @@ async fn session(
             let self_evident = match end.reason {
                 EndReason::Exited => true,
                 // A Ctrl-C the user just pressed, or a closed pipe, needs no comment.
-                EndReason::Signal => matches!(end.signal, Some(2) | Some(13)),
+                EndReason::Signal => matches!(end.signal, Some(exit::SIGINT | exit::SIGPIPE)),
                 _ => outcome.stdout_closed,
             };
             if !self_evident && !end.message.is_empty() {
@@ -638,7 +636,7 @@ async fn session(
         }
         Err(e) => {
             messages.error(describe_error(&e, &cfg));
-            EXIT_CANNOT_RUN
+            exit::CANNOT_RUN
         }
     }
 }

@@ -5,8 +5,8 @@ use std::io;
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::frame::{put_raw, Frame, FrameError, FrameType};
-use super::MAX_FRAME_PAYLOAD;
+use crate::frame::{put_raw, Frame, FrameError, FrameType};
+use crate::MAX_FRAME_PAYLOAD;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl Encoder<Frame> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{ErrorCode, ErrorMsg};
+    use crate::frame::{ErrorCode, ErrorMsg};
     use bytes::{BufMut, Bytes};
 
     fn encode_all(frames: &[Frame]) -> BytesMut {

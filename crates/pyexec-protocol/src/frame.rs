@@ -10,7 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use super::MAX_FRAME_PAYLOAD;
+use crate::MAX_FRAME_PAYLOAD;
 
 /// Size of the length prefix plus the type byte.
 pub const HEADER_LEN: usize = 5;

@@ -1,0 +1,241 @@
+//! The `pyexec` binary against a scripted server: how it turns the end of a session into
+//! its exit status and its notes (protocol §9), with no daemon and no Docker, including
+//! ends the real daemon never sends (a reason newer than this client). The tests against
+//! the real daemon are in the repository's `tests/`.
+//!
+//! These tests are also why a `cargo test` or `cargo nextest run` of the workspace builds
+//! the `pyexec` binary, which the daemon's integration tests run from beside `pyexecd`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use pyexec_protocol::exit;
+use pyexec_protocol::{
+    End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameType, Limits, Started, Welcome,
+    PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Framed;
+
+const PYEXEC: &str = env!("CARGO_BIN_EXE_pyexec");
+
+/// A server that takes one connection, reads the client's HELLO, answers with `reply`
+/// (raw bytes, so that it can send what this build would never encode), closes its side
+/// with TLS close_notify, then reads whatever else the client sends until it closes.
+struct ScriptedServer {
+    dir: tempfile::TempDir,
+    server: String,
+    thread: JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    fn start(reply: Vec<u8>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        // The self-signed certificate is its own CA.
+        std::fs::write(dir.path().join("ca.pem"), certified.cert.pem()).unwrap();
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(pyexec_client::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pyexec_client::tls::load_certs(&dir.path().join("ca.pem")).unwrap(),
+                pyexec_client::tls::load_key(&key).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let server = format!("localhost:{}", listener.local_addr().unwrap().port());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let mut framed = Framed::new(tls, FrameCodec::new());
+                let first = framed.next().await.unwrap().unwrap();
+                assert_eq!(first.frame_type(), FrameType::Hello);
+                let stream = framed.get_mut();
+                stream.write_all(&reply).await.unwrap();
+                stream.shutdown().await.unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                    while let Some(Ok(_)) = framed.next().await {}
+                })
+                .await;
+            });
+        });
+        ScriptedServer {
+            dir,
+            server,
+            thread,
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Runs `pyexec` on a one-line script against this server, stdin closed.
+    fn run(self) -> Output {
+        let script = self.dir.path().join("job.py");
+        std::fs::write(&script, "print('never run: the server is scripted')\n").unwrap();
+        let out = pyexec(&self.server, &self.ca(), &script);
+        self.thread.join().expect("the scripted server failed");
+        out
+    }
+}
+
+fn pyexec(server: &str, ca: &Path, script: &Path) -> Output {
+    Command::new(PYEXEC)
+        .args(["--server", server, "--ca"])
+        .arg(ca)
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    for frame in frames {
+        frame.encode(&mut buf).unwrap();
+    }
+    buf.to_vec()
+}
+
+/// A control frame with a JSON body written by hand.
+fn raw(ty: FrameType, json: &str) -> Vec<u8> {
+    let len = u32::try_from(json.len() + 1).unwrap();
+    let mut out = len.to_be_bytes().to_vec();
+    out.push(ty as u8);
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+fn welcome() -> Frame {
+    Frame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        server: "scripted".into(),
+        session: "s-1".into(),
+        limits: Limits {
+            script_size: 1 << 20,
+            timeout_ms: 60_000,
+            output_bytes: 1 << 30,
+            stdin_window: 65536,
+        },
+    })
+}
+
+fn started() -> Frame {
+    Frame::Started(Started {
+        queued_ms: 0,
+        start_ms: 1,
+        warm: true,
+    })
+}
+
+fn end(reason: EndReason, exit_code: i32, signal: Option<i32>, message: &str) -> Frame {
+    Frame::End(End {
+        reason,
+        exit_code,
+        signal,
+        duration_ms: 5,
+        message: message.into(),
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_exit_status_is_the_one_in_end() {
+    let out = ScriptedServer::start(encode(&[
+        welcome(),
+        started(),
+        Frame::Stdout("out\n".into()),
+        end(EndReason::Exited, 3, None, ""),
+    ]))
+    .run();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn an_end_whose_reason_this_client_does_not_know_still_gives_its_exit_status() {
+    let mut reply = encode(&[welcome(), started()]);
+    reply.extend(raw(
+        FrameType::End,
+        r#"{"reason":"hibernated","exit_code":77,"duration_ms":5,"message":"the script was hibernated"}"#,
+    ));
+    let out = ScriptedServer::start(reply).run();
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "pyexec: the script was hibernated\n");
+}
+
+#[test]
+fn a_death_by_sigint_goes_without_a_note_other_signals_with_one() {
+    let sigint = exit::SIGINT;
+    let out = ScriptedServer::start(encode(&[
+        welcome(),
+        started(),
+        end(
+            EndReason::Signal,
+            exit::killed_by(sigint),
+            Some(sigint),
+            "killed by signal 2 (SIGINT)",
+        ),
+    ]))
+    .run();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+
+    let out = ScriptedServer::start(encode(&[
+        welcome(),
+        started(),
+        end(
+            EndReason::Signal,
+            exit::killed_by(9),
+            Some(9),
+            "killed by signal 9 (SIGKILL)",
+        ),
+    ]))
+    .run();
+    assert_eq!(out.status.code(), Some(137));
+    assert_eq!(stderr(&out), "pyexec: killed by signal 9 (SIGKILL)\n");
+}
+
+#[test]
+fn an_error_or_a_connection_closed_before_the_end_is_cannot_run() {
+    let out = ScriptedServer::start(encode(&[Frame::Error(ErrorMsg::new(
+        ErrorCode::Busy,
+        "the server is busy (8 running, 32 queued)",
+    ))]))
+    .run();
+    assert_eq!(out.status.code(), Some(exit::CANNOT_RUN));
+    assert_eq!(
+        stderr(&out),
+        "pyexec: the server is busy (8 running, 32 queued)\n"
+    );
+
+    let out = ScriptedServer::start(encode(&[welcome(), started()])).run();
+    assert_eq!(out.status.code(), Some(exit::CANNOT_RUN));
+    assert!(
+        stderr(&out).contains("closed the connection before the session ended"),
+        "{}",
+        stderr(&out)
+    );
+}
