@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, processes::*, PYEXEC};
 
 /// The environment variables `pyexec` reads: cleared so that the caller's own settings
 /// cannot change what a test sees.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, processes::*, PYEXEC, PYEXECD};
 
 /// A daemon requiring client certificates from its own CA, with certificates issued for
 /// `names` through the real `pyexecd gen-certs --client`.

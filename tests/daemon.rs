@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, processes::*, PYEXECD};
 
 #[test]
 fn sigusr1_logs_a_status_snapshot() {

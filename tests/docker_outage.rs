@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, processes::*};
 
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 

@@ -13,8 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::raw::*;
-use common::*;
+use common::{daemon::*, figures::*, idle::*, processes::*, raw::*};
 use pyexec::protocol::{EndReason, ErrorCode, Frame};
 
 /// The `name value` sample of a Prometheus text page.

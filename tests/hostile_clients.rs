@@ -17,8 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::raw::*;
-use common::*;
+use common::{daemon::*, docker::*, figures::*, idle::*, processes::*, raw::*};
 use pyexec::protocol::{EndReason, ErrorCode, Frame};
 use tokio::io::AsyncWriteExt;
 
@@ -274,12 +273,7 @@ fn unknown_and_misdirected_frame_types_are_protocol_errors() {
             "mid-run",
         );
         drop(c);
-        assert!(wait_session_log(
-            &d,
-            &id,
-            "session refused",
-            Duration::from_secs(5)
-        ));
+        assert!(d.wait_session_log(&id, "session refused", Duration::from_secs(5)));
         assert_container_gone(&cid, Duration::from_secs(5));
     });
     assert_back_to_idle(&d, base, "after bad frame types");
@@ -726,7 +720,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
             gone_after < Duration::from_secs(7),
             "the container went away {gone_after:?} after the connection, with --session-timeout 3"
         );
-        assert!(wait_session_log(&d, &id, "reason=\"timeout\"", Duration::from_secs(1)));
+        assert!(d.wait_session_log(&id, "reason=\"timeout\"", Duration::from_secs(1)));
         // Reading again, the client gets the rest of what was sent and the END.
         let (_, end) = c.until_end(Duration::from_secs(10)).await;
         assert_end(&end, EndReason::Timeout, 124, "deaf client");
@@ -746,7 +740,7 @@ fn disconnects_at_every_phase_leak_nothing() {
     let rt = runtime();
     let disconnected = |id: &str| {
         assert!(
-            wait_session_log(&d, id, "client disconnected", Duration::from_secs(5)),
+            d.wait_session_log(id, "client disconnected", Duration::from_secs(5)),
             "session {id} did not log its disconnect\n{}",
             d.log()
         );
@@ -854,12 +848,7 @@ fn disconnects_at_every_phase_leak_nothing() {
         let mut c = Raw::connect(&d).await;
         c.run("print('bye')\n").await;
         let id = c.welcome().await;
-        assert!(wait_session_log(
-            &d,
-            &id,
-            "session ended",
-            Duration::from_secs(15)
-        ));
+        assert!(d.wait_session_log(&id, "session ended", Duration::from_secs(15)));
         drop(c);
     });
     assert_back_to_idle(&d, base, "disconnects after the exit");

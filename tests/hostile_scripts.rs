@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, idle::*, processes::*};
 
 /// Runs `script` with `args` and no stdin; returns the output and how long it took.
 fn timed_run(d: &Daemon, script: &str, args: &[&str]) -> (Output, Duration) {

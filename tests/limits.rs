@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use common::{daemon::*, docker::*, processes::*};
 use pyexec::client::{self, Io, Notice, Request};
 
 #[test]

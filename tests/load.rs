@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, figures::*, idle::*, processes::*};
 
 /// Sessions in the load run, and the client threads that run them.
 const SESSIONS: usize = 500;

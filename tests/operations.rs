@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, figures::*, processes::*, PYEXEC};
 
 fn metrics_addr(d: &Daemon) -> String {
     assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXEC, PYEXECD};
 
 /// The sandbox image, also used as the base of the pyexecd image: it is a Debian
 /// bookworm image that exists on the machine without any registry.

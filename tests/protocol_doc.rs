@@ -8,8 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::raw::*;
-use common::*;
+use common::{daemon::*, idle::*, raw::*};
 use pyexec::protocol::{ErrorCode, Frame, DATA_CHUNK};
 use tokio::io::AsyncWriteExt;
 

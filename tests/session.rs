@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, docker::*, processes::*, PYEXEC};
 
 #[test]
 fn hello_world() {

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use common::{daemon::*, processes::*, PYEXECD};
 
 const MIB: u64 = 1 << 20;
 

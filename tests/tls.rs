@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, processes::*, PYEXEC};
 use rustls::pki_types::ServerName;
 
 fn tls12_only_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
+use common::{daemon::*, docker::*, processes::*, PYEXEC};
 use pyexec::client::{self, Io, Notice, Request};
 
 /// Scripts whose every observable (stdout, stderr, status) must be the same wherever
