@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{daemon::*, processes::*, PYEXEC, PYEXECD};
+use common::{daemon::*, figures::*, processes::*, PYEXEC, PYEXECD};
 
 /// A daemon requiring client certificates from its own CA, with certificates issued for
 /// `names` through the real `pyexecd gen-certs --client`.
@@ -98,10 +98,11 @@ fn client_certificate_is_required_and_its_subject_is_the_identity() {
 
     // A running session shows up, by identity, in the status snapshot.
     let mut holder = hold_as(&d, "alice");
-    d.signal(libc::SIGUSR1);
-    assert!(
-        d.wait_log("clients=[\"CN=alice\":1]", Duration::from_secs(5)),
-        "{}",
+    let snapshot = status(&d);
+    assert_eq!(
+        snapshot.clients,
+        [("CN=alice".to_string(), 1)],
+        "{snapshot:?}\n{}",
         d.log()
     );
     drop(holder.stdin.take());

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{daemon::*, docker::*, processes::*, PYEXECD};
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXECD};
 
 #[test]
 fn sigusr1_logs_a_status_snapshot() {
@@ -15,6 +15,7 @@ fn sigusr1_logs_a_status_snapshot() {
         d.run("import sys; sys.exit(3)\n", &[], b"").status.code(),
         Some(3)
     );
+    // The line's wording is what this test checks, so it reads the log itself.
     d.signal(libc::SIGUSR1);
     assert!(
         d.wait_log("status: uptime=", Duration::from_secs(10)),
@@ -40,6 +41,20 @@ fn sigusr1_logs_a_status_snapshot() {
     assert!(
         !line.contains("start_p50=-"),
         "start latency was measured: {line}"
+    );
+    // The harness's one parser of this line reads the same figures from it.
+    let figures = StatusFigures::parse(line);
+    assert_eq!(
+        (
+            figures.accepted,
+            figures.queued,
+            figures.finished.as_slice(),
+            figures.busy,
+            figures.tls_failures,
+            figures.bytes_out
+        ),
+        (2, 0, &[("exited".to_string(), 2)][..], 0, 0, 2),
+        "{line}"
     );
     // The daemon is still serving after the dump.
     assert_eq!(d.run("print(2)\n", &[], b"").status.code(), Some(0));

@@ -229,14 +229,7 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
     let base = idle_baseline(&d);
     const WINDOW: usize = 256 * 1024;
     const SESSIONS: usize = 4;
-    let status_in = |d: &Daemon| -> u64 {
-        let line = status_line(d);
-        line.split(" bytes_in=")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no bytes_in in {line}"))
-    };
+    let status_in = |d: &Daemon| status(d).bytes_in;
     let rt = runtime();
     rt.block_on(async {
         let hold = "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n";

@@ -272,7 +272,7 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
     let mut status = StatusFigures::default();
     wait_until(Duration::from_secs(10), || {
         status = StatusFigures::parse(&status_line(&d));
-        status.running == 0 && status.queued == 0 && status.finished_total() == status.accepted
+        status.no_session_left()
     });
     let sessions_left = status.accepted.saturating_sub(status.finished_total());
     let (peak_rss, samples) = sampler.stop();

@@ -48,7 +48,7 @@ pub fn wait_pool_ready(d: &Daemon) {
 
 /// Asks the daemon for a status snapshot (SIGUSR1) and returns that log line.
 pub fn status_line(d: &Daemon) -> String {
-    let count = |log: &str| log.matches("status: uptime=").count();
+    let count = |log: &str| log.matches(STATUS_MARK).count();
     let before = count(&d.log());
     d.signal(libc::SIGUSR1);
     assert!(
@@ -57,40 +57,23 @@ pub fn status_line(d: &Daemon) -> String {
     );
     let log = d.log();
     log.lines()
-        .rfind(|l| l.contains("status: uptime="))
+        .rfind(|l| l.contains(STATUS_MARK))
         .unwrap()
         .to_string()
+}
+
+/// A status snapshot (SIGUSR1), parsed.
+pub fn status(d: &Daemon) -> StatusFigures {
+    StatusFigures::parse(&status_line(d))
 }
 
 /// The daemon's own account: every session it accepted has ended (its actor reported
 /// its outcome), and none is running or queued.
 pub fn assert_no_session_left(d: &Daemon, what: &str) {
-    let number = |line: &str, key: &str| -> Option<u64> {
-        let rest = line.split(&format!(" {key}=")).nth(1)?;
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    let settled = |line: &str| {
-        let finished: Option<u64> = line
-            .split(" finished=[")
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .map(|list| {
-                list.split(',')
-                    .filter_map(|kv| kv.split('=').nth(1)?.parse::<u64>().ok())
-                    .sum()
-            });
-        matches!(
-            (number(line, "accepted"), finished, number(line, "running"), number(line, "queued")),
-            (Some(a), Some(f), Some(0), Some(0)) if a == f
-        )
-    };
     let mut last = String::new();
     let ok = wait_until(Duration::from_secs(10), || {
         last = status_line(d);
-        settled(&last)
+        StatusFigures::parse(&last).no_session_left()
     });
     assert!(
         ok,
@@ -98,7 +81,11 @@ pub fn assert_no_session_left(d: &Daemon, what: &str) {
     );
 }
 
-/// The figures of a SIGUSR1 status line (`status_line`) that a test counts with.
+/// Where the snapshot starts in the status log line (`status.rs`, `Snapshot`'s Display).
+const STATUS_MARK: &str = "status: uptime=";
+
+/// The figures of a SIGUSR1 status line (`status_line`) that a test counts with. This is
+/// the one parser of that line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StatusFigures {
     pub accepted: u64,
@@ -107,30 +94,63 @@ pub struct StatusFigures {
     pub warm: u64,
     pub warm_hits: u64,
     pub warm_misses: u64,
-    pub busy: u64,
+    /// Active sessions per client identity, `clients=["CN=alice":1]` as pairs, names
+    /// unquoted (the line lists the 20 busiest; the rest are a count this leaves out).
+    pub clients: Vec<(String, u64)>,
     /// `finished=[exited=3,error_busy=2]` as pairs, in the line's order.
     pub finished: Vec<(String, u64)>,
+    pub busy: u64,
+    pub tls_failures: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl StatusFigures {
+    /// Parses the `key=value` fields after `status: `; a list value is `[...]`, whose
+    /// client names are quoted as Rust's `Debug` quotes them. Panics, quoting the line,
+    /// when a figure is missing or malformed.
     pub fn parse(line: &str) -> StatusFigures {
-        let number = |key: &str| -> u64 {
-            line.split(&format!(" {key}="))
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok())
+        let start = line
+            .find(STATUS_MARK)
+            .unwrap_or_else(|| panic!("not a status line: {line}"));
+        let fields = fields(&line[start + "status: ".len()..])
+            .unwrap_or_else(|| panic!("a malformed status line: {line}"));
+        let value = |key: &str| -> &str {
+            fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
                 .unwrap_or_else(|| panic!("no {key}= in the status line: {line}"))
         };
-        let finished = line
-            .split(" finished=[")
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .unwrap_or_else(|| panic!("no finished=[...] in the status line: {line}"))
-            .split(',')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').expect("key=value");
-                (k.to_string(), v.parse().expect("a count"))
+        let number = |key: &str| -> u64 {
+            value(key)
+                .parse()
+                .unwrap_or_else(|_| panic!("{key}= is not a count in the status line: {line}"))
+        };
+        let list = |key: &str| -> Vec<&str> {
+            value(key)
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .and_then(list_items)
+                .unwrap_or_else(|| panic!("{key}= is not a [list] in the status line: {line}"))
+        };
+        let clients = list("clients")
+            .into_iter()
+            .filter(|item| !item.starts_with('+')) // "+3 more"
+            .map(|item| {
+                let (name, n) = item
+                    .rsplit_once(':')
+                    .and_then(|(name, n)| Some((unquote(name)?, n.parse().ok()?)))
+                    .unwrap_or_else(|| panic!("client {item:?} in the status line: {line}"));
+                (name, n)
+            })
+            .collect();
+        let finished = list("finished")
+            .into_iter()
+            .map(|item| {
+                item.split_once('=')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .unwrap_or_else(|| panic!("outcome {item:?} in the status line: {line}"))
             })
             .collect();
         StatusFigures {
@@ -140,8 +160,12 @@ impl StatusFigures {
             warm: number("warm"),
             warm_hits: number("warm_hits"),
             warm_misses: number("warm_misses"),
-            busy: number("busy"),
+            clients,
             finished,
+            busy: number("busy"),
+            tls_failures: number("tls_failures"),
+            bytes_in: number("bytes_in"),
+            bytes_out: number("bytes_out"),
         }
     }
 
@@ -157,4 +181,107 @@ impl StatusFigures {
     pub fn finished_total(&self) -> u64 {
         self.finished.iter().map(|(_, v)| v).sum()
     }
+
+    /// Every session the daemon accepted has ended, and none is running or queued.
+    pub fn no_session_left(&self) -> bool {
+        self.running == 0 && self.queued == 0 && self.finished_total() == self.accepted
+    }
+}
+
+/// Splits `key=value key=[a,b] ...` into pairs; a `[...]` value runs to its closing
+/// bracket, brackets and spaces inside quoted names included.
+fn fields(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let len = if after.starts_with('[') {
+            let mut quoted = Quoted::default();
+            after
+                .char_indices()
+                .find(|&(_, c)| !quoted.step(c) && c == ']')?
+                .0
+                + 1
+        } else {
+            after.find(' ').unwrap_or(after.len())
+        };
+        out.push((key, &after[..len]));
+        rest = after[len..].trim_start();
+    }
+    Some(out)
+}
+
+/// The comma-separated items of a list's inside; commas in quoted names do not split.
+fn list_items(inside: &str) -> Option<Vec<&str>> {
+    let mut items = Vec::new();
+    let mut quoted = Quoted::default();
+    let mut from = 0;
+    for (i, c) in inside.char_indices() {
+        if !quoted.step(c) && c == ',' {
+            items.push(&inside[from..i]);
+            from = i + 1;
+        }
+    }
+    if quoted.open {
+        return None;
+    }
+    if !inside.is_empty() {
+        items.push(&inside[from..]);
+    }
+    Some(items)
+}
+
+/// Tracks whether a scan is inside a `Debug`-quoted string.
+#[derive(Default)]
+struct Quoted {
+    open: bool,
+    escaped: bool,
+}
+
+impl Quoted {
+    /// Takes the next character; true while it belongs to a quoted string (its quotes
+    /// included).
+    fn step(&mut self, c: char) -> bool {
+        if self.escaped {
+            self.escaped = false;
+            true
+        } else if self.open {
+            match c {
+                '\\' => self.escaped = true,
+                '"' => self.open = false,
+                _ => {}
+            }
+            true
+        } else if c == '"' {
+            self.open = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A name as `Debug` quotes it, back to the name (the escapes a subject can need).
+fn unquote(quoted: &str) -> Option<String> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            '0' => out.push('\0'),
+            'u' => {
+                let hex: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            other => out.push(other), // \\ \" \'
+        }
+    }
+    Some(out)
 }
