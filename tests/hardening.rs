@@ -16,26 +16,6 @@ use bytes::{Bytes, BytesMut};
 use common::{daemon::*, figures::*, idle::*, processes::*, raw::*};
 use pyexec::protocol::{EndReason, ErrorCode, Frame};
 
-/// The `name value` sample of a Prometheus text page.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-}
-
-fn metrics_addr(d: &Daemon) -> String {
-    assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));
-    let log = d.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("metrics at http://"))
-        .unwrap();
-    let url = line.split("metrics at http://").nth(1).unwrap();
-    url.split('/').next().unwrap().to_string()
-}
-
 fn encode(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
     let mut buf = BytesMut::new();
     for f in frames {
@@ -157,7 +137,6 @@ fn clients_that_vanish_right_after_hello_give_every_slot_back() {
 fn a_signal_flood_costs_one_request_at_a_time_and_is_rate_limited() {
     let d = Daemon::start(&["--metrics-listen", "127.0.0.1:0", "--max-sessions", "2"]);
     let base = idle_baseline(&d);
-    let metrics = metrics_addr(&d);
     let script = "import signal, sys, time\n\
                   got = 0\n\
                   def on_usr1(*_):\n    global got\n    got += 1\n\
@@ -206,8 +185,7 @@ fn a_signal_flood_costs_one_request_at_a_time_and_is_rate_limited() {
         peak < base + 40,
         "the daemon held {peak} descriptors during the flood, {base} idle"
     );
-    let page = http_get(&metrics, "/metrics");
-    let dropped = sample(&page, "pyexec_signals_dropped_total") as u64;
+    let dropped = metrics(&d).get("pyexec_signals_dropped_total") as u64;
     assert!(
         dropped + allowed >= FLOOD as u64 && dropped < FLOOD as u64,
         "{dropped} of {FLOOD} SIGNAL frames counted as dropped"

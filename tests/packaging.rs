@@ -402,11 +402,8 @@ fn docker_image_serves_sessions_and_drains_on_docker_stop() {
         inspect(&name, "{{json .State.Health}}"),
         logs(&name)
     );
-    let scrape = http_get(&metrics, "/metrics");
-    assert!(
-        scrape.contains("pyexec_sessions_total{outcome=\"exited\"} 1"),
-        "{scrape}"
-    );
+    let scrape = Metrics::parse(&http_get(&metrics, "/metrics"));
+    assert_eq!(scrape.get("pyexec_sessions_total{outcome=\"exited\"}"), 1.0);
 
     // `docker stop` sends the image's STOPSIGNAL (SIGTERM): pyexecd drains and exits 0,
     // and removes every sandbox container of its instance.

@@ -18,6 +18,98 @@ pub fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// The address of the daemon's metrics endpoint (`--metrics-listen`). The daemon chose
+/// the port, and its start-up log line is the only place that says which.
+pub fn metrics_addr(d: &Daemon) -> String {
+    const MARK: &str = "metrics at http://";
+    assert!(
+        d.wait_log(MARK, Duration::from_secs(5)),
+        "no metrics endpoint (--metrics-listen)\n{}",
+        d.log()
+    );
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains(MARK)).unwrap();
+    let url = line.split(MARK).nth(1).unwrap();
+    url.split('/').next().unwrap().to_string()
+}
+
+/// A scrape of the daemon's `/metrics`, parsed; it must answer 200.
+pub fn metrics(d: &Daemon) -> Metrics {
+    let page = http_get(&metrics_addr(d), "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    Metrics::parse(&page)
+}
+
+/// The samples of one Prometheus (OpenMetrics) text page, by name and labels as the page
+/// writes them: `pyexec_sessions_running`, `pyexec_capacity{limit="warm"}`. This is the
+/// one parser of that page.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    samples: Vec<(String, f64)>,
+    page: String,
+}
+
+impl Metrics {
+    /// Parses a page, or a whole HTTP response (its head is skipped).
+    pub fn parse(page: &str) -> Metrics {
+        let body = page.split_once("\r\n\r\n").map_or(page, |(_, body)| body);
+        let samples = body
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                // The labels may hold spaces; they end at the first `}` outside quotes.
+                let name_end = match l.find(['{', ' ']) {
+                    Some(i) if l[i..].starts_with('{') => {
+                        let mut quoted = Quoted::default();
+                        i + l[i..]
+                            .char_indices()
+                            .find(|&(_, c)| !quoted.step(c) && c == '}')
+                            .unwrap_or_else(|| panic!("unclosed labels: {l}"))
+                            .0
+                            + 1
+                    }
+                    Some(i) => i,
+                    None => panic!("a sample without a value: {l}"),
+                };
+                let value = l[name_end..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("a sample without a value: {l}"));
+                (l[..name_end].to_string(), value)
+            })
+            .collect();
+        Metrics {
+            samples,
+            page: page.to_string(),
+        }
+    }
+
+    /// The value of one sample, `name` or `name{labels}` exactly as the page writes it.
+    pub fn get(&self, sample: &str) -> f64 {
+        self.samples
+            .iter()
+            .find(|(name, _)| name == sample)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no sample {sample} in\n{}", self.page))
+    }
+
+    /// The sum of every sample of `family`, whatever its labels
+    /// (`pyexec_sessions_total` over all outcomes).
+    pub fn sum(&self, family: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(name, _)| {
+                name == family
+                    || name
+                        .strip_prefix(family)
+                        .is_some_and(|labels| labels.starts_with('{'))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 /// How many warm containers the daemon keeps (`warm=N` in its "listening" line; 0 when
 /// the daemon has no pool).
 pub fn warm_target(d: &Daemon) -> usize {
