@@ -861,9 +861,7 @@ fn disconnects_at_every_phase_leak_nothing() {
 #[test]
 fn cancel_during_the_upload_ends_at_once() {
     let d = Daemon::start(&["--warm", "1"]);
-    wait_until(Duration::from_secs(30), || {
-        d.log().contains("container started")
-    });
+    wait_pool_ready(&d);
     runtime().block_on(async {
         let mut raw = Raw::connect(&d).await;
         raw.hello(100, b"print(1)\n").await; // 9 of the 100 bytes announced

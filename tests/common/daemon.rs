@@ -65,7 +65,9 @@ impl Daemon {
 
     /// Starts a daemon with the given instance name and TLS material in `dir`. Unless the
     /// test sets `--warm`, the pool holds one container: dozens of daemons each warming a
-    /// full pool at once would slow two cores down for nothing.
+    /// full pool at once would slow two cores down for nothing. Unless the test sets
+    /// `--metrics-listen`, the daemon serves `/metrics` on a free port of its own: the
+    /// harness reads the daemon's figures there (`figures.rs`), not in its log.
     pub fn start_in(dir: tempfile::TempDir, instance: &str, extra: &[&str]) -> Daemon {
         Self::start_with_env(dir, instance, extra, &[])
     }
@@ -78,14 +80,15 @@ impl Daemon {
         envs: &[(&str, &str)],
     ) -> Daemon {
         ensure_image();
-        let warm: &[&str] = if extra.contains(&"--warm") {
-            &[]
-        } else {
-            &["--warm", "1"]
-        };
+        let mut defaults = Vec::new();
+        for (flag, value) in [("--warm", "1"), ("--metrics-listen", "127.0.0.1:0")] {
+            if !extra.contains(&flag) {
+                defaults.extend([flag, value]);
+            }
+        }
         let mut child = Command::new(PYEXECD)
             .args(["--listen", "127.0.0.1:0", "--instance", instance])
-            .args(warm)
+            .args(defaults)
             .envs(envs.iter().copied())
             .arg("--cert")
             .arg(dir.path().join("server.pem"))

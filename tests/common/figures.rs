@@ -1,5 +1,11 @@
-//! The daemon's figures: its SIGUSR1 status line, its Prometheus page, and what a test
-//! learns from them (the warm pool's size, whether every session has ended).
+//! The daemon's figures, from its own account: the Prometheus page it serves at
+//! `/metrics` (every harness daemon serves one) and the status line it logs on SIGUSR1.
+//! Each has one parser here, `Metrics` and `StatusFigures`; a figure is never read from
+//! the wording of other log lines.
+//!
+//! The helpers here read `/metrics`: the warm pool's size and how full it is, whether
+//! every session has ended. The status line is for tests that check the dump itself or
+//! what only it carries (the sessions per client identity).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -110,31 +116,47 @@ impl Metrics {
     }
 }
 
-/// How many warm containers the daemon keeps (`warm=N` in its "listening" line; 0 when
-/// the daemon has no pool).
+/// How many warm containers the daemon keeps (0 when it has no pool): the configured
+/// bound it exports, after the daemon's own adjustment (never more than its slots).
 pub fn warm_target(d: &Daemon) -> usize {
-    // The log is read on a thread of its own: the line may lag behind the start.
-    assert!(d.wait_log(" listening", Duration::from_secs(10)));
-    let log = d.log();
-    log.lines()
-        .find(|l| l.contains(" listening"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("warm=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    metrics(d).get("pyexec_capacity{limit=\"warm\"}") as usize
 }
 
-/// Waits until the warm pool holds started containers (a session then does not pay for
-/// a container start inside a short time limit).
+/// Waits until the warm pool holds as many ready containers as it keeps (a session then
+/// does not pay for a container start inside a short time limit).
 pub fn wait_pool_ready(d: &Daemon) {
     let warm = warm_target(d);
+    let mut ready = 0;
     assert!(
-        wait_until(Duration::from_secs(30), || d
-            .log()
-            .matches("container started")
-            .count()
-            >= warm),
-        "the warm pool did not fill\n{}",
+        wait_until(Duration::from_secs(30), || {
+            ready = metrics(d).get("pyexec_warm_pool_size") as usize;
+            ready >= warm
+        }),
+        "the warm pool did not fill: {ready} of {warm} ready\n{}",
         d.log()
+    );
+}
+
+/// The daemon's own account: every session it accepted has ended (its actor reported
+/// its outcome), and none is running or queued.
+pub fn assert_no_session_left(d: &Daemon, what: &str) {
+    let mut last = (0.0, 0.0, 0.0, 0.0);
+    let ok = wait_until(Duration::from_secs(10), || {
+        let m = metrics(d);
+        last = (
+            m.get("pyexec_accepted_sessions_total"),
+            m.sum("pyexec_sessions_total"),
+            m.get("pyexec_sessions_running"),
+            m.get("pyexec_sessions_queued"),
+        );
+        let (accepted, ended, running, queued) = last;
+        running == 0.0 && queued == 0.0 && ended == accepted
+    });
+    let (accepted, ended, running, queued) = last;
+    assert!(
+        ok,
+        "{what}: sessions still live in the daemon's account: {accepted} accepted, \
+         {ended} ended, {running} running, {queued} queued"
     );
 }
 
@@ -157,20 +179,6 @@ pub fn status_line(d: &Daemon) -> String {
 /// A status snapshot (SIGUSR1), parsed.
 pub fn status(d: &Daemon) -> StatusFigures {
     StatusFigures::parse(&status_line(d))
-}
-
-/// The daemon's own account: every session it accepted has ended (its actor reported
-/// its outcome), and none is running or queued.
-pub fn assert_no_session_left(d: &Daemon, what: &str) {
-    let mut last = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = status_line(d);
-        StatusFigures::parse(&last).no_session_left()
-    });
-    assert!(
-        ok,
-        "{what}: sessions still live in the daemon's account: {last}"
-    );
 }
 
 /// Where the snapshot starts in the status log line (`status.rs`, `Snapshot`'s Display).
