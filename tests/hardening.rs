@@ -217,7 +217,7 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
             .stdout_until(b"ready\n", Duration::from_secs(15))
             .await;
         let before_in = status_in(&d);
-        let rss_before = vm_rss_kib(d.pid());
+        let rss_before = vm_rss_kib(d.pid()).expect("the daemon runs");
         let script = "import sys\nprint(len(sys.stdin.buffer.read()))\n";
         let flood = encode(std::iter::repeat_n(
             Frame::Stdin(Bytes::from_static(b"a")),
@@ -237,7 +237,9 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
             "the daemon did not take in the {SESSIONS} windows: {} of {want}",
             status_in(&d)
         );
-        let grown = vm_rss_kib(d.pid()).saturating_sub(rss_before);
+        let grown = vm_rss_kib(d.pid())
+            .expect("the daemon runs")
+            .saturating_sub(rss_before);
         eprintln!("{SESSIONS} windows of one-byte frames: RSS grew by {grown} KiB");
         // Their windows are 1 MiB together; the old queue held ~40 MiB.
         assert!(

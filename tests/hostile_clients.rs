@@ -682,7 +682,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
     let d = Daemon::start(&["--session-timeout", "3"]);
     let base = idle_baseline(&d);
     wait_pool_ready(&d);
-    let rss_before = vm_rss_kib(d.pid());
+    let rss_before = vm_rss_kib(d.pid()).expect("the daemon runs");
     let rt = runtime();
     rt.block_on(async {
         let opened = Instant::now();
@@ -697,7 +697,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
         let mut peak = rss_before;
         let mut gone_after = None;
         while opened.elapsed() < Duration::from_secs(20) {
-            peak = peak.max(vm_rss_kib(d.pid()));
+            peak = peak.max(vm_rss_kib(d.pid()).expect("the daemon runs"));
             if !container_listed(&cid) {
                 gone_after = Some(opened.elapsed());
                 break;

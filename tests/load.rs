@@ -169,7 +169,7 @@ impl RssSampler {
         let handle = thread::spawn(move || {
             let (mut peak, mut samples) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
-                if let Some(kib) = try_vm_rss_kib(pid) {
+                if let Some(kib) = vm_rss_kib(pid) {
                     peak = peak.max(kib);
                     samples += 1;
                 }
@@ -227,7 +227,7 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
     let warm = warm_target(&d);
     let base_fds = idle_baseline(&d);
     wait_pool_ready(&d);
-    let base_rss = vm_rss_kib(d.pid());
+    let base_rss = vm_rss_kib(d.pid()).expect("the daemon runs");
     let sampler = RssSampler::start(d.pid());
     let cpu_before = cpu_time(d.pid());
 
@@ -276,7 +276,7 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
     });
     let sessions_left = status.accepted.saturating_sub(status.finished_total());
     let (peak_rss, samples) = sampler.stop();
-    let idle_rss = vm_rss_kib(d.pid());
+    let idle_rss = vm_rss_kib(d.pid()).expect("the daemon runs");
 
     let results = results.into_inner().unwrap();
     let mut seen = vec![0usize; SESSIONS];

@@ -166,18 +166,9 @@ pub fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-/// The resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status).
-pub fn vm_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// The resident set size of `pid` in KiB, or `None` once the process is gone.
-pub fn try_vm_rss_kib(pid: i32) -> Option<u64> {
+/// The resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status), or `None` once
+/// the process is gone.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
