@@ -2,6 +2,8 @@
 //! `--completions`, `--help`, usage errors, the queue notice on a terminal (and never
 //! elsewhere). Against the real daemon where a server is involved.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::fs::File;

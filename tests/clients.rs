@@ -1,5 +1,7 @@
 //! Who may connect, and how much each may do: mutual TLS and per-client limits.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::path::PathBuf;

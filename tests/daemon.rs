@@ -1,5 +1,7 @@
 //! The daemon as an operator sees it: start-up, status dump, drain, leftovers, bad setups.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::process::{Command, Stdio};

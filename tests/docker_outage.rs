@@ -1,6 +1,8 @@
 //! Losing the Docker Engine while serving, and getting it back: through a socket proxy the
 //! test can cut and restore, never by stopping the machine's Docker.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};

@@ -4,6 +4,8 @@
 //! one-byte frames must cost its window and no more, and a flood of metrics connections
 //! must not take the daemon's descriptors. Socket memory is in `tests/tcp_memory.rs`.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;

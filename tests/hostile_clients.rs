@@ -9,6 +9,8 @@
 //! A TLS 1.2-only client is covered by `tests/tls.rs`
 //! (`tls12_client_is_refused_at_the_handshake`) and not repeated here.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};

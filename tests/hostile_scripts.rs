@@ -6,6 +6,8 @@
 //! that the battery runs in seconds; CPU hogs get `--cpus 0.5` so that they leave the
 //! other tests of a 2-core machine some room.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! The Supervisor's bounds: time, concurrency, the queue, output, script size; and what a
 //! client going away leaves behind (nothing).
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};

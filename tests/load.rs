@@ -8,6 +8,8 @@
 //! `--no-capture` or `--success-output immediate` to see them); docs/security.md quotes
 //! them.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};

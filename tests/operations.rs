@@ -1,5 +1,7 @@
 //! Running it like a daemon: Prometheus metrics and certificate reload on SIGHUP.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};

@@ -2,6 +2,8 @@
 //! runs pyexecd itself (with the host's Docker socket), its Compose file, and the systemd
 //! unit. Each is checked the way an operator would use it.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -3,6 +3,8 @@
 //! stream that ends inside a frame (§2, §5.1), the order of STARTED (§5.2), and a HELLO
 //! that cannot fit in one frame (§4.1).
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;

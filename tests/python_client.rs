@@ -1,6 +1,8 @@
 //! The Python client library (clients/python): its unittest suite against real daemons,
 //! and a check that it installs as a package with pip, offline.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};

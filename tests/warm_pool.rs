@@ -1,6 +1,8 @@
 //! The warm pool and the in-process bootstrap: as fast as they are, a session must not be
 //! able to tell them from a cold start or from `python3 script.py`.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::process::{Command, Output};

@@ -2,7 +2,6 @@
 //! client's output as it comes, feeding stdin, and a process's descriptors and memory.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -153,10 +152,6 @@ pub fn stdout_str(out: &Output) -> String {
 
 pub fn stderr_str(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Number of file descriptors `pid` has open right now (entries of /proc/<pid>/fd).
