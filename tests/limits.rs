@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{daemon::*, docker::*, processes::*};
+use common::{daemon::*, docker::*, figures::*, processes::*};
 use pyexec::client::{self, Io, Notice, Request};
 
 #[test]
@@ -317,7 +317,13 @@ fn killed_client_leaves_no_container_two_seconds_later() {
         wait_until(Duration::from_secs(2), || !container_listed(&cid)),
         "container still there 2 s after the client died"
     );
-    assert!(d.wait_log("client disconnected", Duration::from_secs(2)));
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            metrics(&d).count("pyexec_sessions_total{outcome=\"disconnected\"}") == 1.0
+        }),
+        "the daemon did not end the session as a disconnect\n{}",
+        d.log()
+    );
     d.stop();
 }
 

@@ -100,6 +100,15 @@ impl Metrics {
             .unwrap_or_else(|| panic!("no sample {sample} in\n{}", self.page))
     }
 
+    /// The value of a sample of a labelled counter, which the page lists from its first
+    /// increment on: absent, it is 0.
+    pub fn count(&self, sample: &str) -> f64 {
+        self.samples
+            .iter()
+            .find(|(name, _)| name == sample)
+            .map_or(0.0, |(_, v)| *v)
+    }
+
     /// The sum of every sample of `family`, whatever its labels
     /// (`pyexec_sessions_total` over all outcomes).
     pub fn sum(&self, family: &str) -> f64 {
