@@ -88,6 +88,7 @@ fn client_certificate_is_required_and_its_subject_is_the_identity() {
     let alice = run_as(&d, Some("alice"), "print('hi alice')\n");
     assert_eq!(alice.status.code(), Some(0), "{}", stderr_str(&alice));
     assert_eq!(stdout_str(&alice), "hi alice\n");
+    // The identity in the session's own log lines is what is checked here.
     assert!(
         d.wait_log("client=CN=alice", Duration::from_secs(5)),
         "{}",
@@ -131,6 +132,7 @@ fn certificate_from_another_ca_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert_eq!(stdout_str(&out), "");
+    // No log line names the refused subject: it never got as far as a session.
     assert!(
         d.log().lines().all(|l| !l.contains("mallory")),
         "never a session"

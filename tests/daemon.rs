@@ -82,6 +82,7 @@ fn sigterm_drains_lets_short_sessions_finish_and_ends_the_rest() {
     assert!(long_out.wait_for(b"ready\n", Duration::from_secs(15)));
 
     d.signal(libc::SIGTERM);
+    // The operator is told; no figure marks the drain.
     assert!(d.wait_log("draining", Duration::from_secs(5)));
     drop(short.stdin.take()); // the short one may now finish, within the grace
                               // New connections are no longer accepted.
@@ -127,6 +128,7 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
     for id in &orphans {
         assert!(!container_listed(id), "leftover {id} still there");
     }
+    // The operator is told (no figure counts leftovers removed at start).
     assert!(d
         .log()
         .contains("removed containers left by an earlier run"));

@@ -306,6 +306,8 @@ fn a_flood_of_idle_metrics_connections_is_capped() {
         idle.push(s);
     }
     // Give the daemon time to accept them all: it takes each, and closes past the cap.
+    // Its debug log is the only count of these refusals (pyexec_connections_refused_total
+    // counts the session listener's).
     assert!(wait_until(Duration::from_secs(5), || {
         d.log().matches("metrics connection refused").count() >= 300 - 16 - 2
     }));

@@ -92,6 +92,7 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     std::fs::copy(&paths.server_cert, d.dir.path().join("server.pem")).unwrap();
     std::fs::copy(&paths.server_key, d.dir.path().join("server.key")).unwrap();
     d.signal(libc::SIGHUP);
+    // The operator is told; no figure marks a reload.
     assert!(
         d.wait_log("reloaded the TLS certificate", Duration::from_secs(5)),
         "{}",

@@ -205,7 +205,9 @@ impl Daemon {
         wait_until(timeout, || self.log().contains(needle))
     }
 
-    /// Waits for a log line of session `id` that contains `needle`.
+    /// Waits for a log line of session `id` that contains `needle`. For what one session
+    /// did (its refusal, its disconnect, its end reason): the figures count sessions, only
+    /// the log says which one. Never for a figure (see `figures.rs`).
     pub fn wait_session_log(&self, id: &str, needle: &str, timeout: Duration) -> bool {
         let tag = format!("session{{id={id} ");
         wait_until(timeout, || {
