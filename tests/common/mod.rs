@@ -6,11 +6,11 @@
 //! | module      | what it holds                                                          |
 //! |-------------|------------------------------------------------------------------------|
 //! | `daemon`    | `Daemon`: start, drive, stop or crash a `pyexecd`; its log             |
-//! | `processes` | child processes and `/proc`: waits, output watchers, descriptors, RSS   |
-//! | `docker`    | the Docker Engine's view: a daemon's containers, one container's fate   |
-//! | `figures`   | the daemon's own figures: the SIGUSR1 status line, `/metrics`            |
-//! | `idle`      | back to idle after a hostile case: containers, descriptors, sessions    |
-//! | `raw`       | a raw protocol client over real TLS, for frames no real client sends    |
+//! | `processes` | child processes and `/proc`: waits, output watchers, descriptors, RSS  |
+//! | `docker`    | the Engine's side: a daemon's containers, whether one container exists |
+//! | `figures`   | the daemon's figures: `/metrics` and the SIGUSR1 line, one parser each |
+//! | `idle`      | back to idle after a hostile case: containers, descriptors, sessions   |
+//! | `raw`       | the raw protocol client over real TLS, for frames no real client sends |
 //!
 //! Every daemon gets its own instance name, so its containers carry their own label; the
 //! harness removes whatever carries that label when the daemon is dropped, even when the
