@@ -2,6 +2,8 @@
 //! `--completions`, `--help`, usage errors, the queue notice on a terminal (and never
 //! elsewhere). Against the real daemon where a server is involved.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::fs::File;
@@ -9,7 +11,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXEC};
 
 /// The environment variables `pyexec` reads: cleared so that the caller's own settings
 /// cannot change what a test sees.
@@ -473,12 +475,10 @@ impl Holder {
     }
 }
 
-/// How many sessions the daemon has put in its queue so far.
+/// How many sessions wait in the daemon's queue right now. While the first session holds
+/// the only slot nobody leaves the queue, so a rise means the newest one is in it.
 fn queued_count(d: &Daemon) -> usize {
-    d.log()
-        .lines()
-        .filter(|l| l.contains(" queued position="))
-        .count()
+    metrics(d).get("pyexec_sessions_queued") as usize
 }
 
 fn notice(position: u32) -> String {

@@ -1,11 +1,13 @@
 //! The daemon as an operator sees it: start-up, status dump, drain, leftovers, bad setups.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXECD};
 
 #[test]
 fn sigusr1_logs_a_status_snapshot() {
@@ -15,6 +17,7 @@ fn sigusr1_logs_a_status_snapshot() {
         d.run("import sys; sys.exit(3)\n", &[], b"").status.code(),
         Some(3)
     );
+    // The line's wording is what this test checks, so it reads the log itself.
     d.signal(libc::SIGUSR1);
     assert!(
         d.wait_log("status: uptime=", Duration::from_secs(10)),
@@ -41,6 +44,20 @@ fn sigusr1_logs_a_status_snapshot() {
         !line.contains("start_p50=-"),
         "start latency was measured: {line}"
     );
+    // The harness's one parser of this line reads the same figures from it.
+    let figures = StatusFigures::parse(line);
+    assert_eq!(
+        (
+            figures.accepted,
+            figures.queued,
+            figures.finished.as_slice(),
+            figures.busy,
+            figures.tls_failures,
+            figures.bytes_out
+        ),
+        (2, 0, &[("exited".to_string(), 2)][..], 0, 0, 2),
+        "{line}"
+    );
     // The daemon is still serving after the dump.
     assert_eq!(d.run("print(2)\n", &[], b"").status.code(), Some(0));
     d.stop();
@@ -65,6 +82,7 @@ fn sigterm_drains_lets_short_sessions_finish_and_ends_the_rest() {
     assert!(long_out.wait_for(b"ready\n", Duration::from_secs(15)));
 
     d.signal(libc::SIGTERM);
+    // The operator is told; no figure marks the drain.
     assert!(d.wait_log("draining", Duration::from_secs(5)));
     drop(short.stdin.take()); // the short one may now finish, within the grace
                               // New connections are no longer accepted.
@@ -110,6 +128,7 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
     for id in &orphans {
         assert!(!container_listed(id), "leftover {id} still there");
     }
+    // The operator is told (no figure counts leftovers removed at start).
     assert!(d
         .log()
         .contains("removed containers left by an earlier run"));

@@ -1,6 +1,8 @@
 //! Losing the Docker Engine while serving, and getting it back: through a socket proxy the
 //! test can cut and restore, never by stopping the machine's Docker.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*};
 
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -85,6 +87,11 @@ fn pipe(mut from: UnixStream, mut to: UnixStream) {
     });
 }
 
+/// 1 while the daemon finds the Engine answering, 0 once it has lost it.
+fn docker_up(d: &Daemon) -> f64 {
+    metrics(d).get("pyexec_docker_up")
+}
+
 #[test]
 fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,10 +117,10 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
     assert!(err.starts_with("pyexec: "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    // A new client is refused at once, with a clear reason.
+    // A new client is refused at once, with a clear reason, once the daemon knows.
     assert!(
-        d.wait_log("lost the Docker Engine", Duration::from_secs(15)),
-        "{}",
+        wait_until(Duration::from_secs(15), || docker_up(&d) == 0.0),
+        "the daemon did not notice the Engine was gone\n{}",
         d.log()
     );
     let started = Instant::now();
@@ -131,8 +138,8 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
 
     proxy.restore();
     assert!(
-        d.wait_log("the Docker Engine is back", Duration::from_secs(15)),
-        "{}",
+        wait_until(Duration::from_secs(15), || docker_up(&d) == 1.0),
+        "the daemon did not notice the Engine was back\n{}",
         d.log()
     );
     assert!(

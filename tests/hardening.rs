@@ -4,6 +4,8 @@
 //! one-byte frames must cost its window and no more, and a flood of metrics connections
 //! must not take the daemon's descriptors. Socket memory is in `tests/tcp_memory.rs`.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
@@ -13,29 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::raw::*;
-use common::*;
+use common::{daemon::*, figures::*, idle::*, processes::*, raw::*};
 use pyexec::protocol::{EndReason, ErrorCode, Frame};
-
-/// The `name value` sample of a Prometheus text page.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-}
-
-fn metrics_addr(d: &Daemon) -> String {
-    assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));
-    let log = d.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("metrics at http://"))
-        .unwrap();
-    let url = line.split("metrics at http://").nth(1).unwrap();
-    url.split('/').next().unwrap().to_string()
-}
 
 fn encode(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
     let mut buf = BytesMut::new();
@@ -158,7 +139,6 @@ fn clients_that_vanish_right_after_hello_give_every_slot_back() {
 fn a_signal_flood_costs_one_request_at_a_time_and_is_rate_limited() {
     let d = Daemon::start(&["--metrics-listen", "127.0.0.1:0", "--max-sessions", "2"]);
     let base = idle_baseline(&d);
-    let metrics = metrics_addr(&d);
     let script = "import signal, sys, time\n\
                   got = 0\n\
                   def on_usr1(*_):\n    global got\n    got += 1\n\
@@ -207,8 +187,7 @@ fn a_signal_flood_costs_one_request_at_a_time_and_is_rate_limited() {
         peak < base + 40,
         "the daemon held {peak} descriptors during the flood, {base} idle"
     );
-    let page = http_get(&metrics, "/metrics");
-    let dropped = sample(&page, "pyexec_signals_dropped_total") as u64;
+    let dropped = metrics(&d).get("pyexec_signals_dropped_total") as u64;
     assert!(
         dropped + allowed >= FLOOD as u64 && dropped < FLOOD as u64,
         "{dropped} of {FLOOD} SIGNAL frames counted as dropped"
@@ -230,14 +209,7 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
     let base = idle_baseline(&d);
     const WINDOW: usize = 256 * 1024;
     const SESSIONS: usize = 4;
-    let status_in = |d: &Daemon| -> u64 {
-        let line = status_line(d);
-        line.split(" bytes_in=")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no bytes_in in {line}"))
-    };
+    let status_in = |d: &Daemon| status(d).bytes_in;
     let rt = runtime();
     rt.block_on(async {
         let hold = "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n";
@@ -247,7 +219,7 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
             .stdout_until(b"ready\n", Duration::from_secs(15))
             .await;
         let before_in = status_in(&d);
-        let rss_before = vm_rss_kib(d.pid());
+        let rss_before = vm_rss_kib(d.pid()).expect("the daemon runs");
         let script = "import sys\nprint(len(sys.stdin.buffer.read()))\n";
         let flood = encode(std::iter::repeat_n(
             Frame::Stdin(Bytes::from_static(b"a")),
@@ -267,7 +239,9 @@ fn stdin_as_one_byte_frames_costs_the_window_not_a_message_per_frame() {
             "the daemon did not take in the {SESSIONS} windows: {} of {want}",
             status_in(&d)
         );
-        let grown = vm_rss_kib(d.pid()).saturating_sub(rss_before);
+        let grown = vm_rss_kib(d.pid())
+            .expect("the daemon runs")
+            .saturating_sub(rss_before);
         eprintln!("{SESSIONS} windows of one-byte frames: RSS grew by {grown} KiB");
         // Their windows are 1 MiB together; the old queue held ~40 MiB.
         assert!(
@@ -332,6 +306,8 @@ fn a_flood_of_idle_metrics_connections_is_capped() {
         idle.push(s);
     }
     // Give the daemon time to accept them all: it takes each, and closes past the cap.
+    // Its debug log is the only count of these refusals (pyexec_connections_refused_total
+    // counts the session listener's).
     assert!(wait_until(Duration::from_secs(5), || {
         d.log().matches("metrics connection refused").count() >= 300 - 16 - 2
     }));

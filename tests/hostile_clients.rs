@@ -9,6 +9,8 @@
 //! A TLS 1.2-only client is covered by `tests/tls.rs`
 //! (`tls12_client_is_refused_at_the_handshake`) and not repeated here.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -17,8 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::raw::*;
-use common::*;
+use common::{daemon::*, docker::*, figures::*, idle::*, processes::*, raw::*};
 use pyexec::protocol::{EndReason, ErrorCode, Frame};
 use tokio::io::AsyncWriteExt;
 
@@ -36,6 +37,7 @@ fn plaintext_http_gets_a_tls_alert_and_nothing_else() {
     // docs/protocol.md §1: a TLS decode_error alert record, then the close.
     assert_eq!(reply, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]);
     drop(sock);
+    // Failed, not timed out: the TLS failure figure counts both; only the log says which.
     assert!(d.wait_log("TLS handshake failed", Duration::from_secs(5)));
     assert_back_to_idle(&d, base, "after a plaintext client");
     assert_healthy(&d);
@@ -74,6 +76,7 @@ fn silent_and_stalled_handshakes_are_closed_by_the_handshake_timeout() {
             "{what}: closed after {open_for:?} with --handshake-timeout 1"
         );
     }
+    // Timed out, not failed: the TLS failure figure counts both; only the log says which.
     assert!(wait_until(Duration::from_secs(5), || d
         .log()
         .matches("TLS handshake timed out")
@@ -274,12 +277,7 @@ fn unknown_and_misdirected_frame_types_are_protocol_errors() {
             "mid-run",
         );
         drop(c);
-        assert!(wait_session_log(
-            &d,
-            &id,
-            "session refused",
-            Duration::from_secs(5)
-        ));
+        assert!(d.wait_session_log(&id, "session refused", Duration::from_secs(5)));
         assert_container_gone(&cid, Duration::from_secs(5));
     });
     assert_back_to_idle(&d, base, "after bad frame types");
@@ -688,7 +686,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
     let d = Daemon::start(&["--session-timeout", "3"]);
     let base = idle_baseline(&d);
     wait_pool_ready(&d);
-    let rss_before = vm_rss_kib(d.pid());
+    let rss_before = vm_rss_kib(d.pid()).expect("the daemon runs");
     let rt = runtime();
     rt.block_on(async {
         let opened = Instant::now();
@@ -703,7 +701,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
         let mut peak = rss_before;
         let mut gone_after = None;
         while opened.elapsed() < Duration::from_secs(20) {
-            peak = peak.max(vm_rss_kib(d.pid()));
+            peak = peak.max(vm_rss_kib(d.pid()).expect("the daemon runs"));
             if !container_listed(&cid) {
                 gone_after = Some(opened.elapsed());
                 break;
@@ -726,7 +724,7 @@ fn a_client_that_stops_reading_a_flood_costs_bounded_memory_and_still_times_out(
             gone_after < Duration::from_secs(7),
             "the container went away {gone_after:?} after the connection, with --session-timeout 3"
         );
-        assert!(wait_session_log(&d, &id, "reason=\"timeout\"", Duration::from_secs(1)));
+        assert!(d.wait_session_log(&id, "reason=\"timeout\"", Duration::from_secs(1)));
         // Reading again, the client gets the rest of what was sent and the END.
         let (_, end) = c.until_end(Duration::from_secs(10)).await;
         assert_end(&end, EndReason::Timeout, 124, "deaf client");
@@ -746,7 +744,7 @@ fn disconnects_at_every_phase_leak_nothing() {
     let rt = runtime();
     let disconnected = |id: &str| {
         assert!(
-            wait_session_log(&d, id, "client disconnected", Duration::from_secs(5)),
+            d.wait_session_log(id, "client disconnected", Duration::from_secs(5)),
             "session {id} did not log its disconnect\n{}",
             d.log()
         );
@@ -762,6 +760,7 @@ fn disconnects_at_every_phase_leak_nothing() {
     sock.write_all(&hello[..hello.len() / 2]).unwrap();
     set_linger_zero(sock.as_raw_fd());
     drop(sock);
+    // Failed, not timed out: the TLS failure figure counts both; only the log says which.
     assert!(wait_until(Duration::from_secs(5), || d
         .log()
         .matches("TLS handshake failed")
@@ -854,12 +853,7 @@ fn disconnects_at_every_phase_leak_nothing() {
         let mut c = Raw::connect(&d).await;
         c.run("print('bye')\n").await;
         let id = c.welcome().await;
-        assert!(wait_session_log(
-            &d,
-            &id,
-            "session ended",
-            Duration::from_secs(15)
-        ));
+        assert!(d.wait_session_log(&id, "session ended", Duration::from_secs(15)));
         drop(c);
     });
     assert_back_to_idle(&d, base, "disconnects after the exit");
@@ -872,9 +866,7 @@ fn disconnects_at_every_phase_leak_nothing() {
 #[test]
 fn cancel_during_the_upload_ends_at_once() {
     let d = Daemon::start(&["--warm", "1"]);
-    wait_until(Duration::from_secs(30), || {
-        d.log().contains("container started")
-    });
+    wait_pool_ready(&d);
     runtime().block_on(async {
         let mut raw = Raw::connect(&d).await;
         raw.hello(100, b"print(1)\n").await; // 9 of the 100 bytes announced

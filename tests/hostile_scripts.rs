@@ -6,13 +6,15 @@
 //! that the battery runs in seconds; CPU hogs get `--cpus 0.5` so that they leave the
 //! other tests of a 2-core machine some room.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, idle::*, processes::*};
 
 /// Runs `script` with `args` and no stdin; returns the output and how long it took.
 fn timed_run(d: &Daemon, script: &str, args: &[&str]) -> (Output, Duration) {

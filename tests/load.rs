@@ -8,6 +8,8 @@
 //! `--no-capture` or `--success-output immediate` to see them); docs/security.md quotes
 //! them.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{daemon::*, figures::*, idle::*, processes::*};
 
 /// Sessions in the load run, and the client threads that run them.
 const SESSIONS: usize = 500;
@@ -169,7 +171,7 @@ impl RssSampler {
         let handle = thread::spawn(move || {
             let (mut peak, mut samples) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
-                if let Some(kib) = try_vm_rss_kib(pid) {
+                if let Some(kib) = vm_rss_kib(pid) {
                     peak = peak.max(kib);
                     samples += 1;
                 }
@@ -227,7 +229,7 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
     let warm = warm_target(&d);
     let base_fds = idle_baseline(&d);
     wait_pool_ready(&d);
-    let base_rss = vm_rss_kib(d.pid());
+    let base_rss = vm_rss_kib(d.pid()).expect("the daemon runs");
     let sampler = RssSampler::start(d.pid());
     let cpu_before = cpu_time(d.pid());
 
@@ -272,11 +274,11 @@ fn five_hundred_sessions_from_fifty_clients_are_each_exact_or_busy() {
     let mut status = StatusFigures::default();
     wait_until(Duration::from_secs(10), || {
         status = StatusFigures::parse(&status_line(&d));
-        status.running == 0 && status.queued == 0 && status.finished_total() == status.accepted
+        status.no_session_left()
     });
     let sessions_left = status.accepted.saturating_sub(status.finished_total());
     let (peak_rss, samples) = sampler.stop();
-    let idle_rss = vm_rss_kib(d.pid());
+    let idle_rss = vm_rss_kib(d.pid()).expect("the daemon runs");
 
     let results = results.into_inner().unwrap();
     let mut seen = vec![0usize; SESSIONS];

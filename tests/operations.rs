@@ -1,5 +1,7 @@
 //! Running it like a daemon: Prometheus metrics and certificate reload on SIGHUP.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -7,27 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
-
-fn metrics_addr(d: &Daemon) -> String {
-    assert!(d.wait_log("metrics at http://", Duration::from_secs(5)));
-    let log = d.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("metrics at http://"))
-        .unwrap();
-    let url = line.split("metrics at http://").nth(1).unwrap();
-    url.split('/').next().unwrap().to_string()
-}
-
-/// The value of a sample line `name{labels} value` (or `name value`).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-}
+use common::{daemon::*, figures::*, processes::*, PYEXEC};
 
 #[test]
 fn prometheus_metrics_follow_what_happens() {
@@ -42,18 +24,16 @@ fn prometheus_metrics_follow_what_happens() {
         "0",
     ]);
     let addr = metrics_addr(&d);
-    let before = http_get(&addr, "/metrics");
-    assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
-    assert!(before.contains("Content-Type: application/openmetrics-text"));
-    assert_eq!(sample(&before, "pyexec_docker_up"), 1.0);
+    let page = http_get(&addr, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains("Content-Type: application/openmetrics-text"));
+    let before = Metrics::parse(&page);
+    assert_eq!(before.get("pyexec_docker_up"), 1.0);
     // The configured bounds, for alerts that compare the live figures with them.
-    assert_eq!(
-        sample(&before, "pyexec_capacity{limit=\"max_sessions\"}"),
-        1.0
-    );
-    assert_eq!(sample(&before, "pyexec_capacity{limit=\"max_queue\"}"), 0.0);
-    assert_eq!(sample(&before, "pyexec_capacity{limit=\"warm\"}"), 0.0);
-    assert_eq!(sample(&before, "pyexec_accepted_sessions_total"), 0.0);
+    assert_eq!(before.get("pyexec_capacity{limit=\"max_sessions\"}"), 1.0);
+    assert_eq!(before.get("pyexec_capacity{limit=\"max_queue\"}"), 0.0);
+    assert_eq!(before.get("pyexec_capacity{limit=\"warm\"}"), 0.0);
+    assert_eq!(before.get("pyexec_accepted_sessions_total"), 0.0);
 
     assert_eq!(d.run("print('x' * 99)\n", &[], b"").status.code(), Some(0));
     // A busy refusal: one holder takes the only slot (free once the first container is gone).
@@ -63,42 +43,33 @@ fn prometheus_metrics_follow_what_happens() {
     let (mut holder, _out) =
         spawn_ready(&mut d.pyexec("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n"));
     assert_eq!(d.run("print(1)\n", &[], b"").status.code(), Some(125));
-    let during = http_get(&addr, "/metrics");
-    assert_eq!(sample(&during, "pyexec_sessions_running"), 1.0);
+    assert_eq!(metrics(&d).get("pyexec_sessions_running"), 1.0);
     drop(holder.stdin.take());
     assert_eq!(holder.wait().unwrap().code(), Some(0));
 
-    let after = http_get(&addr, "/metrics");
-    assert_eq!(sample(&after, "pyexec_accepted_sessions_total"), 3.0);
-    assert!(
-        after.contains("pyexec_sessions_total{outcome=\"exited\"} 2"),
-        "{after}"
+    let page = http_get(&addr, "/metrics");
+    assert!(page.trim_end().ends_with("# EOF"), "{page}");
+    let after = Metrics::parse(&page);
+    assert_eq!(after.get("pyexec_accepted_sessions_total"), 3.0);
+    assert_eq!(after.get("pyexec_sessions_total{outcome=\"exited\"}"), 2.0);
+    assert_eq!(
+        after.get("pyexec_sessions_total{outcome=\"error_busy\"}"),
+        1.0
     );
-    assert!(
-        after.contains("pyexec_sessions_total{outcome=\"error_busy\"} 1"),
-        "{after}"
-    );
-    assert_eq!(sample(&after, "pyexec_busy_refusals_total"), 1.0);
-    assert!(sample(&after, "pyexec_sent_bytes_total") >= 100.0 + 6.0);
-    assert_eq!(sample(&after, "pyexec_container_start_seconds_count"), 2.0);
-    assert_eq!(sample(&after, "pyexec_first_output_seconds_count"), 2.0);
-    assert_eq!(sample(&after, "pyexec_warm_pool_size"), 0.0);
-    assert!(after.trim_end().ends_with("# EOF"));
-    assert!(
-        after.contains(&format!(
-            "pyexec_build_info{{version=\"{}\"}} 1",
+    assert_eq!(after.get("pyexec_busy_refusals_total"), 1.0);
+    assert!(after.get("pyexec_sent_bytes_total") >= 100.0 + 6.0);
+    assert_eq!(after.get("pyexec_container_start_seconds_count"), 2.0);
+    assert_eq!(after.get("pyexec_first_output_seconds_count"), 2.0);
+    assert_eq!(after.get("pyexec_warm_pool_size"), 0.0);
+    assert_eq!(
+        after.get(&format!(
+            "pyexec_build_info{{version=\"{}\"}}",
             env!("CARGO_PKG_VERSION")
         )),
-        "{after}"
+        1.0
     );
-    assert!(
-        after.contains("pyexec_capacity{limit=\"max_sessions\"} 1"),
-        "{after}"
-    );
-    assert!(
-        after.contains("pyexec_capacity{limit=\"warm\"} 0"),
-        "{after}"
-    );
+    assert_eq!(after.get("pyexec_capacity{limit=\"max_sessions\"}"), 1.0);
+    assert_eq!(after.get("pyexec_capacity{limit=\"warm\"}"), 0.0);
 
     let missing = http_get(&addr, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
@@ -121,6 +92,7 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     std::fs::copy(&paths.server_cert, d.dir.path().join("server.pem")).unwrap();
     std::fs::copy(&paths.server_key, d.dir.path().join("server.key")).unwrap();
     d.signal(libc::SIGHUP);
+    // The operator is told; no figure marks a reload.
     assert!(
         d.wait_log("reloaded the TLS certificate", Duration::from_secs(5)),
         "{}",
@@ -201,7 +173,6 @@ fn connections_beyond_the_per_address_bound_are_closed_at_once() {
         "--metrics-listen",
         "127.0.0.1:0",
     ]);
-    let addr = metrics_addr(&d);
     let _a = TcpStream::connect(d.addr).unwrap();
     let _b = TcpStream::connect(d.addr).unwrap();
     let mut third = TcpStream::connect(d.addr).unwrap();
@@ -217,10 +188,7 @@ fn connections_beyond_the_per_address_bound_are_closed_at_once() {
     }
     assert!(
         wait_until(Duration::from_secs(5), || {
-            sample(
-                &http_get(&addr, "/metrics"),
-                "pyexec_connections_refused_total",
-            ) == 1.0
+            metrics(&d).get("pyexec_connections_refused_total") == 1.0
         }),
         "counted"
     );

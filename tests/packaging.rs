@@ -2,6 +2,8 @@
 //! runs pyexecd itself (with the host's Docker socket), its Compose file, and the systemd
 //! unit. Each is checked the way an operator would use it.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXEC, PYEXECD};
 
 /// The sandbox image, also used as the base of the pyexecd image: it is a Debian
 /// bookworm image that exists on the machine without any registry.
@@ -402,11 +404,8 @@ fn docker_image_serves_sessions_and_drains_on_docker_stop() {
         inspect(&name, "{{json .State.Health}}"),
         logs(&name)
     );
-    let scrape = http_get(&metrics, "/metrics");
-    assert!(
-        scrape.contains("pyexec_sessions_total{outcome=\"exited\"} 1"),
-        "{scrape}"
-    );
+    let scrape = Metrics::parse(&http_get(&metrics, "/metrics"));
+    assert_eq!(scrape.get("pyexec_sessions_total{outcome=\"exited\"}"), 1.0);
 
     // `docker stop` sends the image's STOPSIGNAL (SIGTERM): pyexecd drains and exits 0,
     // and removes every sandbox container of its instance.

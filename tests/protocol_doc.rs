@@ -3,13 +3,14 @@
 //! stream that ends inside a frame (§2, §5.1), the order of STARTED (§5.2), and a HELLO
 //! that cannot fit in one frame (§4.1).
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::raw::*;
-use common::*;
+use common::{daemon::*, idle::*, raw::*};
 use pyexec::protocol::{ErrorCode, Frame, DATA_CHUNK};
 use tokio::io::AsyncWriteExt;
 

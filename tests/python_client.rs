@@ -1,12 +1,14 @@
 //! The Python client library (clients/python): its unittest suite against real daemons,
 //! and a check that it installs as a package with pip, offline.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use common::{daemon::*, processes::*};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,12 +1,14 @@
 //! A session end to end: what a script sees and what the user gets back, byte for byte.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, docker::*, processes::*, PYEXEC};
 
 #[test]
 fn hello_world() {

@@ -3,12 +3,14 @@
 //! `--tcp-memory` (`src/tcp_memory.rs`). These tests run a script that fills loopback TCP
 //! pairs it never reads, against the real daemon and Engine.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use common::{daemon::*, processes::*, PYEXECD};
 
 const MIB: u64 = 1 << 20;
 

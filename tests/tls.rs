@@ -1,5 +1,7 @@
 //! Who gets past the handshake: TLS 1.3 clients that trust our CA, and nobody else.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -7,7 +9,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use common::{daemon::*, processes::*, PYEXEC};
 use rustls::pki_types::ServerName;
 
 fn tls12_only_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {

@@ -1,13 +1,15 @@
 //! The warm pool and the in-process bootstrap: as fast as they are, a session must not be
 //! able to tell them from a cold start or from `python3 script.py`.
 
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
 mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
+use common::{daemon::*, docker::*, figures::*, processes::*, PYEXEC};
 use pyexec::client::{self, Io, Notice, Request};
 
 /// Scripts whose every observable (stdout, stderr, status) must be the same wherever
@@ -199,23 +201,10 @@ fn run_noting_start(d: &Daemon, script: &str) -> (pyexec::protocol::Started, i32
     })
 }
 
-/// Waits until the daemon has `n` spares ready (it logs each one it starts).
-fn wait_for_spares(d: &Daemon, n: usize) {
-    assert!(
-        wait_until(Duration::from_secs(30), || d
-            .log()
-            .matches("container started")
-            .count()
-            >= n),
-        "the pool did not fill\n{}",
-        d.log()
-    );
-}
-
 #[test]
 fn pool_sessions_report_warm_and_cold_ones_do_not() {
     let warm = Daemon::start(&["--warm", "1"]);
-    wait_for_spares(&warm, 1);
+    wait_pool_ready(&warm);
     let (started, code) = run_noting_start(&warm, "print(1)");
     assert!(started.warm, "served from the pool");
     assert_eq!(code, 0);
@@ -266,7 +255,7 @@ fn a_spare_never_carries_anything_from_an_earlier_session() {
 #[test]
 fn a_killed_spare_is_replaced_and_the_next_session_still_succeeds() {
     let d = Daemon::start(&["--max-sessions", "2", "--warm", "1"]);
-    wait_for_spares(&d, 1);
+    wait_pool_ready(&d);
     let spare = d.containers();
     assert_eq!(spare.len(), 1);
     let killed = Command::new("docker")
@@ -304,7 +293,7 @@ fn a_killed_spare_is_replaced_and_the_next_session_still_succeeds() {
 #[test]
 fn limits_hold_in_spares() {
     let d = Daemon::start(&["--warm", "1", "--memory", "64m", "--pids-limit", "16"]);
-    wait_for_spares(&d, 1);
+    wait_pool_ready(&d);
     let out = d.run("x = bytearray(200 * 1024 * 1024)\n", &[], b"");
     assert_eq!(out.status.code(), Some(137));
     assert!(
@@ -312,7 +301,8 @@ fn limits_hold_in_spares() {
         "{}",
         stderr_str(&out)
     );
-    wait_for_spares(&d, 2);
+    // The spare that session took has been replaced: the next one runs in a spare too.
+    wait_pool_ready(&d);
     let out = d.run(
         "import subprocess\nps = []\ntry:\n    for _ in range(64):\n        ps.append(subprocess.Popen(['sleep', '5']))\nexcept OSError as e:\n    print('refused after', len(ps))\n",
         &[],

@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 
-use super::Daemon;
+use super::daemon::Daemon;
 
 pub type Tls = TlsStream<TcpStream>;
 
