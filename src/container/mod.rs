@@ -39,6 +39,10 @@ use pumps::{pump_output, pump_stdin, PumpEnd};
 /// of the output is blocked on a client that does not read.
 const KILL_DRAIN: Duration = Duration::from_millis(500);
 
+/// How long after a first "no" the engine is asked again whether a SIGKILL was the OOM
+/// killer's.
+const OOM_RECHECK: Duration = Duration::from_millis(200);
+
 /// A container that dies before it has accepted its script is replaced, transparently,
 /// this many times in all before the session is told that the engine failed.
 const MAX_LAUNCHES: u32 = 3;
@@ -498,7 +502,19 @@ impl ContainerActor {
             self.status == Some(137) && self.killed().is_none() && self.exact.is_none();
         match (oom_possible, self.id.clone()) {
             (true, Some(id)) => {
-                let fut = self.deps.engine.oom_killed(&id);
+                let engine = self.deps.engine.clone();
+                let fut = async move {
+                    // The engine learns of the OOM kill from an event that can trail the
+                    // exit its wait reported: look once more, shortly, before calling a
+                    // SIGKILL "killed by signal 9" (seen once under a full test suite).
+                    match engine.oom_killed(&id).await {
+                        Ok(false) => {
+                            tokio::time::sleep(OOM_RECHECK).await;
+                            engine.oom_killed(&id).await
+                        }
+                        other => other,
+                    }
+                };
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
                     act.report(res.unwrap_or(false));
                     act.remove(ctx);
