@@ -10,6 +10,7 @@ mod admission;
 mod containers;
 mod drain;
 mod engine_down;
+mod races;
 
 use std::sync::Arc;
 use std::time::Duration;
