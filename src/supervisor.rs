@@ -533,3 +533,6 @@ impl Handler<DrainNow> for Supervisor {
         self.stop_all(true);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,8 @@
 //! has a name, so that several can be driven at once, each with its own health and pool.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::pin::Pin;
 use std::sync::Arc;
