@@ -100,6 +100,8 @@ pub struct SessionHandle {
     pub admitted: Recipient<Admitted>,
     pub position: Recipient<QueuePosition>,
     pub stop: Recipient<SessionStop>,
+    /// For a container's failure that it could not report itself (see `ContainerGone`).
+    pub events: Recipient<ContainerEvent>,
 }
 
 /// A session introduces itself when it starts: from now on its time runs.
@@ -242,6 +244,10 @@ pub struct ContainerGone {
     pub leaked: Option<String>,
     /// Set when the engine could not be reached: the owner stops launching until it can.
     pub unreachable: Option<EngineError>,
+    /// The container failed before any session's script came (its launch failed fast):
+    /// the owner passes this on to the session it handed the container to, whose `Run`
+    /// would otherwise reach a stopped actor and never be answered.
+    pub unreported: Option<ContainerFailure>,
 }
 
 /// Sent to the owner when the container is started and waiting for its script (`ready`),

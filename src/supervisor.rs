@@ -19,8 +19,9 @@ use crate::client_limits::{ClientLimits, RATE_WINDOW};
 use crate::config::Config;
 use crate::engine::{EngineError, SharedEngine};
 use crate::messages::{
-    Admission, Admit, Admitted, ContainerGone, ContainerHandle, ContainerReady, Drain, DrainNow,
-    Kill, KillCause, Orphaned, QueuePosition, Register, SessionHandle, SessionStop, Unregister,
+    Admission, Admit, Admitted, ContainerEvent, ContainerGone, ContainerHandle, ContainerReady,
+    Drain, DrainNow, Finished, Kill, KillCause, Orphaned, QueuePosition, Register, SessionHandle,
+    SessionStop, Unregister,
 };
 use crate::status::{DockerHealth, Gauges, PoolUse, Status};
 
@@ -40,7 +41,7 @@ struct Entry {
     /// The container handed to this session, kept until the session unregisters. The
     /// session may stop before it reads the verdict that carried it (a client that
     /// resets right after HELLO): then only this copy is left to give the slot back.
-    container: Option<ContainerHandle>,
+    container: Option<(u64, ContainerHandle)>,
 }
 
 struct Slot {
@@ -148,15 +149,15 @@ impl Supervisor {
 
     /// A container for a session: a ready warm one, else one still warming up, else a
     /// cold start if there is room.
-    fn take_container(&mut self) -> Option<ContainerHandle> {
+    fn take_container(&mut self) -> Option<(u64, ContainerHandle)> {
         // One still starting was started ahead of demand: a hit all the same.
         let Some(key) = self.pool.pop_front().or_else(|| self.warming.pop_front()) else {
             if !self.has_room() {
                 return None;
             }
-            let (_, container) = self.launch(true);
+            let launched = self.launch(true);
             self.status.do_send(PoolUse { hit: false });
-            return Some(container);
+            return Some(launched);
         };
         self.status.do_send(PoolUse { hit: true });
         let slot = self
@@ -164,7 +165,7 @@ impl Supervisor {
             .get_mut(&key)
             .expect("pooled containers have slots");
         slot.assigned = true;
-        Some(slot.container.clone())
+        Some((key, slot.container.clone()))
     }
 
     /// The Engine stopped answering: refuse new sessions at once (instead of letting each
@@ -237,7 +238,7 @@ impl Supervisor {
     fn advance_queue(&mut self) {
         let mut moved = false;
         while !self.draining && self.docker_down.is_none() && !self.queue.is_empty() {
-            let Some(container) = self.take_container() else {
+            let Some((key, container)) = self.take_container() else {
                 break;
             };
             let id = self.queue.pop_front().expect("queue is not empty");
@@ -245,7 +246,7 @@ impl Supervisor {
             match self.sessions.get_mut(&id) {
                 Some(entry) => {
                     entry.state = SessionState::Running;
-                    entry.container = Some(container.clone());
+                    entry.container = Some((key, container.clone()));
                     entry.session.admitted.do_send(Admitted { container });
                 }
                 // Gone in the meantime: the container it was given is discarded.
@@ -374,7 +375,7 @@ impl Handler<Unregister> for Supervisor {
             // Whatever the session did or did not see of its container, it is done with
             // it: a container that already ended ignores this, one the session never
             // heard of (a verdict it stopped before reading) is removed and its slot freed.
-            if let Some(container) = entry.container {
+            if let Some((_, container)) = entry.container {
                 container.kill.do_send(Kill(KillCause::ClientGone));
             }
             if entry.state != SessionState::Connected {
@@ -414,9 +415,9 @@ impl Handler<Admit> for Supervisor {
             false => None,
         };
         let entry = self.sessions.get_mut(&id).expect("checked above");
-        if let Some(container) = container {
+        if let Some((key, container)) = container {
             entry.state = SessionState::Running;
-            entry.container = Some(container.clone());
+            entry.container = Some((key, container.clone()));
             self.fill_pool();
             self.gauges();
             Admission::Granted(container)
@@ -440,6 +441,20 @@ impl Handler<ContainerGone> for Supervisor {
 
     fn handle(&mut self, gone: ContainerGone, ctx: &mut Context<Self>) {
         self.slots.remove(&gone.key);
+        if let Some(failure) = gone.unreported {
+            // It failed before its session's script came: that session's Run would reach
+            // a stopped actor and never be answered, so it hears of the failure from here.
+            let owner = self
+                .sessions
+                .values()
+                .find(|e| matches!(&e.container, Some((key, _)) if *key == gone.key));
+            if let Some(entry) = owner {
+                entry
+                    .session
+                    .events
+                    .do_send(ContainerEvent::Finished(Finished::Failed(failure)));
+            }
+        }
         self.pool.retain(|k| *k != gone.key);
         if let Some(pos) = self.warming.iter().position(|k| *k == gone.key) {
             // A spare that never became ready: its start failed. Back off before the

@@ -155,6 +155,10 @@ pub struct ContainerActor {
     stop: Stop,
     signals: Signals,
     unreachable: Option<EngineError>,
+    /// The outcome has gone to a session.
+    reported: bool,
+    /// A failure nobody could be told of (no script had come): for the owner.
+    unreported: Option<ContainerFailure>,
 }
 
 impl ContainerActor {
@@ -182,6 +186,8 @@ impl ContainerActor {
             stop: Stop::No,
             signals: Signals::Idle,
             unreachable: None,
+            reported: false,
+            unreported: None,
         }
     }
 
@@ -306,7 +312,12 @@ impl ContainerActor {
         ctx: &mut Context<Self>,
     ) {
         let Some(run) = self.run.take() else { return };
-        self.phase = Phase::Running;
+        // An exit seen during the hand-over (a script shorter than the ACK's way back):
+        // the output is drained from here on, as after any exit.
+        self.phase = match self.status {
+            Some(_) => Phase::Exited,
+            None => Phase::Running,
+        };
         let since = self
             .run_at
             .map_or(self.launched_at, |r| r.max(self.launched_at));
@@ -366,10 +377,11 @@ impl ContainerActor {
                     self.finish(ctx);
                 }
             }
-            Phase::Handover(_) => {
-                let reason = format!("it exited with status {:?} first", self.status);
-                self.replace(reason, ctx);
-            }
+            // The exit may come before the ACK is read, though the bootstrap took the
+            // script (a short script, a busy actor): the hand-over's own result decides.
+            // Without an ACK it fails on the closed output, and the container is
+            // replaced then; replacing it here ran such a script twice.
+            Phase::Handover(_) => {}
             // A spare that died unused (killed from outside, the engine restarted):
             // replace it in place, so that a session the Supervisor handed it to in the
             // meantime is served all the same.
@@ -542,13 +554,20 @@ impl ContainerActor {
         }
     }
 
+    /// Tells the session how its script ended, once. A failure with no session to tell
+    /// yet is kept for the owner (`ContainerGone::unreported`).
     fn report(&mut self, oom: bool) {
         let events = self
             .events
             .take()
             .or_else(|| self.run.take().map(|r| r.events));
-        if let Some(events) = events {
-            events.do_send(ContainerEvent::Finished(self.outcome(oom)));
+        match (events, self.outcome(oom)) {
+            (Some(events), outcome) => {
+                self.reported = true;
+                events.do_send(ContainerEvent::Finished(outcome));
+            }
+            (None, Finished::Failed(failure)) if !self.reported => self.unreported = Some(failure),
+            (None, _) => {}
         }
     }
 
@@ -616,6 +635,7 @@ impl Actor for ContainerActor {
             key: self.key,
             leaked,
             unreachable: self.unreachable.take(),
+            unreported: self.unreported.take(),
         });
     }
 }

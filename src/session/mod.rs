@@ -183,7 +183,8 @@ impl Session {
         SessionHandle {
             admitted: me.clone().recipient(),
             position: me.clone().recipient(),
-            stop: me.recipient(),
+            stop: me.clone().recipient(),
+            events: me.recipient(),
         }
     }
 

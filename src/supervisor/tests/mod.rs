@@ -98,6 +98,7 @@ impl Harness {
                 admitted: probe.clone().recipient(),
                 position: probe.clone().recipient(),
                 stop: probe.clone().recipient(),
+                events: probe.clone().recipient(),
             },
             accepted_at: std::time::Instant::now(),
             client: client.to_string(),

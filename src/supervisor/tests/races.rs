@@ -1,19 +1,21 @@
-//! Two races of the ContainerActor that the fake engine makes deterministic. Both are
-//! bugs; the tests are ignored until they are fixed (`cargo test -- --ignored` runs them).
+//! Two races of the ContainerActor that the fake engine made deterministic, found when
+//! it was written and fixed since; these tests keep them fixed.
 //!
 //! 1. A launch that fails before the session's `Run` arrives (a refused connection or a
 //!    missing image fails in a millisecond, while the client may still be uploading its
 //!    script): the actor finishes with nobody to tell (`launch_failed` → `finish` →
 //!    `report` finds no `Run`), stops, and the `Run` that follows goes to a closed mailbox.
-//!    The session hears nothing until its timeout, then reports a timeout instead of the
-//!    start failure. The Supervisor does get `ContainerGone`, but tells no session.
+//!    The session heard nothing until its timeout, then reported a timeout instead of the
+//!    start failure. Now the failure travels in `ContainerGone::unreported`, and the
+//!    Supervisor passes it to the session it handed the container to.
 //! 2. A script so short that the container's exit is seen before the actor reads the
 //!    bootstrap's ACK: `exited` in `Phase::Handover` takes it for a container that died
 //!    before accepting the script and `replace`s it, so the script runs a second time in a
 //!    new container (the first run's output and the stdin it read are lost; if it happens
 //!    on every try, the session fails with `ContainerFailure::Bootstrap`). Docker reports
 //!    an exit tens of milliseconds late, so this takes a busy actor thread; the fake
-//!    reports it at once with `set_exit_delay(ZERO)`.
+//!    reports it at once with `set_exit_delay(ZERO)`. Now the hand-over's own result
+//!    decides whether the container is replaced.
 
 use std::time::Duration;
 
@@ -23,8 +25,6 @@ use crate::messages::ContainerFailure;
 /// The same failure, when the launch fails before the session's script comes (a fast
 /// failure, such as a refused connection, while the client still uploads its script).
 #[actix_rt::test]
-#[ignore = "bug: a Run sent to a container whose launch already failed is dropped; the \
-            session hears nothing until its timeout"]
 async fn a_start_that_fails_before_the_script_comes_is_reported() {
     tokio::time::pause();
     let mut h = Harness::start(config(1, 0, 1));
@@ -43,8 +43,6 @@ async fn a_start_that_fails_before_the_script_comes_is_reported() {
 /// engine reported the exit at once, or the actor was busy): the bootstrap did take the
 /// script, so it must not be run again in a replacement container.
 #[actix_rt::test]
-#[ignore = "bug: an exit seen before the ACK is taken for a container that died before \
-            accepting its script: the script is run again in a replacement"]
 async fn a_script_that_ends_before_its_ack_is_read_runs_once() {
     tokio::time::pause();
     let mut h = Harness::start(config(1, 0, 0));
