@@ -85,12 +85,14 @@ pub fn end_for_exit(exit: ScriptExit, duration_ms: u64) -> End {
             signal: None,
             duration_ms,
             message: String::new(),
+            usage: Default::default(),
         },
         ScriptExit::Signal(sig) => End {
             reason: EndReason::Signal,
             exit_code: killed_by(sig),
             signal: Some(sig),
             duration_ms,
+            usage: Default::default(),
             message: format!("killed by {}", describe_signal(sig)),
         },
     }

@@ -42,6 +42,7 @@ impl Session {
                 signal: None,
                 duration_ms: self.duration_ms(),
                 message: "probe: no script was run".into(),
+                usage: Default::default(),
             };
             return self.end_as(end, Outcome::Probe, ctx);
         }

@@ -335,6 +335,7 @@ impl Session {
             signal: None,
             duration_ms: self.duration_ms(),
             message,
+            usage: Default::default(),
         }
     }
 
@@ -356,6 +357,7 @@ impl Session {
                     "out of memory (limit {}); the script was killed",
                     format_size(self.cfg().sandbox.memory)
                 ),
+                usage: Default::default(),
             },
             Finished::Exited {
                 exact: Some(exit), ..

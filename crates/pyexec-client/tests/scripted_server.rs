@@ -153,6 +153,7 @@ fn end(reason: EndReason, exit_code: i32, signal: Option<i32>, message: &str) ->
         signal,
         duration_ms: 5,
         message: message.into(),
+        usage: Default::default(),
     })
 }
 

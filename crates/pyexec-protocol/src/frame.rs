@@ -206,6 +206,26 @@ pub struct End {
     /// Human-readable explanation; empty for a script that exited on its own.
     #[serde(default)]
     pub message: String,
+    /// What the script used (§4.5): absent fields are unknown.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// What a script used, reported in `END` (protocol §4.5). Each field is optional: a
+/// server that cannot tell (the container was killed whole, an older server) leaves it
+/// out, and clients that do not know the fields ignore them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time of the script and everything it started, user + system, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Peak memory of the script's container, in bytes (the sandbox's own interpreter,
+    /// about 10 MiB, included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// Bytes of stdout and stderr delivered to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
 }
 
 /// What went wrong when the script could not be run (or could not go on running).
@@ -504,6 +524,11 @@ mod tests {
                 signal: Some(9),
                 duration_ms: 1234,
                 message: "killed by signal 9 (SIGKILL)".into(),
+                usage: Usage {
+                    cpu_ms: Some(1020),
+                    peak_memory_bytes: Some(110 << 20),
+                    output_bytes: Some(6),
+                },
             }),
             Frame::Error(ErrorMsg::new(ErrorCode::Busy, "server busy")),
         ]
@@ -589,5 +614,33 @@ mod tests {
             Err(FrameError::TooLarge(_))
         ));
         assert!(buf.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_optional_both_ways() {
+        // An older server's END: no usage fields, all unknown.
+        let end: End = serde_json::from_str(
+            r#"{"reason":"exited","exit_code":0,"duration_ms":5,"message":""}"#,
+        )
+        .unwrap();
+        assert_eq!(end.usage, Usage::default());
+        // Unknown fields are left out of the JSON, not sent as null.
+        let json = serde_json::to_string(&end).unwrap();
+        assert!(!json.contains("cpu_ms") && !json.contains("null"), "{json}");
+        let end = End {
+            usage: Usage {
+                cpu_ms: Some(7),
+                ..Usage::default()
+            },
+            ..end
+        };
+        assert!(serde_json::to_string(&end)
+            .unwrap()
+            .contains(r#""cpu_ms":7"#));
     }
 }

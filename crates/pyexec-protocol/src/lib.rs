@@ -18,7 +18,7 @@ pub use codec::{CodecError, DataRun, FrameCodec};
 pub use exit::exit_code_for;
 pub use frame::{
     End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
-    Started, Welcome, HEADER_LEN,
+    Started, Usage, Welcome, HEADER_LEN,
 };
 
 /// The protocol version this build speaks. Sent in `HELLO` and `WELCOME`.
