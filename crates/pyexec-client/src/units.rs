@@ -2,6 +2,8 @@
 //! --timeout 90s`, `pyexecd --memory 256m`), in the server's messages and in `pyexec
 //! --version`. Durations: a plain number of seconds or a suffix (`500ms`, `90s`, `2m`,
 //! `1h`); sizes: bytes or a binary suffix (`64k`, `256m`, `1g`, also `MiB` style).
+//! Measured sizes, which are rarely round (`pyexec --stats`), are written to a tenth of
+//! their unit instead (`104.3 MiB`).
 
 use std::time::Duration;
 
@@ -79,6 +81,29 @@ pub fn format_size(n: u64) -> String {
     format!("{n} bytes")
 }
 
+/// Formats a measured byte count, to a tenth of the largest binary unit it reaches:
+/// `12 bytes`, `1 byte`, `3.5 KiB`, `104.3 MiB`, `1.0 GiB`. For a reader, not for the
+/// flags: unlike `format_size` it rounds.
+pub fn format_size_approx(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    match n {
+        1 => return "1 byte".into(),
+        0..1024 => return format!("{n} bytes"),
+        _ => {}
+    }
+    // The smallest unit whose rounded value stays under 1024 of it (1048575 bytes is
+    // "1.0 MiB", not "1024.0 KiB"); the largest unit however big the value.
+    let tenths = |scale: u64| (u128::from(n) * 10 + u128::from(scale) / 2) / u128::from(scale);
+    let (scale, unit) = UNITS
+        .iter()
+        .rev()
+        .copied()
+        .find(|&(scale, _)| tenths(scale) < 10240)
+        .unwrap_or(UNITS[0]);
+    let t = tenths(scale);
+    format!("{}.{} {unit}", t / 10, t % 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +149,25 @@ mod tests {
         assert!(parse_size("99999999999999999999g").is_err());
         assert_eq!(format_size(1 << 20), "1 MiB");
         assert_eq!(format_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn measured_sizes() {
+        for (n, text) in [
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (12, "12 bytes"),
+            (1023, "1023 bytes"),
+            (1024, "1.0 KiB"),
+            (3584, "3.5 KiB"),
+            ((1 << 20) - 1, "1.0 MiB"),
+            (109_366_477, "104.3 MiB"),
+            (256 << 20, "256.0 MiB"),
+            (1 << 30, "1.0 GiB"),
+            (5 << 40, "5120.0 GiB"),
+            (u64::MAX, "17179869184.0 GiB"),
+        ] {
+            assert_eq!(format_size_approx(n), text, "{n}");
+        }
     }
 }
