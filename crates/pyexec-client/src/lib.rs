@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use pyexec_protocol::{
-    exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Welcome, DATA_CHUNK,
+    exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Usage, Welcome, DATA_CHUNK,
     HEADER_LEN, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
 
@@ -102,6 +102,7 @@ pub struct Io<I, O, E> {
 /// How the session ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The server's `END`, with what the script used (`end.usage`, protocol §4.5).
     pub end: End,
     pub session: String,
     /// Our stdout was closed by its reader (EPIPE); the session was cancelled then.
@@ -118,6 +119,23 @@ impl Outcome {
             self.end.exit_code
         }
     }
+}
+
+/// What the script used, as `pyexec --stats` prints it (after its `pyexec: ` prefix):
+/// `cpu 1.02s, peak memory 104.3 MiB, output 12 bytes`. Always the three parts in this
+/// order; `?` stands for a value the server did not report (an older server, or one that
+/// could not tell, e.g. after killing the container on a timeout).
+pub fn describe_usage(usage: &Usage) -> String {
+    fn or_unknown(value: Option<u64>, format: impl Fn(u64) -> String) -> String {
+        value.map_or_else(|| "?".to_string(), format)
+    }
+    let duration = |ms| units::format_duration(Duration::from_millis(ms));
+    format!(
+        "cpu {}, peak memory {}, output {}",
+        or_unknown(usage.cpu_ms, duration),
+        or_unknown(usage.peak_memory_bytes, units::format_size_approx),
+        or_unknown(usage.output_bytes, units::format_size_approx),
+    )
 }
 
 /// Why the script could not be run (the CLI exits `exit::CANNOT_RUN`, 125, for all of
@@ -486,5 +504,31 @@ mod tests {
         assert_eq!(host_of("localhost"), None);
         assert_eq!(host_of(":12344"), None);
         assert_eq!(host_of("h:99999"), None);
+    }
+
+    #[test]
+    fn usage_lines() {
+        let usage = Usage {
+            cpu_ms: Some(1020),
+            peak_memory_bytes: Some(109_366_477),
+            output_bytes: Some(12),
+        };
+        assert_eq!(
+            describe_usage(&usage),
+            "cpu 1.02s, peak memory 104.3 MiB, output 12 bytes"
+        );
+        assert_eq!(
+            describe_usage(&Usage::default()),
+            "cpu ?, peak memory ?, output ?"
+        );
+        let usage = Usage {
+            cpu_ms: Some(7),
+            peak_memory_bytes: None,
+            output_bytes: Some(0),
+        };
+        assert_eq!(
+            describe_usage(&usage),
+            "cpu 7ms, peak memory ?, output 0 bytes"
+        );
     }
 }

@@ -17,8 +17,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use pyexec_protocol::exit;
 use pyexec_protocol::{
-    End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameType, Limits, Started, Welcome,
-    PROTOCOL_VERSION,
+    End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameType, Limits, Started, Usage,
+    Welcome, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
@@ -89,18 +89,24 @@ impl ScriptedServer {
 
     /// Runs `pyexec` on a one-line script against this server, stdin closed.
     fn run(self) -> Output {
+        self.run_with(&[])
+    }
+
+    /// The same, with these options before the script.
+    fn run_with(self, options: &[&str]) -> Output {
         let script = self.dir.path().join("job.py");
         std::fs::write(&script, "print('never run: the server is scripted')\n").unwrap();
-        let out = pyexec(&self.server, &self.ca(), &script);
+        let out = pyexec(&self.server, &self.ca(), options, &script);
         self.thread.join().expect("the scripted server failed");
         out
     }
 }
 
-fn pyexec(server: &str, ca: &Path, script: &Path) -> Output {
+fn pyexec(server: &str, ca: &Path, options: &[&str], script: &Path) -> Output {
     Command::new(PYEXEC)
         .args(["--server", server, "--ca"])
         .arg(ca)
+        .args(options)
         .arg(script)
         .stdin(Stdio::null())
         .output()
@@ -154,6 +160,20 @@ fn end(reason: EndReason, exit_code: i32, signal: Option<i32>, message: &str) ->
         duration_ms: 5,
         message: message.into(),
         usage: Default::default(),
+    })
+}
+
+fn end_with_usage(reason: EndReason, exit_code: i32, signal: Option<i32>, message: &str) -> Frame {
+    let Frame::End(end) = end(reason, exit_code, signal, message) else {
+        unreachable!()
+    };
+    Frame::End(End {
+        usage: Usage {
+            cpu_ms: Some(1020),
+            peak_memory_bytes: Some(109_366_477),
+            output_bytes: Some(12),
+        },
+        ..end
     })
 }
 
@@ -238,5 +258,115 @@ fn an_error_or_a_connection_closed_before_the_end_is_cannot_run() {
         stderr(&out).contains("closed the connection before the session ended"),
         "{}",
         stderr(&out)
+    );
+}
+
+// ---- --stats ----
+
+/// The stats line for `end_with_usage`.
+const STATS: &str = "pyexec: cpu 1.02s, peak memory 104.3 MiB, output 12 bytes\n";
+
+#[test]
+fn stats_prints_the_usage_in_end_on_one_stderr_line() {
+    // The fields as the server puts them in END's JSON (protocol §4.5).
+    let mut reply = encode(&[welcome(), started(), Frame::Stdout("out\n".into())]);
+    reply.extend(raw(
+        FrameType::End,
+        r#"{"reason":"exited","exit_code":0,"duration_ms":5,"message":"","cpu_ms":1020,"peak_memory_bytes":109366477,"output_bytes":12}"#,
+    ));
+    let out = ScriptedServer::start(reply).run_with(&["--stats"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(stderr(&out), STATS);
+}
+
+#[test]
+fn stats_marks_what_the_server_did_not_report() {
+    // An older server: no usage at all.
+    let out = ScriptedServer::start(encode(&[
+        welcome(),
+        started(),
+        end(EndReason::Exited, 0, None, ""),
+    ]))
+    .run_with(&["--stats"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "pyexec: cpu ?, peak memory ?, output ?\n");
+
+    // A container killed whole on a timeout: only what the daemon counted itself.
+    let mut reply = encode(&[welcome(), started()]);
+    reply.extend(raw(
+        FrameType::End,
+        r#"{"reason":"timeout","exit_code":124,"duration_ms":2000,"message":"session timed out after 2s","output_bytes":0}"#,
+    ));
+    let out = ScriptedServer::start(reply).run_with(&["--stats"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "pyexec: session timed out after 2s\npyexec: cpu ?, peak memory ?, output 0 bytes\n"
+    );
+}
+
+#[test]
+fn without_stats_nothing_is_printed_and_with_it_stdout_is_untouched() {
+    // Output that ends mid-line on both streams: the stats line starts a line of its own
+    // on stderr, and stdout is the same bytes with or without --stats.
+    let frames = || {
+        encode(&[
+            welcome(),
+            started(),
+            Frame::Stdout(b"\x00binary\r\nno newline".to_vec().into()),
+            Frame::Stderr("err, no newline".into()),
+            end_with_usage(EndReason::Exited, 2, None, ""),
+        ])
+    };
+    let plain = ScriptedServer::start(frames()).run();
+    assert_eq!(plain.status.code(), Some(2), "{}", stderr(&plain));
+    assert_eq!(stderr(&plain), "err, no newline");
+
+    let stats = ScriptedServer::start(frames()).run_with(&["--stats"]);
+    assert_eq!(stats.status.code(), Some(2), "{}", stderr(&stats));
+    assert_eq!(stats.stdout, plain.stdout);
+    assert_eq!(plain.stdout, b"\x00binary\r\nno newline");
+    assert_eq!(stderr(&stats), format!("err, no newline\n{STATS}"));
+}
+
+#[test]
+fn stats_comes_after_the_note_on_a_killed_script_and_quiet_keeps_it() {
+    let frames = || {
+        encode(&[
+            welcome(),
+            started(),
+            end_with_usage(
+                EndReason::Signal,
+                exit::killed_by(9),
+                Some(9),
+                "killed by signal 9 (SIGKILL)",
+            ),
+        ])
+    };
+    let out = ScriptedServer::start(frames()).run_with(&["--stats"]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!("pyexec: killed by signal 9 (SIGKILL)\n{STATS}")
+    );
+
+    // --quiet drops the note, not the line the user asked for.
+    let out = ScriptedServer::start(frames()).run_with(&["-q", "--stats"]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert_eq!(stderr(&out), STATS);
+}
+
+#[test]
+fn no_stats_line_when_the_script_could_not_run() {
+    let out = ScriptedServer::start(encode(&[Frame::Error(ErrorMsg::new(
+        ErrorCode::Busy,
+        "the server is busy (8 running, 32 queued)",
+    ))]))
+    .run_with(&["--stats"]);
+    assert_eq!(out.status.code(), Some(exit::CANNOT_RUN));
+    assert_eq!(
+        stderr(&out),
+        "pyexec: the server is busy (8 running, 32 queued)\n"
     );
 }

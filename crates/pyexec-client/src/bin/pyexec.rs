@@ -1,9 +1,10 @@
 //! `pyexec`: run a Python script on a pyexecd server as if it ran here.
 //!
 //! Everything on stdout and stderr is the script's, byte for byte, except pyexec's own
-//! messages: one line each on stderr, prefixed `pyexec: `. Those are of three kinds:
-//! errors (always printed; pyexec exits 125), notes (suppressed by `--quiet`) and the
-//! queue position, which is shown only on a terminal and cleared when the script starts.
+//! messages: one line each on stderr, prefixed `pyexec: `. Those are of four kinds:
+//! errors (always printed; pyexec exits 125), notes (suppressed by `--quiet`), the queue
+//! position, which is shown only on a terminal and cleared when the script starts, and
+//! the `--stats` line, printed only when asked for and then even with `--quiet`.
 
 #![deny(unsafe_code)]
 
@@ -35,6 +36,7 @@ Examples:
   echo 'print(2 + 2)' | pyexec -       read the script itself from stdin
   pyexec filter.py < in.csv > out.csv  stdin, stdout and stderr are the script's
   pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
+  pyexec --stats job.py                then one line on stderr: CPU time, peak memory, output
   pyexec --version                     this client's version and the server's
 
 'pyexec --help' shows more: mutual TLS, environment variables, the exit status table.";
@@ -48,6 +50,8 @@ Examples:
   pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
   pyexec -q job.py 2> job.err          job.err gets the script's stderr and nothing else
                                        (unless pyexec itself fails: exit status 125)
+  pyexec --stats job.py                after the script, on stderr:
+                                       pyexec: cpu 1.02s, peak memory 104.3 MiB, output 12 bytes
   pyexec --server build1:12344 --ca ca.pem job.py
                                        a server elsewhere, trusting its CA
   pyexec --cert me.pem --key me.key job.py
@@ -76,7 +80,8 @@ Interaction:
 Output:
   The script's stdout and stderr go to pyexec's stdout and stderr byte for byte, never
   mixed. pyexec's own messages go to stderr only, one line each, prefixed 'pyexec: '.
-  --quiet leaves only the errors that make pyexec exit with 125.
+  --quiet leaves only the errors that make pyexec exit with 125, and the --stats line
+  when --stats asks for it.
 
 Exit status:
   N        the script's own (sys.exit(N); an uncaught exception gives 1)
@@ -171,10 +176,26 @@ struct Args {
     ///   - the "reading the script from the terminal" hint of `pyexec -`;
     ///   - the "cannot reach server" line of --version.
     ///
-    /// Never suppressed: the script's own output, and every error that makes pyexec
-    /// exit with 125 (one line on stderr, prefixed 'pyexec: ').
+    /// Never suppressed: the script's own output, every error that makes pyexec
+    /// exit with 125 (one line on stderr, prefixed 'pyexec: '), and the --stats line.
     #[arg(short, long, verbatim_doc_comment)]
     quiet: bool,
+    /// After the session, print what the script used on one line on stderr.
+    ///
+    ///   pyexec: cpu 1.02s, peak memory 104.3 MiB, output 12 bytes
+    ///
+    /// cpu: CPU time (user + system) of the script and everything it started;
+    /// peak memory: the container's peak, the sandbox's own interpreter (~10 MiB)
+    /// included; output: the bytes of stdout and stderr delivered. All three as the
+    /// server measured them. A '?' stands for a value the server did not report (an
+    /// older server, or a container killed whole, e.g. on a timeout).
+    ///
+    /// Printed whenever the session got to its end, whatever the script's fate (an
+    /// error, a signal, a timeout, out of memory), after pyexec's note on that fate;
+    /// not when the script could not be run (exit status 125). --quiet does not hide
+    /// it. Stdout is never touched.
+    #[arg(long, verbatim_doc_comment)]
+    stats: bool,
     /// Print pyexec's version, then ask the server for its own.
     ///
     /// Prints `pyexec <version>`, then on a second line
@@ -314,12 +335,22 @@ impl Messages {
     /// A note: suppressed by `--quiet`.
     fn note(&self, message: impl Display) {
         if !self.quiet {
-            self.error(message);
+            self.always(message);
         }
     }
 
     /// An error (pyexec exits 125): always printed, on a line of its own.
     fn error(&self, message: impl Display) {
+        self.always(message);
+    }
+
+    /// A line the user asked for (`--stats`): printed even with `--quiet`.
+    fn asked_for(&self, message: impl Display) {
+        self.always(message);
+    }
+
+    /// Any message: on a line of its own, after erasing the queue line.
+    fn always(&self, message: impl Display) {
         self.over();
         if std::mem::take(&mut self.lock().mid_line) {
             let _ = std::io::stderr().lock().write_all(b"\n");
@@ -506,7 +537,7 @@ fn main() {
     // (main) thread, and every hand-over between it and the tasks it spawns on the
     // worker would cost a thread wake-up, two per line of an echo.
     let code = rt
-        .block_on(rt.spawn(session(cfg, request, from_stdin, messages)))
+        .block_on(rt.spawn(session(cfg, request, from_stdin, args.stats, messages)))
         .unwrap_or(exit::CANNOT_RUN);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -573,6 +604,7 @@ async fn session(
     cfg: ClientConfig,
     request: Request,
     script_from_stdin: bool,
+    stats: bool,
     messages: Arc<Messages>,
 ) -> i32 {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -631,6 +663,9 @@ async fn session(
             };
             if !self_evident && !end.message.is_empty() {
                 messages.note(&end.message);
+            }
+            if stats {
+                messages.asked_for(client::describe_usage(&end.usage));
             }
             outcome.exit_code()
         }
