@@ -11,11 +11,14 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import unittest
 
-from _support import WAIT, daemon
+from _support import SRC, WAIT, daemon
 import pyexec_client as px
 from pyexec_client import _wire as w
 
@@ -169,6 +172,64 @@ class FakeServerTests(unittest.TestCase):
 
         r = self.session(self.serve(handler)).wait(WAIT)
         self.assertEqual((r.reason, r.exit_code, r.session, r.welcome), ("timeout", 124, None, None))
+
+    # --- what the script used (§4.5) ------------------------------------------------
+
+    USAGE = {"cpu_ms": 1020, "peak_memory_bytes": 109366477, "output_bytes": 12}
+
+    def ending_with(self, end, stdout=b"", stderr=b""):
+        """A handler: WELCOME, STARTED, the output, then `end`."""
+
+        def handler(c):
+            c.read_hello_and_script()
+            c.send(w.WELCOME, welcome())
+            c.send(w.STARTED, {"queued_ms": 0, "start_ms": 1, "warm": True})
+            if stdout:
+                c.send(w.STDOUT, stdout)
+            if stderr:
+                c.send(w.STDERR, stderr)
+            c.send(w.END, end)
+            close_notify(c)
+
+        return handler
+
+    def test_result_carries_the_usage_in_end(self):
+        end = dict(reason="exited", exit_code=0, duration_ms=5, message="", **self.USAGE)
+        r = self.session(self.serve(self.ending_with(end))).wait(WAIT)
+        self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (1020, 109366477, 12))
+        end = {"reason": "timeout", "exit_code": 124, "duration_ms": 5, "message": "m"}
+        r = self.session(self.serve(self.ending_with(end))).wait(WAIT)
+        self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (None, None, None))
+
+    def cli(self, server, *options):
+        """`python -m pyexec_client` on a throwaway script against `server`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            script = os.path.join(tmp, "job.py")
+            with open(script, "w") as f:
+                f.write("print('never run: the server is scripted')\n")
+            command = [sys.executable, "-m", "pyexec_client", "--server", server.address, "--ca", _CA]
+            return subprocess.run(
+                command + list(options) + [script],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=dict(os.environ, PYTHONPATH=SRC),
+                timeout=WAIT,
+            )
+
+    def test_cli_stats_line_and_nothing_else(self):
+        stats = b"pyexec: cpu 1.02s, peak memory 104.3 MiB, output 12 bytes\n"
+        end = dict(reason="exited", exit_code=3, duration_ms=5, message="", **self.USAGE)
+        plain = self.cli(self.serve(self.ending_with(end, b"\0out\r\n", b"err\n")))
+        self.assertEqual((plain.returncode, plain.stdout, plain.stderr), (3, b"\0out\r\n", b"err\n"))
+        p = self.cli(self.serve(self.ending_with(end, b"\0out\r\n", b"err\n")), "--stats")
+        self.assertEqual((p.returncode, p.stdout, p.stderr), (3, plain.stdout, b"err\n" + stats))
+        # A server that did not say: the marker, after the note on how the session ended.
+        end = {"reason": "timeout", "exit_code": 124, "duration_ms": 5, "message": "session timed out after 1s"}
+        p = self.cli(self.serve(self.ending_with(end)), "--stats")
+        self.assertEqual(p.returncode, 124, p.stderr)
+        self.assertEqual(
+            p.stderr, b"pyexec: session timed out after 1s\npyexec: cpu ?, peak memory ?, output ?\n"
+        )
 
     # --- failures: outcome unknown --------------------------------------------------
 

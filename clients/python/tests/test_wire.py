@@ -1,4 +1,5 @@
-"""Offline tests of the frame layer and address parsing: no server needed."""
+"""Offline tests of the frame layer, END's parsing, address parsing and the CLI's
+--stats line: no server needed."""
 
 import struct
 import unittest
@@ -6,6 +7,8 @@ import unittest
 import _support  # noqa: F401  (puts src/ on sys.path)
 from pyexec_client import _wire as w
 from pyexec_client import errors
+from pyexec_client.__main__ import describe_usage, format_size_approx
+from pyexec_client.session import Result, _parse_end
 from pyexec_client._tls import split_server
 
 
@@ -62,6 +65,59 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(w.parse_credit(b"\0\0\1\0"), 256)
         with self.assertRaises(errors.ProtocolError):
             w.parse_credit(b"\0\0\1")
+
+
+class EndTests(unittest.TestCase):
+    OLD = b'{"reason":"exited","exit_code":0,"duration_ms":5,"message":""}'
+
+    def test_without_usage_the_fields_are_none(self):
+        # An older server's END, or one that could not tell.
+        r = _parse_end(self.OLD, session="7")
+        self.assertEqual((r.reason, r.exit_code, r.duration_ms, r.session), ("exited", 0, 5, "7"))
+        self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (None, None, None))
+
+    def test_usage_fields(self):
+        r = _parse_end(
+            b'{"reason":"signal","exit_code":137,"signal":9,"duration_ms":1234,'
+            b'"message":"killed by signal 9 (SIGKILL)",'
+            b'"cpu_ms":1020,"peak_memory_bytes":115343360,"output_bytes":6}'
+        )
+        self.assertEqual((r.reason, r.exit_code, r.signal), ("signal", 137, 9))
+        self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (1020, 115343360, 6))
+        # Each one on its own; null reads as left out, as the Rust client reads it.
+        r = _parse_end(self.OLD[:-1] + b',"output_bytes":0,"cpu_ms":null}')
+        self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (None, None, 0))
+
+    def test_bad_usage_values_are_protocol_errors(self):
+        for bad in ('"1"', "1.5", "true", "-1", str(1 << 64)):
+            with self.subTest(bad), self.assertRaises(errors.ProtocolError):
+                _parse_end(self.OLD[:-1] + b',"cpu_ms":' + bad.encode() + b"}")
+
+    def test_stats_line(self):
+        r = Result("exited", 0, 5, cpu_ms=1020, peak_memory_bytes=109366477, output_bytes=12)
+        self.assertEqual(describe_usage(r), "cpu 1.02s, peak memory 104.3 MiB, output 12 bytes")
+        self.assertEqual(describe_usage(Result("timeout", 124, 5)), "cpu ?, peak memory ?, output ?")
+        r = Result("exited", 0, 5, cpu_ms=7, output_bytes=0)
+        self.assertEqual(describe_usage(r), "cpu 7ms, peak memory ?, output 0 bytes")
+        self.assertEqual(describe_usage(Result("exited", 0, 5, cpu_ms=60000)).split(",")[0], "cpu 60s")
+
+    def test_sizes_as_pyexec_writes_them(self):
+        # The same table as crates/pyexec-client/src/units.rs, measured_sizes.
+        for n, text in [
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (12, "12 bytes"),
+            (1023, "1023 bytes"),
+            (1024, "1.0 KiB"),
+            (3584, "3.5 KiB"),
+            ((1 << 20) - 1, "1.0 MiB"),
+            (109366477, "104.3 MiB"),
+            (256 << 20, "256.0 MiB"),
+            (1 << 30, "1.0 GiB"),
+            (5 << 40, "5120.0 GiB"),
+            ((1 << 64) - 1, "17179869184.0 GiB"),
+        ]:
+            self.assertEqual(format_size_approx(n), text, n)
 
 
 class ErrorMappingTests(unittest.TestCase):

@@ -1,10 +1,10 @@
-"""`python -m pyexec_client [--server HOST:PORT] [--ca FILE] SCRIPT [ARGS...]`
+"""`python -m pyexec_client [--server HOST:PORT] [--ca FILE] [--stats] SCRIPT [ARGS...]`
 
 A small twin of the `pyexec` CLI: the script's stdout and stderr go to ours byte for byte,
 our stdin goes to the script live, Ctrl-C sends SIGINT (a second one cancels, a third
 gives up locally), and the exit status is the server's END.exit_code, or 125 when the
 script could not be run (docs/protocol.md §9). Our own messages go to stderr, prefixed
-"pyexec:".
+"pyexec:". `--stats` adds pyexec's line on what the script used, in the same format.
 """
 
 import argparse
@@ -37,6 +37,44 @@ def _say(text):
     sys.stderr.flush()
 
 
+def format_duration(ms):
+    """As `pyexec` writes durations, to the millisecond: 0s, 7ms, 1.02s, 60s."""
+    if ms % 1000 == 0:
+        return "%ds" % (ms // 1000)
+    if ms < 1000:
+        return "%dms" % ms
+    return "%s.%ss" % (ms // 1000, ("%03d" % (ms % 1000)).rstrip("0"))
+
+
+def format_size_approx(n):
+    """As `pyexec` writes measured sizes: 12 bytes, 1 byte, 3.5 KiB, 104.3 MiB, 1.0 GiB
+    (a tenth of the largest unit reached, never 1024.0 of a smaller one)."""
+    if n == 1:
+        return "1 byte"
+    if n < 1024:
+        return "%d bytes" % n
+    units = ((1 << 10, "KiB"), (1 << 20, "MiB"), (1 << 30, "GiB"))
+    for scale, unit in units:
+        tenths = (n * 10 + scale // 2) // scale
+        if tenths < 10240 or unit == "GiB":
+            return "%d.%d %s" % (tenths // 10, tenths % 10, unit)
+
+
+def describe_usage(result):
+    """The --stats line, without its "pyexec: " prefix, the same as `pyexec --stats`:
+    "cpu 1.02s, peak memory 104.3 MiB, output 12 bytes", "?" for what the server did
+    not report."""
+
+    def part(value, fmt):
+        return "?" if value is None else fmt(value)
+
+    return "cpu %s, peak memory %s, output %s" % (
+        part(result.cpu_ms, format_duration),
+        part(result.peak_memory_bytes, format_size_approx),
+        part(result.output_bytes, format_size_approx),
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m pyexec_client",
@@ -47,6 +85,10 @@ def main(argv=None):
                         "(default: $PYEXEC_CA, else certs/ca.pem)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="T",
                         help="seconds for connecting plus the TLS handshake (default 10)")
+    parser.add_argument("--stats", action="store_true",
+                        help="after the session, one line on stderr with what the script "
+                        "used: CPU time, peak memory, output ('?' where the server did not "
+                        "say); not when the script could not run")
     parser.add_argument("script", metavar="SCRIPT", help="the script; - reads it from stdin")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                         help="become sys.argv[1:] (everything after SCRIPT)")
@@ -144,10 +186,12 @@ def main(argv=None):
     except PyexecError as e:
         _say(str(e))
         return EXIT_COULD_NOT_RUN
+    if result.message and result.reason not in ("exited", "signal") and not broken_pipe:
+        _say(result.message)
+    if opts.stats:
+        _say(describe_usage(result))
     if broken_pipe:
         return EXIT_BROKEN_PIPE
-    if result.message and result.reason not in ("exited", "signal"):
-        _say(result.message)
     return result.exit_code
 
 

@@ -95,6 +95,15 @@ class Result:
     `exit_code` is what a client should exit with (§9), for every `reason`, known or not.
     `signal` is set only for reason "signal" (and "oom": 9). `stdout`/`stderr` are empty
     unless the session captured them (`run()` does).
+
+    What the script used, as the server measured it, for every `reason`; each is None
+    when the server did not report it (an older server, or a container killed whole,
+    e.g. on a timeout):
+
+    * `cpu_ms`: CPU time of the script and everything it started, user + system, in ms;
+    * `peak_memory_bytes`: the container's peak memory, the sandbox's own interpreter
+      (about 10 MiB) included;
+    * `output_bytes`: the bytes of stdout and stderr delivered.
     """
 
     reason: str
@@ -107,6 +116,9 @@ class Result:
     stderr: bytes = b""
     started: Optional[Started] = None
     welcome: Optional[Welcome] = field(default=None, repr=False)
+    cpu_ms: Optional[int] = None
+    peak_memory_bytes: Optional[int] = None
+    output_bytes: Optional[int] = None
 
     @property
     def ok(self):
@@ -458,14 +470,8 @@ class Session:
             self.queue_position = None
             self._emit(self.started)
         elif ftype == w.END:
-            obj = w.parse_json(payload, "END")
-            signum = w.field(obj, "signal", "int", "END", default=None)
-            self._result = Result(
-                reason=w.field(obj, "reason", "str", "END"),
-                exit_code=w.field(obj, "exit_code", "int", "END"),
-                duration_ms=w.field(obj, "duration_ms", "int", "END"),
-                message=w.field(obj, "message", "str", "END", default=""),
-                signal=signum,
+            self._result = _parse_end(
+                payload,
                 session=self._session_id(),
                 stdout=bytes(self._out),
                 stderr=bytes(self._err),
@@ -596,6 +602,35 @@ def run(
             result=partial,
             session=session._session_id(),
         )
+
+
+#: END's optional counts of what the script used (§4.5), as named on the wire and in Result.
+_USAGE_FIELDS = ("cpu_ms", "peak_memory_bytes", "output_bytes")
+
+
+def _parse_end(payload, **context):
+    """END (§4.5) as a Result; `context` fills the fields that do not come from END."""
+    obj = w.parse_json(payload, "END")
+    usage = {name: _optional_u64(obj, name, "END") for name in _USAGE_FIELDS}
+    return Result(
+        reason=w.field(obj, "reason", "str", "END"),
+        exit_code=w.field(obj, "exit_code", "int", "END"),
+        duration_ms=w.field(obj, "duration_ms", "int", "END"),
+        message=w.field(obj, "message", "str", "END", default=""),
+        signal=w.field(obj, "signal", "int", "END", default=None),
+        **usage,
+        **context,
+    )
+
+
+def _optional_u64(obj, name, what):
+    """An optional u64 field: None when left out (or null, as the Rust client reads it)."""
+    if obj.get(name) is None:
+        return None
+    value = w.field(obj, name, "int", what)
+    if not 0 <= value < 1 << 64:
+        raise ProtocolError("%s field %r is out of range: %r" % (what, name, value))
+    return value
 
 
 def _parse_welcome(payload):
