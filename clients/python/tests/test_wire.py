@@ -88,6 +88,13 @@ class EndTests(unittest.TestCase):
         r = _parse_end(self.OLD[:-1] + b',"output_bytes":0,"cpu_ms":null}')
         self.assertEqual((r.cpu_ms, r.peak_memory_bytes, r.output_bytes), (None, None, 0))
 
+    def test_a_null_signal_is_left_out(self):
+        # §4 lists END.signal among the fields where null is accepted.
+        r = _parse_end(b'{"reason":"exited","exit_code":0,"signal":null,"duration_ms":5}')
+        self.assertIsNone(r.signal)
+        with self.assertRaises(errors.ProtocolError):
+            _parse_end(b'{"reason":"signal","exit_code":137,"signal":"9","duration_ms":5}')
+
     def test_bad_usage_values_are_protocol_errors(self):
         for bad in ('"1"', "1.5", "true", "-1", str(1 << 64)):
             with self.subTest(bad), self.assertRaises(errors.ProtocolError):

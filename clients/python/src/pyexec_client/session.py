@@ -617,7 +617,8 @@ def _parse_end(payload, **context):
         exit_code=w.field(obj, "exit_code", "int", "END"),
         duration_ms=w.field(obj, "duration_ms", "int", "END"),
         message=w.field(obj, "message", "str", "END", default=""),
-        signal=w.field(obj, "signal", "int", "END", default=None),
+        # §4: null is accepted for END.signal, and means left out.
+        signal=None if obj.get("signal") is None else w.field(obj, "signal", "int", "END"),
         **usage,
         **context,
     )
