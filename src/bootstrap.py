@@ -16,7 +16,8 @@
 #     because the script's exceptions propagate out of this program into the
 #     interpreter's own handling; the one frame this program adds is cut from tracebacks.
 # The parent forwards signals to the child, waits for it, and writes a trailer, the nonce
-# followed by b"E" + exit status or b"S" + signal number, to stdout and to stderr. The
+# followed by b"E" + exit status or b"S" + signal number, then the script's CPU time (µs)
+# and the container's peak memory (bytes) read from its cgroup, to stdout and stderr. The
 # server ends the session on seeing it on both streams: Docker reports a container's exit
 # tens of milliseconds after the fact, the trailer is there at once, and each stream being
 # in order, everything the script wrote comes before it.
@@ -80,6 +81,32 @@ def _forward(sig, frame):
 
 for _sig in _FORWARDED:
     _signal.signal(_sig, _forward)
+
+# What the script uses, from the container's cgroup (v1, else v2): the CPU time of every
+# process in it, and its peak memory. Read by the parent only; None when unreadable.
+def _cgroup_number(path, key=None):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            words = os.read(fd, 4096).split()
+        finally:
+            os.close(fd)
+        return int(words[words.index(key) + 1] if key else words[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+def _cpu_ns():
+    ns = _cgroup_number("/sys/fs/cgroup/cpuacct/cpuacct.usage")
+    if ns is None:
+        us = _cgroup_number("/sys/fs/cgroup/cpu.stat", b"usage_usec")
+        ns = None if us is None else us * 1000
+    return ns
+
+def _peak_memory():
+    peak = _cgroup_number("/sys/fs/cgroup/memory/memory.max_usage_in_bytes")
+    return _cgroup_number("/sys/fs/cgroup/memory.peak") if peak is None else peak
+
+_cpu_at_start = _cpu_ns()
 import gc
 gc.freeze()
 del sys.modules["gc"], gc
@@ -97,7 +124,13 @@ if _child:
     else:
         _kind, _value = b"E", os.WEXITSTATUS(_status)
         _code = _value
-    _trailer = _nonce + _kind + bytes([_value & 0xFF])
+    # The trailer: nonce, E/S + status or signal, then the CPU time in µs and the peak
+    # memory in bytes (u64 big-endian each, all ones when unknown).
+    _cpu_now, _unknown = _cpu_ns(), (1 << 64) - 1
+    _cpu_us = _unknown if None in (_cpu_at_start, _cpu_now) else (_cpu_now - _cpu_at_start) // 1000
+    _peak = _peak_memory()
+    _trailer = (_nonce + _kind + bytes([_value & 0xFF]) + _cpu_us.to_bytes(8, "big")
+                + (_unknown if _peak is None else _peak).to_bytes(8, "big"))
     for _fd in (1, 2):
         try:
             os.write(_fd, _trailer)
@@ -143,4 +176,5 @@ _main.__loader__ = SourceFileLoader("__main__", _path)
 sys.modules["__main__"] = _main
 _code = compile(_script, _path, "exec", dont_inherit=True)
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
+del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start
 exec(_code, _main.__dict__)

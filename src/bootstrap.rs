@@ -1,7 +1,8 @@
 //! The bootstrap's wire format, both ways: the one request the in-container bootstrap
 //! (`src/bootstrap.py`) reads from stdin, the ACK byte it answers with, and the trailer
-//! (a per-session nonce, then `E` + status or `S` + signal) it writes on both streams when
-//! the script ends. Pure, but for `hand_over`, which speaks it over the attach streams.
+//! (a per-session nonce, then `E` + status or `S` + signal, then the script's CPU time and
+//! peak memory) it writes on both streams when the script ends. Pure, but for `hand_over`,
+//! which speaks it over the attach streams.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -16,6 +17,20 @@ pub enum ScriptExit {
     Code(i32),
     Signal(i32),
 }
+
+/// Everything a trailer says: how the script ended, and what it used according to the
+/// container's cgroup (`None` where the bootstrap could not read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptEnd {
+    pub exit: ScriptExit,
+    /// CPU time of every process in the container since the script was received, µs.
+    pub cpu_us: Option<u64>,
+    /// The container's peak memory, bytes.
+    pub peak_memory: Option<u64>,
+}
+
+/// A whole trailer: the nonce, `E`/`S` and its byte, then two u64 (CPU µs, peak bytes).
+pub const TRAILER_LEN: usize = NONCE_LEN + 2 + 8 + 8;
 
 /// Length of the nonce that marks the bootstrap's end-of-script trailer.
 pub const NONCE_LEN: usize = 16;
@@ -120,8 +135,8 @@ pub async fn hand_over(
 /// within one engine frame, but a frame boundary may still cut it (see `partial_tail`).
 pub struct Trailers {
     finder: memchr::memmem::Finder<'static>,
-    stdout: Option<ScriptExit>,
-    stderr: Option<ScriptExit>,
+    stdout: Option<ScriptEnd>,
+    stderr: Option<ScriptEnd>,
 }
 
 impl Trailers {
@@ -133,31 +148,42 @@ impl Trailers {
         }
     }
 
-    /// Where the trailer starts in `data`, and what it says.
-    pub fn find(&self, data: &[u8]) -> Option<(usize, ScriptExit)> {
+    /// Where the trailer starts in `data`, and what it says; `None` until all of it is
+    /// there (a cut trailer's start is held back by the pump, see `partial_tail`).
+    pub fn find(&self, data: &[u8]) -> Option<(usize, ScriptEnd)> {
         let at = self.finder.find(data)?;
-        let exit = match data.get(at + NONCE_LEN..at + NONCE_LEN + 2)? {
-            [b'E', code] => ScriptExit::Code(*code as i32),
-            [b'S', sig] => ScriptExit::Signal(*sig as i32),
+        let body = data.get(at + NONCE_LEN..at + TRAILER_LEN)?;
+        let exit = match body[..2] {
+            [b'E', code] => ScriptExit::Code(code as i32),
+            [b'S', sig] => ScriptExit::Signal(sig as i32),
             _ => return None,
         };
-        Some((at, exit))
+        let number = |bytes: &[u8]| match u64::from_be_bytes(bytes.try_into().expect("8 bytes")) {
+            u64::MAX => None,
+            n => Some(n),
+        };
+        Some((
+            at,
+            ScriptEnd {
+                exit,
+                cpu_us: number(&body[2..10]),
+                peak_memory: number(&body[10..18]),
+            },
+        ))
     }
 
     /// How many bytes at the end of `data` could be the start of a trailer cut in two
     /// (the longest such suffix; 0 when none is).
     pub fn partial_tail(&self, data: &[u8]) -> usize {
         let nonce = self.finder.needle();
-        let longest = (NONCE_LEN + 1).min(data.len());
+        let longest = (TRAILER_LEN - 1).min(data.len());
         (1..=longest)
             .rev()
             .find(|&k| {
                 let tail = &data[data.len() - k..];
-                if k <= NONCE_LEN {
-                    tail == &nonce[..k]
-                } else {
-                    tail[..NONCE_LEN] == *nonce && matches!(tail[NONCE_LEN], b'E' | b'S')
-                }
+                let n = k.min(NONCE_LEN);
+                tail[..n] == nonce[..n]
+                    && (k <= NONCE_LEN || matches!(tail[NONCE_LEN], b'E' | b'S'))
             })
             .unwrap_or(0)
     }
@@ -172,11 +198,11 @@ impl Trailers {
     }
 
     /// Notes a trailer on one stream; returns the script's end once both have one.
-    pub fn record(&mut self, stderr: bool, exit: ScriptExit) -> Option<ScriptExit> {
+    pub fn record(&mut self, stderr: bool, end: ScriptEnd) -> Option<ScriptEnd> {
         if stderr {
-            self.stderr = Some(exit);
+            self.stderr = Some(end);
         } else {
-            self.stdout = Some(exit);
+            self.stdout = Some(end);
         }
         self.stdout.and(self.stderr)
     }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bootstrap::NONCE_LEN;
 use crate::client_limits::Refusal;
 use crate::engine::EngineError;
-use crate::protocol::Frame;
+use crate::protocol::{Frame, Usage};
 use crate::stdin_queue::StdinQueue;
 
 // ---- Shared vocabulary ------------------------------------------------------------------
@@ -75,6 +75,8 @@ pub enum Finished {
         exact: Option<ScriptExit>,
         /// The kernel's OOM killer fired in the container.
         oom: bool,
+        /// What it used (protocol §4.5).
+        usage: Usage,
     },
     /// The server stopped the script, and why.
     Killed(KillCause),

@@ -106,6 +106,11 @@ pub struct PoolUse {
     pub hit: bool,
 }
 
+/// What a script used, as its END reports it: for the per-session histograms.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ScriptUsage(pub crate::protocol::Usage);
+
 /// SIGNAL frames a session dropped over its rate limit (protocol §7), sent once at its end.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -274,6 +279,8 @@ struct Metrics {
     bytes_out: Counter,
     container_start: Histogram,
     first_output: Histogram,
+    script_cpu: Histogram,
+    script_memory: Histogram,
     docker_up: Gauge,
     capacity: Family<LimitLabels, Gauge>,
 }
@@ -299,6 +306,9 @@ impl Metrics {
             bytes_out: bytes.bytes_out.clone(),
             container_start: latency(),
             first_output: latency(),
+            // 1 ms to ~65 s of CPU; 4 MiB to 16 GiB of memory.
+            script_cpu: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            script_memory: Histogram::new(exponential_buckets(4.0 * 1024.0 * 1024.0, 2.0, 13)),
             docker_up: Gauge::default(),
             capacity: Family::default(),
         };
@@ -381,6 +391,18 @@ impl Metrics {
             "From accepting a connection to the script's first output byte",
             Unit::Seconds,
             m.first_output.clone(),
+        );
+        r.register_with_unit(
+            "script_cpu",
+            "CPU time (user + system) of each script that ended on its own, from its cgroup",
+            Unit::Seconds,
+            m.script_cpu.clone(),
+        );
+        r.register_with_unit(
+            "script_peak_memory",
+            "Peak memory of each script's container, from its cgroup",
+            Unit::Bytes,
+            m.script_memory.clone(),
         );
         r.register(
             "docker_up",
@@ -546,6 +568,18 @@ impl Handler<FirstOutput> for Status {
     type Result = ();
     fn handle(&mut self, msg: FirstOutput, _: &mut Context<Self>) {
         self.metrics.first_output.observe(msg.latency.as_secs_f64());
+    }
+}
+
+impl Handler<ScriptUsage> for Status {
+    type Result = ();
+    fn handle(&mut self, ScriptUsage(usage): ScriptUsage, _: &mut Context<Self>) {
+        if let Some(ms) = usage.cpu_ms {
+            self.metrics.script_cpu.observe(ms as f64 / 1000.0);
+        }
+        if let Some(bytes) = usage.peak_memory_bytes {
+            self.metrics.script_memory.observe(bytes as f64);
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod pumps;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::bootstrap::{hand_over, Trailers};
+use crate::bootstrap::{hand_over, ScriptEnd, Trailers};
 use crate::engine::{
     EngineError, InputSink, LaunchFailed, Launched, Output, OutputStream, SharedEngine,
 };
@@ -29,10 +30,10 @@ use crate::messages::{
     ContainerEvent, ContainerFailure, ContainerGone, ContainerHandle, ContainerReady, Finished,
     Kill, KillCause, Orphaned, Run, ScriptExit, Signal,
 };
-use crate::protocol::{Frame, Started};
+use crate::protocol::{Frame, Started, Usage};
 use crate::sandbox::SandboxSpec;
 use crate::status::ByteCounters;
-use pumps::{pump_output, pump_stdin, PumpEnd};
+use pumps::{pump_output, pump_stdin, PumpEnd, Sent};
 
 /// After a kill, output still on its way is forwarded for this long at most. Past it the
 /// attach connection is closed: Docker does not report a container's exit while its copy
@@ -148,6 +149,10 @@ pub struct ContainerActor {
     status: Option<i64>,
     exact: Option<ScriptExit>,
     failure: Option<ContainerFailure>,
+    /// What the bootstrap's trailer said the script used.
+    measured: Option<ScriptEnd>,
+    /// Output bytes the pump has handed to the session.
+    delivered: Arc<AtomicU64>,
     output_done: bool,
     wait: Option<SpawnHandle>,
     pump: Option<SpawnHandle>,
@@ -179,6 +184,8 @@ impl ContainerActor {
             status: None,
             exact: None,
             failure: None,
+            measured: None,
+            delivered: Arc::new(AtomicU64::new(0)),
             output_done: false,
             wait: None,
             pump: None,
@@ -347,10 +354,13 @@ impl ContainerActor {
             Box::pin(output),
             run.output,
             self.exited_tx.subscribe(),
-            run.output_limit,
             Trailers::new(&run.nonce),
-            self.events.clone(),
-            self.deps.bytes.clone(),
+            Sent::new(
+                run.output_limit,
+                self.events.clone(),
+                self.deps.bytes.clone(),
+                self.delivered.clone(),
+            ),
         );
         self.pump = Some(
             ctx.spawn(
@@ -405,8 +415,12 @@ impl ContainerActor {
             PumpEnd::Eof | PumpEnd::Drained => {}
             // Death by SIGKILL may be the OOM killer: only the engine can tell, once the
             // container has exited, so that case takes the slow path.
-            PumpEnd::Trailer(ScriptExit::Signal(9)) => {}
-            PumpEnd::Trailer(exit) => {
+            PumpEnd::Trailer(end) if end.exit == ScriptExit::Signal(9) => {
+                self.measured = Some(end);
+            }
+            PumpEnd::Trailer(end) => {
+                self.measured = Some(end);
+                let exit = end.exit;
                 self.exact = Some(exit);
                 self.status = Some(match exit {
                     ScriptExit::Code(c) => c as i64,
@@ -539,6 +553,16 @@ impl ContainerActor {
         }
     }
 
+    /// What the script used: the bootstrap's cgroup readings (none when the container
+    /// ended without its trailer) and the output the pump delivered.
+    fn usage(&self) -> Usage {
+        Usage {
+            cpu_ms: self.measured.and_then(|m| m.cpu_us).map(|us| us / 1000),
+            peak_memory_bytes: self.measured.and_then(|m| m.peak_memory),
+            output_bytes: Some(self.delivered.load(Ordering::Relaxed)),
+        }
+    }
+
     /// What the session is told: an engine failure before the script's end was known
     /// wins over a kill asked for meanwhile; a kill wins over the status it caused.
     fn outcome(&self, oom: bool) -> Finished {
@@ -549,6 +573,7 @@ impl ContainerActor {
                 status,
                 exact: self.exact,
                 oom,
+                usage: self.usage(),
             },
             (None, None, None) => Finished::Unknown,
         }

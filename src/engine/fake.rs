@@ -36,6 +36,10 @@ use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Output};
 use crate::bootstrap::{ACK, NONCE_LEN};
 use crate::sandbox::SandboxSpec;
 
+/// What every fake script's trailer says it used: 2.5 ms of CPU, 12 MiB at the peak.
+pub(crate) const FAKE_CPU_US: u64 = 2500;
+pub(crate) const FAKE_PEAK_MEMORY: u64 = 12 << 20;
+
 /// What the fake engine was asked, and what is left of its containers.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FakeState {
@@ -490,6 +494,8 @@ impl Process {
         };
         let mut trailer = nonce.to_vec();
         trailer.extend_from_slice(&[kind, value]);
+        trailer.extend_from_slice(&FAKE_CPU_US.to_be_bytes());
+        trailer.extend_from_slice(&FAKE_PEAK_MEMORY.to_be_bytes());
         self.write(false, trailer.clone());
         self.write(true, trailer);
         status
@@ -575,7 +581,12 @@ mod tests {
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         let status = engine.wait(&id).await.unwrap();
         engine.remove(&id).await.unwrap();
-        (text(&out[..at_out]), text(&err[..at_err]), exit, status)
+        (
+            text(&out[..at_out]),
+            text(&err[..at_err]),
+            exit.exit,
+            status,
+        )
     }
 
     #[tokio::test(start_paused = true)]

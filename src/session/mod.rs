@@ -44,8 +44,8 @@ use crate::protocol::{
 };
 use crate::sandbox::script_name;
 use crate::status::{
-    ByteCounters, ContainerStarted, FirstOutput, Outcome, SessionAccepted, SessionEnded,
-    SignalsDropped, Status,
+    ByteCounters, ContainerStarted, FirstOutput, Outcome, ScriptUsage, SessionAccepted,
+    SessionEnded, SignalsDropped, Status,
 };
 use crate::stdin_queue::StdinQueue;
 use crate::token_bucket::TokenBucket;
@@ -348,21 +348,31 @@ impl Session {
                 return self.fail(ErrorCode::Docker, failure.to_string(), ctx)
             }
             Finished::Killed(cause) => self.end_for_cause(cause),
-            Finished::Exited { oom: true, .. } => End {
-                reason: EndReason::Oom,
-                exit_code: exit_code_for(EndReason::Oom, None),
-                signal: Some(9),
-                duration_ms: self.duration_ms(),
-                message: format!(
-                    "out of memory (limit {}); the script was killed",
-                    format_size(self.cfg().sandbox.memory)
-                ),
-                usage: Default::default(),
-            },
             Finished::Exited {
-                exact: Some(exit), ..
-            } => end_for_exit(exit, self.duration_ms()),
-            Finished::Exited { status, .. } => classify_exit(status, self.duration_ms()),
+                status,
+                exact,
+                oom,
+                usage,
+            } => {
+                let mut end = match (oom, exact) {
+                    (true, _) => End {
+                        reason: EndReason::Oom,
+                        exit_code: exit_code_for(EndReason::Oom, None),
+                        signal: Some(9),
+                        duration_ms: self.duration_ms(),
+                        message: format!(
+                            "out of memory (limit {}); the script was killed",
+                            format_size(self.cfg().sandbox.memory)
+                        ),
+                        usage: Default::default(),
+                    },
+                    (false, Some(exit)) => end_for_exit(exit, self.duration_ms()),
+                    (false, None) => classify_exit(status, self.duration_ms()),
+                };
+                end.usage = usage;
+                self.deps.status.do_send(ScriptUsage(usage));
+                end
+            }
             // Stopped before the script ran: the reason is ours.
             Finished::Unknown => match self.stop_cause {
                 Some(cause) => self.end_for_cause(cause),

@@ -152,7 +152,8 @@ async fn an_oom_kill_is_reported_as_such() {
         Finished::Exited {
             status: 137,
             exact: None,
-            oom: true
+            oom: true,
+            usage: Default::default(),
         }
     );
     assert_eq!(io.stdout(), "before\n");
@@ -180,7 +181,8 @@ async fn a_signal_reaches_the_script() {
         Finished::Exited {
             status: 130,
             exact: Some(ScriptExit::Signal(2)),
-            oom: false
+            oom: false,
+            usage: Default::default(),
         }
     );
     let state = h.engine.until(|s| s.present.is_empty()).await;
@@ -231,4 +233,26 @@ async fn a_session_past_its_time_is_stopped_and_its_script_killed() {
     assert_eq!(s1.finished().await, Finished::Killed(KillCause::Timeout));
     let state = h.engine.until(|s| s.present.is_empty()).await;
     assert_eq!(state.kills, [(state.removed[0].clone(), "SIGKILL")]);
+}
+
+/// END's usage (protocol §4.5): the trailer's cgroup readings, and the output delivered.
+#[actix_rt::test]
+async fn what_a_script_used_comes_with_its_end() {
+    tokio::time::pause();
+    let mut h = Harness::start(config(1, 0, 0));
+    let mut s1 = h.session("a");
+    let c1 = s1.granted().await;
+    let mut io = s1.run(&c1, "print hello\nexit 0");
+    match s1.finished_with_usage().await {
+        Finished::Exited { usage, .. } => {
+            assert_eq!(usage.cpu_ms, Some(crate::engine::fake::FAKE_CPU_US / 1000));
+            assert_eq!(
+                usage.peak_memory_bytes,
+                Some(crate::engine::fake::FAKE_PEAK_MEMORY)
+            );
+            assert_eq!(usage.output_bytes, Some("hello\n".len() as u64));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(io.stdout(), "hello\n");
 }

@@ -229,7 +229,22 @@ impl TestSession {
     }
 
     /// The container's report on the script, past its Started and FirstOutput events.
+    /// How the script ended, with its usage left out (`finished_with_usage` keeps it).
     pub async fn finished(&mut self) -> Finished {
+        match self.finished_with_usage().await {
+            Finished::Exited {
+                status, exact, oom, ..
+            } => Finished::Exited {
+                status,
+                exact,
+                oom,
+                usage: Default::default(),
+            },
+            other => other,
+        }
+    }
+
+    pub async fn finished_with_usage(&mut self) -> Finished {
         loop {
             match self.next().await {
                 Heard::Finished(finished) => return finished,
@@ -314,5 +329,6 @@ pub(super) fn exited(code: i32) -> Finished {
         status: code as i64,
         exact: Some(crate::messages::ScriptExit::Code(code)),
         oom: false,
+        usage: Default::default(),
     }
 }
