@@ -1,4 +1,5 @@
-//! The Prometheus endpoint: `GET /metrics` over plain HTTP, answered from the Status actor.
+//! The Prometheus endpoint, `GET /metrics` over plain HTTP, answered from the Status actor;
+//! and `/healthz` and `/readyz` for load balancers.
 //!
 //! A deliberately tiny HTTP/1.1 responder (one request per connection, bounded request
 //! size and time) instead of a web framework: a scraper needs nothing more, and nothing
@@ -13,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::status::{Encode, Status};
+use crate::status::{Encode, IsReady, Status};
 
 /// Largest request head accepted; a scraper's is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -86,12 +87,42 @@ async fn answer(mut stream: TcpStream, status: Addr<Status>) -> std::io::Result<
             let body = status.send(Encode).await.unwrap_or_default();
             respond(&mut stream, "200 OK", CONTENT_TYPE, &body).await
         }
+        // For load balancers: the process answers (its actors included)...
+        Some(("GET", "/healthz")) => match status.send(IsReady).await {
+            Ok(_) => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+            Err(_) => {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "stopping\n",
+                )
+                .await
+            }
+        },
+        // ...and it should get sessions: the engine answers and the warm pool has filled.
+        Some(("GET", "/readyz")) => match status.send(IsReady).await {
+            Ok(Ok(())) => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
+            Ok(Err(why)) => {
+                let body = format!("not ready: {why}\n");
+                respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await
+            }
+            Err(_) => {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "stopping\n",
+                )
+                .await
+            }
+        },
         Some(("GET", "/")) => {
             respond(
                 &mut stream,
                 "200 OK",
                 "text/plain",
-                "pyexecd: metrics at /metrics\n",
+                "pyexecd: metrics at /metrics, /healthz, /readyz\n",
             )
             .await
         }

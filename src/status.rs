@@ -438,7 +438,25 @@ pub struct Status {
     clients: Vec<(String, usize)>,
     finished: BTreeMap<Outcome, u64>,
     start_latency: Samples,
+    readiness: Readiness,
+    /// The warm pool's configured size: the pool is warm once it holds that many.
+    warm_target: usize,
 }
+
+/// Whether the daemon should get new sessions from a load balancer (`/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Started (or the engine came back), the warm pool not yet full once.
+    Warming,
+    Ready,
+    /// The engine does not answer.
+    EngineDown,
+}
+
+/// Asks whether the daemon is ready for sessions (`/readyz`); `Err` says why not.
+#[derive(Message)]
+#[rtype(result = "Result<(), &'static str>")]
+pub struct IsReady;
 
 impl Status {
     pub fn new(bytes: Arc<ByteCounters>, capacity: Capacity) -> Self {
@@ -463,6 +481,11 @@ impl Status {
             clients: Vec::new(),
             finished: BTreeMap::new(),
             start_latency: Samples::default(),
+            readiness: match capacity.warm {
+                0 => Readiness::Ready,
+                _ => Readiness::Warming,
+            },
+            warm_target: capacity.warm,
         }
     }
 
@@ -550,6 +573,20 @@ impl Handler<Gauges> for Status {
         self.metrics.running.set(msg.running as i64);
         self.metrics.queued.set(msg.queued as i64);
         self.metrics.warm.set(msg.warm as i64);
+        if self.readiness == Readiness::Warming && msg.warm >= self.warm_target {
+            self.readiness = Readiness::Ready;
+        }
+    }
+}
+
+impl Handler<IsReady> for Status {
+    type Result = Result<(), &'static str>;
+    fn handle(&mut self, _: IsReady, _: &mut Context<Self>) -> Self::Result {
+        match self.readiness {
+            Readiness::Ready => Ok(()),
+            Readiness::Warming => Err("the warm pool is still filling"),
+            Readiness::EngineDown => Err("the Docker Engine does not answer"),
+        }
     }
 }
 
@@ -594,6 +631,12 @@ impl Handler<DockerHealth> for Status {
     type Result = ();
     fn handle(&mut self, msg: DockerHealth, _: &mut Context<Self>) {
         self.metrics.docker_up.set(msg.up as i64);
+        // Back up, the pool refills before the daemon takes sessions from a balancer.
+        self.readiness = match (msg.up, self.warm_target) {
+            (false, _) => Readiness::EngineDown,
+            (true, 0) => Readiness::Ready,
+            (true, _) => Readiness::Warming,
+        };
     }
 }
 
@@ -624,6 +667,43 @@ impl Handler<GetSnapshot> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn ready_once_the_pool_is_warm_and_not_while_the_engine_is_down() {
+        let capacity = Capacity {
+            max_sessions: 2,
+            warm: 2,
+            max_queue: 4,
+        };
+        let status = Status::new(Arc::new(ByteCounters::default()), capacity).start();
+        let gauges = |warm| Gauges {
+            running: 0,
+            queued: 0,
+            warm,
+            clients: Vec::new(),
+        };
+        let ready = || status.send(IsReady);
+        assert_eq!(
+            ready().await.unwrap(),
+            Err("the warm pool is still filling")
+        );
+        status.do_send(gauges(1));
+        assert!(ready().await.unwrap().is_err());
+        status.do_send(gauges(2));
+        assert_eq!(ready().await.unwrap(), Ok(()));
+        // Busy (no spare left) is still ready: the balancer's queue is ours too.
+        status.do_send(gauges(0));
+        assert_eq!(ready().await.unwrap(), Ok(()));
+        status.do_send(DockerHealth { up: false });
+        assert_eq!(
+            ready().await.unwrap(),
+            Err("the Docker Engine does not answer")
+        );
+        status.do_send(DockerHealth { up: true });
+        assert!(ready().await.unwrap().is_err(), "the pool refills first");
+        status.do_send(gauges(2));
+        assert_eq!(ready().await.unwrap(), Ok(()));
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

@@ -105,6 +105,14 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
         &[("DOCKER_HOST", host.as_str())],
     );
     assert_eq!(d.run("print('before')\n", &[], b"").status.code(), Some(0));
+    // A load balancer sees a ready daemon once its pool is warm.
+    let readyz = || http_get(&metrics_addr(&d), "/readyz");
+    assert!(
+        wait_until(Duration::from_secs(15), || readyz()
+            .starts_with("HTTP/1.1 200 OK")),
+        "{}",
+        readyz()
+    );
 
     // A session running when the Engine goes away.
     let (mut running, _out, cid) = d.spawn_with_cid("import time\ntime.sleep(60)\n");
@@ -122,6 +130,18 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
         wait_until(Duration::from_secs(15), || docker_up(&d) == 0.0),
         "the daemon did not notice the Engine was gone\n{}",
         d.log()
+    );
+    // A load balancer takes it out of rotation; it is still alive.
+    let page = readyz();
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.ends_with("not ready: the Docker Engine does not answer\n"),
+        "{page}"
+    );
+    let health = http_get(&metrics_addr(&d), "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK") && health.ends_with("ok\n"),
+        "{health}"
     );
     let started = Instant::now();
     let refused = d.run("print('during')\n", &[], b"");
@@ -148,6 +168,13 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
         }),
         "sessions run again after the Engine is back\n{}",
         d.log()
+    );
+    // Ready again once the pool has refilled.
+    assert!(
+        wait_until(Duration::from_secs(30), || readyz()
+            .starts_with("HTTP/1.1 200 OK")),
+        "{}",
+        readyz()
     );
     // The container that was running during the cut is cleaned up once the Engine is back.
     assert!(
