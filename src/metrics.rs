@@ -87,36 +87,17 @@ async fn answer(mut stream: TcpStream, status: Addr<Status>) -> std::io::Result<
             let body = status.send(Encode).await.unwrap_or_default();
             respond(&mut stream, "200 OK", CONTENT_TYPE, &body).await
         }
-        // For load balancers: the process answers (its actors included)...
-        Some(("GET", "/healthz")) => match status.send(IsReady).await {
-            Ok(_) => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-            Err(_) => {
-                respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "stopping\n",
-                )
-                .await
-            }
-        },
-        // ...and it should get sessions: the engine answers and the warm pool has filled.
-        Some(("GET", "/readyz")) => match status.send(IsReady).await {
-            Ok(Ok(())) => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
-            Ok(Err(why)) => {
-                let body = format!("not ready: {why}\n");
-                respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await
-            }
-            Err(_) => {
-                respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "stopping\n",
-                )
-                .await
-            }
-        },
+        // For load balancers: /healthz, the process answers (its actors included);
+        // /readyz, it should get sessions (the engine answers, the warm pool has filled).
+        Some(("GET", path @ ("/healthz" | "/readyz"))) => {
+            let (code, body) = match (path, status.send(IsReady).await) {
+                (_, Err(_)) => ("503 Service Unavailable", "stopping\n".to_string()),
+                ("/healthz", Ok(_)) => ("200 OK", "ok\n".to_string()),
+                (_, Ok(Ok(()))) => ("200 OK", "ready\n".to_string()),
+                (_, Ok(Err(why))) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+            };
+            respond(&mut stream, code, "text/plain", &body).await
+        }
         Some(("GET", "/")) => {
             respond(
                 &mut stream,
