@@ -267,8 +267,8 @@ impl RemoteEngine {
     /// Starts the same dockerd again (after `kill_hard`), as the host does after a reboot,
     /// and waits until it answers over TLS; the old containers show `Exited (255)`.
     ///
-    /// The reboot part: mounts and the exec root (on a real host, under the tmpfs /run)
-    /// are gone; the data root stays. Without it the restart fails: the killed containerd
+    /// The reboot part: mounts, the exec root and the pidfile (on a real host, under the
+    /// tmpfs /run) are gone; the data root stays. Without it the restart fails: the killed containerd
     /// stays a zombie here (pid 1 of this machine does not reap orphans), dockerd finds
     /// its pid in `exec/containerd/containerd.pid` alive, waits for it to answer, and
     /// gives up with "timeout waiting for containerd to start".
@@ -279,6 +279,9 @@ impl RemoteEngine {
         if let Err(e) = fs::remove_dir_all(&exec) {
             panic!("remove {} for the restart: {e}", exec.display());
         }
+        // dockerd's own pidfile (under /run on a real host, so gone after a reboot): should
+        // its pid be reused by then, dockerd would refuse to start ("pid file found").
+        let _ = fs::remove_file(self.dir.join("docker.pid"));
         self.spawn_dockerd();
     }
 
