@@ -36,8 +36,8 @@ const CLIENT: &str = "pyexecd";
 /// 10.231.0.0/16 in /30 blocks: block `b` is 10.231.(b/64).(4*(b%64)), host end `.1`,
 /// engine end `.2`.
 const BLOCKS: u32 = 16384;
-/// Bound on one start (or restart) until the Engine answers over TLS. About 1.3 s when the
-/// machine is idle; the bound is for two cores busy with parallel tests.
+/// Bound on one start (or restart) until the Engine answers over TLS. 0.3 to 1.5 s here
+/// (measured); the bound is for two cores busy with parallel tests.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on one TLS ping: an Engine that accepts but never answers must not hang a test.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +57,7 @@ impl EngineOptions {
         Self::default()
     }
 
-    /// `cert_path()` gets a client certificate and `ca.pem` from a CA of their own, not the
+    /// `cert_path()` gets a client certificate and `ca.pem` from a CA of its own, not the
     /// one that signed the engine's server certificate: the engine presents a certificate
     /// from another CA, and refuses the client's too.
     pub fn foreign_ca(mut self) -> Self {
