@@ -8,6 +8,7 @@
 //! | `daemon`    | `Daemon`: start, drive, stop or crash a `pyexecd`; its log             |
 //! | `processes` | child processes and `/proc`: waits, output watchers, descriptors, RSS  |
 //! | `docker`    | the Engine's side: a daemon's containers, whether one container exists |
+//! | `engines`   | extra Docker Engines on this machine, each in a network namespace      |
 //! | `figures`   | the daemon's figures: `/metrics` and the SIGUSR1 line, one parser each |
 //! | `idle`      | back to idle after a hostile case: containers, descriptors, sessions   |
 //! | `raw`       | the raw protocol client over real TLS, for frames no real client sends |
@@ -29,6 +30,7 @@
 
 pub mod daemon;
 pub mod docker;
+pub mod engines;
 pub mod figures;
 pub mod idle;
 pub mod processes;
