@@ -98,7 +98,11 @@ pub struct CopyReport {
     pub id: String,
     /// Bytes of the tar stream.
     pub bytes: u64,
+    /// From the start to the check of the target's ID.
     pub elapsed: Duration,
+    /// From the start to the source's last byte; the rest of `elapsed` is the target
+    /// unpacking and registering the layers.
+    pub streamed: Duration,
 }
 
 impl CopyReport {
@@ -124,6 +128,8 @@ pub trait CopyProgress: Send {
     fn start(&mut self, image: &str, from: &str, to: &str, estimate: u64);
     /// `bytes` of the tar have been read from the source so far.
     fn update(&mut self, bytes: u64);
+    /// The whole tar is sent; the target now unpacks and registers it, silently.
+    fn sent(&mut self, _bytes: u64) {}
     /// The image is on the target and checked; not called when the copy fails.
     fn finish(&mut self, report: &CopyReport);
 }
@@ -186,12 +192,22 @@ impl CopyProgress for LogProgress {
         }
     }
 
+    fn sent(&mut self, bytes: u64) {
+        // Else the log is silent for the load (seconds; a minute for a big image).
+        info!(
+            image = %self.image,
+            mb = bytes / 1_000_000,
+            "image sent; the target engine is loading it"
+        );
+    }
+
     fn finish(&mut self, r: &CopyReport) {
         info!(
             image = %r.image,
             id = %r.id,
             mb = r.bytes / 1_000_000,
             secs = format!("{:.1}", r.elapsed.as_secs_f64()),
+            streamed_secs = format!("{:.1}", r.streamed.as_secs_f64()),
             mb_per_sec = format!("{:.1}", r.mb_per_sec()),
             "image copied"
         );
@@ -233,6 +249,13 @@ impl CopyProgress for BarProgress {
             self.bar.set_length(bytes);
         }
         self.bar.set_position(bytes);
+    }
+
+    fn sent(&mut self, bytes: u64) {
+        self.bar.set_length(bytes);
+        self.bar.set_position(bytes);
+        self.bar
+            .set_message(format!("{} sent, loading", self.bar.message()));
     }
 
     fn finish(&mut self, r: &CopyReport) {
@@ -301,6 +324,8 @@ struct Flow {
     bytes: AtomicU64,
     /// The source sent its last byte.
     exported: AtomicBool,
+    /// When, for the report.
+    exported_at: Mutex<Option<Instant>>,
     /// Why the source's stream broke, kept here because the target only sees its body
     /// end with an error and would otherwise be blamed.
     export_error: Mutex<Option<bollard::errors::Error>>,
@@ -337,7 +362,7 @@ pub async fn copy(
                 }
                 Err(e) => {
                     let text = e.to_string();
-                    *flow.export_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    *lock(&flow.export_error) = Some(e);
                     // An error ends the body: hyper aborts the request instead of sending a
                     // truncated tar as if it were whole.
                     Err(std::io::Error::other(text))
@@ -347,6 +372,7 @@ pub async fn copy(
     let end = {
         let flow = flow.clone();
         futures::stream::poll_fn(move |_| {
+            *lock(&flow.exported_at) = Some(Instant::now());
             flow.exported.store(true, Ordering::Relaxed);
             Poll::Ready(None)
         })
@@ -393,7 +419,10 @@ pub async fn copy(
                     (seen, moved_at) = (bytes, Instant::now());
                 }
                 if flow.exported.load(Ordering::Relaxed) {
-                    let at = *exported_at.get_or_insert_with(Instant::now);
+                    let at = *exported_at.get_or_insert_with(|| {
+                        progress.sent(bytes);
+                        Instant::now()
+                    });
                     if at.elapsed() > LOAD_WAIT {
                         return Err(stalled(format!(
                             "engine {} did not finish loading {} s after the last byte",
@@ -413,6 +442,7 @@ pub async fn copy(
     let bytes = flow.bytes.load(Ordering::Relaxed);
     progress.update(bytes);
     let elapsed = started.elapsed();
+    let streamed = lock(&flow.exported_at).map_or(elapsed, |at| at - started);
 
     match inspect(to, image).await? {
         None => Err(ImageCopyError::Missing {
@@ -432,11 +462,17 @@ pub async fn copy(
                 id,
                 bytes,
                 elapsed,
+                streamed,
             };
             progress.finish(&report);
             Ok(report)
         }
     }
+}
+
+/// A panic while holding these locks leaves plain data behind: use it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Names the side that failed: a broken export shows up on the target's request too, so
@@ -449,11 +485,7 @@ fn load_error(
     e: bollard::errors::Error,
 ) -> ImageCopyError {
     let bytes = flow.bytes.load(Ordering::Relaxed);
-    let export_error = flow
-        .export_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let export_error = lock(&flow.export_error).take();
     if let Some(source) = export_error {
         return ImageCopyError::Export {
             engine: from.name.to_string(),
@@ -489,8 +521,27 @@ mod tests {
             id: "sha256:x".into(),
             bytes: 165_000_000,
             elapsed: Duration::from_secs(10),
+            streamed: Duration::from_secs(3),
         };
         assert!((r.mb_per_sec() - 16.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_bar_template_parses_and_the_bar_grows_past_the_estimate() {
+        let mut p = BarProgress::default();
+        p.start("i", "a", "b", 100);
+        p.update(150);
+        assert_eq!(p.bar.length(), Some(150));
+        p.sent(160);
+        assert_eq!(p.bar.position(), 160);
+        p.finish(&CopyReport {
+            image: "i".into(),
+            id: "sha256:x".into(),
+            bytes: 160,
+            elapsed: Duration::from_millis(10),
+            streamed: Duration::from_millis(5),
+        });
+        assert!(p.bar.is_finished());
     }
 
     #[test]
@@ -499,5 +550,6 @@ mod tests {
         p.start("i", "a", "b", 0);
         p.update(5);
         p.update(10);
+        p.sent(10);
     }
 }
