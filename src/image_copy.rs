@@ -388,11 +388,14 @@ pub async fn copy(
         .clone()
         .with_timeout(LOAD_WAIT + Duration::from_secs(3600));
     let opts = ImportImageOptionsBuilder::default().quiet(true).build();
-    // Docker's load is atomic for each image: the Engine (20.10 `tarexport/load.go`)
-    // untars the whole stream into a temporary directory first, reads `manifest.json`
-    // (which `save` writes last), registers the layers and the config, and only then sets
-    // the tag. A stream cut anywhere fails before the tag moves, so no tag ever names a
-    // half-loaded image; the ID check at the end guards against the rest.
+    // Docker's load tags only whole images (read in moby's `image/tarexport/load.go`,
+    // 20.10 to 23): it untars the whole request body into a temporary directory first,
+    // then per image registers the layers (each checked against its diffID), creates the
+    // config, and sets the tag last. A body cut short (our error, a drop) arrives as a
+    // chunked body without its last chunk, so the untar fails and nothing is touched;
+    // even a tar cut on a file boundary lacks `manifest.json` and `repositories`, which
+    // `save` writes last, and so sets no tag. The ID check at the end covers the rest
+    // (say, an old image under the same tag on the target).
     let mut load = target.import_image(opts, body, None);
 
     let mut tick = tokio::time::interval(TICK);
