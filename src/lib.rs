@@ -25,6 +25,7 @@ pub(crate) mod connections;
 pub(crate) mod container;
 pub(crate) mod engine;
 pub mod image;
+pub mod image_copy;
 pub(crate) mod listener;
 pub(crate) mod messages;
 pub mod metrics;
