@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches};
 
-use super::{Cli, ConfigError, ServeArgs, DEFAULT_CONFIG};
+use super::engines::{EngineTable, EngineTables};
+use super::{Cli, Command, ConfigError, ServeArgs, DEFAULT_CONFIG};
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +125,29 @@ fn words_for(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<String>, String
     Ok(vec![flag, scalar])
 }
 
+/// Reads `[[engine]]` tables: each a table of its own keys, not a flag's value.
+fn engine_tables(path: &Path, items: &[toml::Value]) -> Result<Vec<EngineTable>, LoadError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.clone()
+                .try_into::<EngineTable>()
+                .map_err(|e| LoadError::Key {
+                    file: path.to_owned(),
+                    key: format!("engine #{}", i + 1),
+                    reason: e.to_string().trim().replace('\n', " "),
+                })
+        })
+        .collect()
+}
+
 /// Reads the file and returns the words to append for the keys no higher layer set.
 fn file_words(
     path: &Path,
     given: &ArgMatches,
     from_file: &mut HashSet<String>,
+    tables: &mut EngineTables,
 ) -> Result<Vec<String>, LoadError> {
     let file_err = |reason: String| LoadError::File {
         file: path.to_owned(),
@@ -141,6 +160,14 @@ fn file_words(
     let parser = file_parser();
     let mut words = Vec::new();
     for (key, value) in &table {
+        if let ("engine", toml::Value::Array(items)) = (key.as_str(), value) {
+            if items.iter().any(toml::Value::is_table) {
+                tables.file = Some(path.to_owned());
+                tables.tables = engine_tables(path, items)?;
+                from_file.insert(key.clone());
+                continue;
+            }
+        }
         let key_err = |reason: String| LoadError::Key {
             file: path.to_owned(),
             key: key.clone(),
@@ -204,14 +231,22 @@ pub fn load(argv: impl IntoIterator<Item = OsString>) -> Result<Loaded, LoadErro
         None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
     };
     let mut from_file = HashSet::new();
+    let mut tables = EngineTables::default();
     let words = match &file {
-        Some(path) => file_words(path, given, &mut from_file)?,
+        Some(path) => file_words(path, given, &mut from_file, &mut tables)?,
         None => Vec::new(),
     };
     let mut merged = argv;
     merged.extend(words.into_iter().map(OsString::from));
     let matches = Cli::command().try_get_matches_from(&merged)?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    match &mut cli.command {
+        Some(Command::Serve(args)) | Some(Command::CheckConfig(args)) => {
+            args.engine_tables = tables
+        }
+        Some(_) => {}
+        None => cli.serve.engine_tables = tables,
+    }
     let serve = serve_matches(&matches).expect("same subcommand as before");
     let settings = Cli::command()
         .get_arguments()
@@ -258,6 +293,9 @@ pub fn load(argv: impl IntoIterator<Item = OsString>) -> Result<Loaded, LoadErro
 impl Loaded {
     /// Says where a bad value came from, so the message names the key and the file.
     pub fn explain(&self, err: &ConfigError) -> String {
+        if err.at.is_some() {
+            return err.to_string();
+        }
         let key = key_of(err.flag);
         match self
             .settings

@@ -18,7 +18,10 @@ use clap::{Args, Parser, Subcommand};
 /// --timeout`, `--version`).
 pub use pyexec_client::units::{format_duration, format_size, parse_duration, parse_size};
 
+pub mod engines;
 pub mod layers;
+
+use engines::{EngineArgs, EngineSpec, EngineTables};
 
 /// The sandbox image `build-image` makes and `pyexecd` uses unless told otherwise. The
 /// suffix is the recipe's version: a changed recipe gets a new tag, so an old image is
@@ -187,6 +190,23 @@ pub struct ServeArgs {
     /// removed at start-up. Give each daemon sharing a Docker Engine its own name.
     #[arg(long, env = "PYEXECD_INSTANCE", default_value = "pyexecd")]
     pub instance: String,
+    /// Docker Engine to run sandboxes on (repeatable): `unix:///PATH` or `tcp://HOST:PORT`
+    /// (mutual TLS, see --engine-cert-path). Default: as the docker CLI (DOCKER_HOST, else
+    /// the local socket). `[[engine]]` tables in the config file add per-engine settings.
+    #[arg(
+        long = "engine",
+        env = "PYEXECD_ENGINE",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub engines: Vec<String>,
+    /// Directory with the client certificate for tcp engines, in Docker's layout: ca.pem
+    /// (the engine's CA), cert.pem and key.pem (as DOCKER_CERT_PATH).
+    #[arg(long, env = "PYEXECD_ENGINE_CERT_PATH", value_name = "DIR")]
+    pub engine_cert_path: Option<PathBuf>,
+    /// The config file's `[[engine]]` tables (not a flag).
+    #[arg(skip)]
+    pub engine_tables: EngineTables,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -259,6 +279,8 @@ pub struct Config {
     pub output_limit: u64,
     pub sandbox: SandboxConfig,
     pub instance: String,
+    /// The engines to run sandboxes on, at least one.
+    pub engines: Vec<EngineSpec>,
 }
 
 /// Limits and isolation applied to every sandbox container.
@@ -284,10 +306,20 @@ pub struct SandboxConfig {
 
 /// A value given on the command line or in the environment that cannot work.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --{flag}: {reason}")]
 pub struct ConfigError {
     pub flag: &'static str,
     pub reason: String,
+    /// Where the value was set when that is not the flag itself (an `[[engine]]` table).
+    pub at: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.at {
+            Some(at) => write!(f, "{at}: {}", self.reason),
+            None => write!(f, "invalid --{}: {}", self.flag, self.reason),
+        }
+    }
 }
 
 impl Config {
@@ -305,6 +337,7 @@ impl ServeArgs {
         let err = |flag, reason: &str| ConfigError {
             flag,
             reason: reason.to_string(),
+            at: None,
         };
         if self.session_timeout.is_zero() {
             return Err(err("session-timeout", "must be more than zero"));
@@ -344,6 +377,16 @@ impl ServeArgs {
                 "use letters, digits, '-', '_' and '.' only",
             ));
         }
+        let warm = warm_pool_size(self.warm, self.max_sessions) as usize;
+        let engines = engines::resolve(
+            EngineArgs {
+                urls: &self.engines,
+                cert_path: self.engine_cert_path.as_deref(),
+                max_sessions: self.max_sessions as usize,
+                warm,
+            },
+            &self.engine_tables,
+        )?;
         let default_certs = self.cert.is_none() && self.key.is_none();
         let defaults = crate::certs::CertPaths::in_dir(Path::new(DEFAULT_CERT_DIR));
         Ok(Config {
@@ -356,7 +399,7 @@ impl ServeArgs {
             max_sessions_per_client: self.max_sessions_per_client as usize,
             rate: self.rate as usize,
             max_sessions: self.max_sessions as usize,
-            warm: warm_pool_size(self.warm, self.max_sessions) as usize,
+            warm,
             max_queue: self.max_queue as usize,
             session_timeout: self.session_timeout,
             shutdown_grace: self.shutdown_grace,
@@ -384,6 +427,7 @@ impl ServeArgs {
                 log_driver: self.log_driver,
             },
             instance: self.instance,
+            engines,
         })
     }
 }
