@@ -13,6 +13,8 @@ use crate::config::{BootstrapMode, SandboxConfig};
 pub const LABEL_MANAGED: &str = "pyexec.managed";
 /// Label naming the daemon instance that owns the container.
 pub const LABEL_INSTANCE: &str = "pyexec.instance";
+/// Label of an instance's lease container (see `engine::Lease`): the run that holds it.
+pub const LABEL_LEASE: &str = "pyexec.lease";
 
 /// The bootstrap program (see `src/bootstrap.py`; its wire format is in `bootstrap.rs`).
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");

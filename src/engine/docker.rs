@@ -15,8 +15,9 @@ use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Output};
-use crate::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_MANAGED};
+use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Lease, LeaseError, Output};
+use crate::config::engines::{EngineSpec, EngineUrl};
+use crate::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_LEASE, LABEL_MANAGED};
 use crate::tcp_memory::TcpMemGuard;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,11 @@ pub enum DockerError {
         endpoint: String,
         source: bollard::errors::Error,
     },
+    /// The engine was reached but the TLS handshake failed: its certificate is not from
+    /// the CA in the cert directory, it refused ours, or it does not speak TLS at all.
+    /// Configuration, not an outage: retrying cannot cure it.
+    #[error("engine {endpoint}: TLS failed: {reason}")]
+    Tls { endpoint: String, reason: String },
     #[error("Docker Engine API: {0}")]
     Api(#[from] bollard::errors::Error),
 }
@@ -45,6 +51,98 @@ pub async fn connect() -> Result<Docker, DockerError> {
     let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
     docker.ping().await.map_err(unreachable)?;
     Ok(docker)
+}
+
+/// How long one request to a tcp engine may take to be answered (its headers: a stream
+/// such as an attach or a wait then lasts as long as it must). A dead host is found by
+/// the health pings long before; this only bounds a call made just before it died.
+pub const TCP_TIMEOUT: u64 = 30;
+
+/// A client for one configured engine, without contacting it (bollard is lazy).
+pub fn client(spec: &EngineSpec) -> Result<Docker, DockerError> {
+    let endpoint = spec.url.to_string();
+    let unreachable = |source| DockerError::Unreachable {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    match &spec.url {
+        EngineUrl::Default => Docker::connect_with_local_defaults().map_err(unreachable),
+        EngineUrl::Unix(path) => {
+            Docker::connect_with_unix(&path.to_string_lossy(), 120, bollard::API_DEFAULT_VERSION)
+                .map_err(unreachable)
+        }
+        EngineUrl::Tcp { host, port } => {
+            let dir = spec
+                .cert_path
+                .as_deref()
+                .expect("config checks that tcp engines have certificates");
+            Docker::connect_with_ssl(
+                &format!("{host}:{port}"),
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                TCP_TIMEOUT,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(|e| DockerError::Tls {
+                endpoint: endpoint.clone(),
+                reason: format!("cannot load the certificates in {}: {e}", dir.display()),
+            })
+        }
+    }
+}
+
+/// Pings a configured engine and sorts a failure: a TLS failure is `Tls`.
+pub async fn check(spec: &EngineSpec, docker: &Docker) -> Result<(), DockerError> {
+    match docker.ping().await {
+        Ok(_) => Ok(()),
+        Err(e) => match tls_failure(&e) {
+            Some(reason) => Err(DockerError::Tls {
+                endpoint: spec.url.to_string(),
+                reason,
+            }),
+            None => Err(DockerError::Unreachable {
+                endpoint: spec.url.to_string(),
+                source: e,
+            }),
+        },
+    }
+}
+
+/// The TLS error behind a failed request, if that is what it was. rustls reports through
+/// `io::Error`s that hyper wraps; the chain is walked rather than the text matched.
+pub fn tls_failure(err: &bollard::errors::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(explain_tls(tls));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(explain_tls(tls));
+            }
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn explain_tls(e: &rustls::Error) -> String {
+    use rustls::Error::*;
+    match e {
+        InvalidCertificate(why) => format!(
+            "the engine's certificate is not accepted ({why:?}): it is not signed by the CA \
+             in ca.pem, or not issued for this address"
+        ),
+        InvalidMessage(_) | InappropriateMessage { .. } | InappropriateHandshakeMessage { .. } => {
+            format!("the engine does not speak TLS here ({e}); is it listening with --tlsverify?")
+        }
+        AlertReceived(alert) => format!(
+            "the engine refused the handshake ({alert:?}): it does not accept cert.pem \
+             (not signed by the CA it trusts?)"
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// True for the Engine's "no such container" answer.
@@ -134,9 +232,19 @@ pub async fn list_instance(docker: &Docker, instance: &str) -> Result<Vec<String
         .collect())
 }
 
-/// Removes every container of this instance; returns how many there were.
+/// Removes every container of this instance but its lease (`docker_lease.rs`); returns
+/// how many there were. Only safe while holding the lease.
 pub async fn sweep(docker: &Docker, instance: &str) -> Result<usize, DockerError> {
-    let ids = list_instance(docker, instance).await?;
+    let ids: Vec<String> = instance_containers(docker, instance)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            !c.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_LEASE))
+        })
+        .filter_map(|c| c.id)
+        .collect();
     let removals = ids.iter().map(|id| remove(docker, id));
     for result in futures::future::join_all(removals).await {
         result?;
@@ -237,31 +345,37 @@ impl Engine for DockerEngine {
         })
     }
 
-    fn list_instance(&self, instance: &str) -> EngineResult<Vec<String>> {
-        let (docker, instance) = (self.docker.clone(), instance.to_string());
-        Box::pin(async move { list_instance(&docker, &instance).await.map_err(flatten) })
-    }
-
     fn sweep(&self, instance: &str) -> EngineResult<usize> {
         let (docker, instance) = (self.docker.clone(), instance.to_string());
         Box::pin(async move { sweep(&docker, &instance).await.map_err(flatten) })
     }
 
-    fn image_present(&self, image: &str) -> EngineResult<bool> {
-        let (docker, image) = (self.docker.clone(), image.to_string());
-        Box::pin(async move {
-            match docker.inspect_image(&image).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_not_found(&e) => Ok(false),
-                Err(e) => Err(e.into()),
-            }
-        })
+    fn take_lease(
+        &self,
+        instance: &str,
+        run: &str,
+        image: &str,
+    ) -> BoxFuture<'static, Result<Lease, LeaseError>> {
+        Box::pin(super::docker_lease::take(
+            self.docker.clone(),
+            instance.to_string(),
+            run.to_string(),
+            image.to_string(),
+        ))
+    }
+
+    fn release_lease(&self, instance: &str) -> EngineResult<()> {
+        let (docker, name) = (self.docker.clone(), super::docker_lease::name(instance));
+        Box::pin(async move { Ok(remove(&docker, &name).await?) })
     }
 }
 
 fn flatten(e: DockerError) -> EngineError {
     match e {
         DockerError::Unreachable { source, .. } | DockerError::Api(source) => source.into(),
+        DockerError::Tls { endpoint, reason } => {
+            EngineError::Unreachable(format!("{endpoint}: TLS failed: {reason}"))
+        }
     }
 }
 

@@ -29,10 +29,10 @@ use bytes::Bytes;
 use futures::channel::mpsc as fmpsc;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, DuplexStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Output};
+use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Lease, LeaseError, Output};
 use crate::bootstrap::{ACK, NONCE_LEN};
 use crate::sandbox::SandboxSpec;
 
@@ -81,6 +81,8 @@ struct Inner {
     next_id: u64,
     containers: BTreeMap<String, Container>,
     state: FakeState,
+    /// The run holding the instance lease, and how to tell it the lease is lost.
+    lease: Option<(String, Option<oneshot::Sender<()>>)>,
 }
 
 /// See the module's documentation. Its clones are the same engine.
@@ -88,6 +90,7 @@ struct Inner {
 pub(crate) struct FakeEngine(Arc<Shared>);
 
 struct Shared {
+    name: String,
     inner: Mutex<Inner>,
     /// Bumped on every change to what `state` reports, so that `until` wakes.
     changed: watch::Sender<u64>,
@@ -105,7 +108,13 @@ fn not_found(id: &str) -> EngineError {
 
 impl FakeEngine {
     pub(crate) fn new() -> Self {
+        Self::named("fake")
+    }
+
+    /// An engine of its own, named for the multi-engine tests.
+    pub(crate) fn named(name: &str) -> Self {
         FakeEngine(Arc::new(Shared {
+            name: name.to_string(),
             inner: Mutex::new(Inner {
                 up: true,
                 exit_delay: Duration::from_millis(10),
@@ -127,7 +136,21 @@ impl FakeEngine {
     /// Up: it answers. Down: every call fails with `EngineError::Unreachable` (the
     /// containers already started go on, as they would behind a broken socket).
     pub(crate) fn set_up(&self, up: bool) {
-        self.inner().up = up;
+        let mut inner = self.inner();
+        inner.up = up;
+        if !up {
+            // The lease's connection breaks with the engine, as on Docker.
+            if let Some((_, lost)) = inner.lease.as_mut() {
+                if let Some(lost) = lost.take() {
+                    let _ = lost.send(());
+                }
+            }
+        }
+    }
+
+    /// Makes a live daemon of another run hold the instance lease.
+    pub(crate) fn hold_lease_elsewhere(&self) {
+        self.inner().lease = Some(("another run".into(), None));
     }
 
     /// The next `n` launches fail with an API error after the create (`usize::MAX`:
@@ -265,7 +288,7 @@ impl FakeEngine {
 
 impl Engine for FakeEngine {
     fn name(&self) -> &str {
-        "fake"
+        &self.0.name
     }
 
     fn launch(&self, _: Arc<SandboxSpec>) -> BoxFuture<'static, Result<Launched, LaunchFailed>> {
@@ -354,20 +377,16 @@ impl Engine for FakeEngine {
         })
     }
 
-    fn list_instance(&self, _: &str) -> EngineResult<Vec<String>> {
+    fn sweep(&self, _: &str) -> EngineResult<usize> {
+        let engine = self.clone();
         let inner = self.inner();
-        let result = match inner.up {
-            true => Ok(inner.containers.keys().cloned().collect()),
+        let list = match inner.up {
+            true => Ok(inner.containers.keys().cloned().collect::<Vec<_>>()),
             false => Err(unreachable_error()),
         };
-        Box::pin(async move { result })
-    }
-
-    fn sweep(&self, instance: &str) -> EngineResult<usize> {
-        let engine = self.clone();
-        let list = self.list_instance(instance);
+        drop(inner);
         Box::pin(async move {
-            let ids = list.await?;
+            let ids = list?;
             for id in &ids {
                 engine.remove(id).await?;
             }
@@ -375,12 +394,48 @@ impl Engine for FakeEngine {
         })
     }
 
-    fn image_present(&self, _: &str) -> EngineResult<bool> {
-        let result = match self.inner().up {
-            true => Ok(true),
-            false => Err(unreachable_error()),
+    fn take_lease(
+        &self,
+        instance: &str,
+        run: &str,
+        _: &str,
+    ) -> BoxFuture<'static, Result<Lease, LeaseError>> {
+        let mut inner = self.inner();
+        let held_elsewhere = matches!(&inner.lease, Some((holder, _)) if holder != run);
+        let result = if !inner.up {
+            Err(unreachable_error().into())
+        } else if held_elsewhere {
+            Err(LeaseError::Held {
+                instance: instance.to_string(),
+                container: format!("lease.{instance}"),
+            })
+        } else {
+            let (lost_tx, lost_rx) = oneshot::channel();
+            let (release, released) = oneshot::channel::<()>();
+            inner.lease = Some((run.to_string(), Some(lost_tx)));
+            let (engine, run) = (self.clone(), run.to_string());
+            tokio::spawn(async move {
+                let _ = released.await;
+                let mut inner = engine.inner();
+                if matches!(&inner.lease, Some((holder, _)) if *holder == run) {
+                    inner.lease = None;
+                }
+            });
+            Ok(Lease {
+                lost: Box::pin(async move {
+                    if lost_rx.await.is_err() {
+                        futures::future::pending::<()>().await;
+                    }
+                }),
+                release,
+            })
         };
         Box::pin(async move { result })
+    }
+
+    fn release_lease(&self, _: &str) -> EngineResult<()> {
+        self.inner().lease = None;
+        Box::pin(async { Ok(()) })
     }
 }
 

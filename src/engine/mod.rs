@@ -6,8 +6,10 @@
 //! has a name, so that several can be driven at once, each with its own health and pool.
 
 pub mod docker;
+mod docker_lease;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod join;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
 
 use crate::sandbox::SandboxSpec;
 
@@ -84,6 +87,41 @@ impl EngineError {
 
 pub type EngineResult<T> = BoxFuture<'static, Result<T, EngineError>>;
 
+/// This daemon run's hold on its instance name on one engine.
+///
+/// Daemons sharing an engine tell their containers apart by instance name, and a daemon
+/// removes its instance's containers when it starts. Without a lease, two daemons given
+/// the same name (the default) removed each other's running sessions. The lease is
+/// something only a live daemon can keep: on Docker, a container that runs while the
+/// daemon's attach connection to it stays open, and ends when that connection closes.
+pub struct Lease {
+    /// Resolves when the engine stops holding the lease for us: the engine died, or the
+    /// connection to it broke (the first sign of a dead engine, often before a ping).
+    pub lost: BoxFuture<'static, ()>,
+    /// Dropping this gives the lease up.
+    pub release: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Why a lease was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// A live daemon holds this instance name on the engine.
+    #[error(
+        "another live pyexecd uses the instance name `{instance}` on this engine (its lease \
+         container `{container}` is running); give each daemon that shares an engine its \
+         own --instance"
+    )]
+    Held { instance: String, container: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// Everything the daemon asks of a container engine. Every method returns a `'static`
 /// future, so an actor can spawn it without borrowing the engine.
 pub trait Engine: Send + Sync + 'static {
@@ -102,17 +140,19 @@ pub trait Engine: Send + Sync + 'static {
     fn remove(&self, id: &str) -> EngineResult<()>;
     /// Whether the engine answers.
     fn ping(&self) -> EngineResult<()>;
-    /// IDs of every container carrying this daemon instance's label. Today the daemon
-    /// only sweeps them (`sweep`); telling its own leftovers from a live peer's on a
-    /// shared engine (issue 11) starts from this list.
-    #[allow(dead_code)]
-    fn list_instance(&self, instance: &str) -> EngineResult<Vec<String>>;
-    /// Removes every container of this instance; how many there were.
+    /// Removes every container of this instance but its lease; how many there were.
+    /// Only safe while holding the lease: another live daemon's are its own.
     fn sweep(&self, instance: &str) -> EngineResult<usize>;
-    /// Whether the image is present on this engine. The start-up path ensures the image
-    /// through `image::ensure`; this is for engines that join later (issue 11).
-    #[allow(dead_code)]
-    fn image_present(&self, image: &str) -> EngineResult<bool>;
+    /// Takes this run's lease on `instance`, with a container of `image`; `run` tells
+    /// this run's lease from a dead run's.
+    fn take_lease(
+        &self,
+        instance: &str,
+        run: &str,
+        image: &str,
+    ) -> BoxFuture<'static, Result<Lease, LeaseError>>;
+    /// Removes the lease's container (at shutdown, after the last sweep).
+    fn release_lease(&self, instance: &str) -> EngineResult<()>;
 }
 
 /// The engine the actors share.
