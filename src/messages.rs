@@ -37,6 +37,10 @@ pub enum KillCause {
     /// The engine failed under the running script (its output stream broke): the script
     /// is stopped because its session can no longer be served.
     EngineFailed,
+    /// The engine running the container was found dead (no answer, its connection
+    /// broken): nothing can be asked of it, so the container is given up at once, its
+    /// removal left to the sweep when the engine comes back.
+    EngineLost,
 }
 
 /// How the script's process ended (defined with the trailer that reports it).
@@ -211,6 +215,12 @@ pub struct Run {
     pub events: Recipient<ContainerEvent>,
 }
 
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Run({} bytes)", self.request.len())
+    }
+}
+
 /// Deliver a signal (SIGINT for Ctrl-C) to the script, by name.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -228,7 +238,12 @@ pub struct Kill(pub KillCause);
 #[rtype(result = "()")]
 pub enum ContainerEvent {
     /// The script has been handed to Python (STARTED is already queued for the client).
-    Started { latency: Duration, warm: bool },
+    Started {
+        latency: Duration,
+        warm: bool,
+        /// The engine it runs on, for per-engine figures.
+        engine: Arc<str>,
+    },
     /// The script's first output is on its way to the client.
     FirstOutput,
     /// The script is over and all its output has been queued for the client.
@@ -246,9 +261,9 @@ pub struct ContainerGone {
     pub leaked: Option<String>,
     /// Set when the engine could not be reached: the owner stops launching until it can.
     pub unreachable: Option<EngineError>,
-    /// The container failed before any session's script came (its launch failed fast):
-    /// the owner passes this on to the session it handed the container to, whose `Run`
-    /// would otherwise reach a stopped actor and never be answered.
+    /// The container failed before its session's script started (its launch failed, or
+    /// its engine was lost): the owner places the session on another engine, once (the
+    /// session sends its script again), or passes the failure on. Nobody else tells it.
     pub unreported: Option<ContainerFailure>,
 }
 
@@ -262,10 +277,14 @@ pub struct ContainerReady {
     pub ready: bool,
 }
 
-/// A container whose removal failed, handed to the owner for a later retry.
+/// A container whose removal failed, handed to the owner for a later retry: the ID of a
+/// container that slot `key` replaced.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Orphaned(pub String);
+pub struct Orphaned {
+    pub key: u64,
+    pub id: String,
+}
 
 // ---- Server → Supervisor ----------------------------------------------------------------
 

@@ -20,6 +20,11 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::{EndReason, ErrorCode};
 
+mod engines;
+
+pub use engines::EngineFigures;
+use engines::EngineMetrics;
+
 /// Counters updated straight from the streaming path, without a message per chunk. They
 /// are the very counters /metrics exports (a `Counter` is a shared atomic).
 #[derive(Debug, Default)]
@@ -85,7 +90,14 @@ pub struct ConnectionRefused;
 pub struct ContainerStarted {
     /// From asking Docker for a container to the script being handed to Python.
     pub latency: Duration,
+    /// The engine it runs on.
+    pub engine: Arc<str>,
 }
+
+/// Each engine's figures, pushed by the Supervisor whenever they change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EngineGauges(pub Vec<EngineFigures>);
 
 /// Current load, pushed by the Supervisor whenever it changes.
 #[derive(Message)]
@@ -95,6 +107,8 @@ pub struct Gauges {
     pub queued: usize,
     /// Warm containers ready for a script.
     pub warm: usize,
+    /// What `warm` reaches when the pools of the engines in service are full.
+    pub warm_target: usize,
     /// Active sessions (queued or running) per client identity.
     pub clients: Vec<(String, usize)>,
 }
@@ -283,14 +297,16 @@ struct Metrics {
     script_memory: Histogram,
     docker_up: Gauge,
     capacity: Family<LimitLabels, Gauge>,
+    engines: EngineMetrics,
 }
 
 impl Metrics {
     fn new(bytes: &ByteCounters) -> Self {
         // 1 ms to ~16 s: a warm start is milliseconds, a cold one a few hundred.
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let mut registry = Registry::with_prefix("pyexec");
         let mut m = Metrics {
-            registry: Registry::with_prefix("pyexec"),
+            registry: Registry::default(),
             sessions: Family::default(),
             accepted: Counter::default(),
             busy: Counter::default(),
@@ -311,7 +327,10 @@ impl Metrics {
             script_memory: Histogram::new(exponential_buckets(4.0 * 1024.0 * 1024.0, 2.0, 13)),
             docker_up: Gauge::default(),
             capacity: Family::default(),
+            engines: EngineMetrics::new(&mut registry),
         };
+        // The engines' series went in first; the rest join them, all under `pyexec_`.
+        m.registry = registry;
         let r = &mut m.registry;
         r.register(
             "sessions",
@@ -406,7 +425,7 @@ impl Metrics {
         );
         r.register(
             "docker_up",
-            "1 while the Docker Engine answers",
+            "1 while at least one engine is in service",
             m.docker_up.clone(),
         );
         r.register(
@@ -563,6 +582,7 @@ impl Handler<ContainerStarted> for Status {
         self.metrics
             .container_start
             .observe(msg.latency.as_secs_f64());
+        self.metrics.engines.started(&msg.engine, msg.latency);
     }
 }
 
@@ -573,9 +593,19 @@ impl Handler<Gauges> for Status {
         self.metrics.running.set(msg.running as i64);
         self.metrics.queued.set(msg.queued as i64);
         self.metrics.warm.set(msg.warm as i64);
+        // The pools of the engines in service: one engine down does not keep the daemon
+        // from being ready while another serves.
+        self.warm_target = msg.warm_target;
         if self.readiness == Readiness::Warming && msg.warm >= self.warm_target {
             self.readiness = Readiness::Ready;
         }
+    }
+}
+
+impl Handler<EngineGauges> for Status {
+    type Result = ();
+    fn handle(&mut self, EngineGauges(figures): EngineGauges, _: &mut Context<Self>) {
+        self.metrics.engines.update(figures);
     }
 }
 
@@ -585,7 +615,7 @@ impl Handler<IsReady> for Status {
         match self.readiness {
             Readiness::Ready => Ok(()),
             Readiness::Warming => Err("the warm pool is still filling"),
-            Readiness::EngineDown => Err("the Docker Engine does not answer"),
+            Readiness::EngineDown => Err("no engine is in service"),
         }
     }
 }
@@ -654,6 +684,9 @@ impl Handler<Dump> for Status {
     type Result = ();
     fn handle(&mut self, _: Dump, _: &mut Context<Self>) {
         tracing::info!(target: "pyexecd::status", "status: {}", self.snapshot());
+        for line in self.metrics.engines.lines() {
+            tracing::info!(target: "pyexecd::status", "status: {line}");
+        }
     }
 }
 
@@ -680,6 +713,7 @@ mod tests {
             running: 0,
             queued: 0,
             warm,
+            warm_target: 2,
             clients: Vec::new(),
         };
         let ready = || status.send(IsReady);
@@ -695,10 +729,7 @@ mod tests {
         status.do_send(gauges(0));
         assert_eq!(ready().await.unwrap(), Ok(()));
         status.do_send(DockerHealth { up: false });
-        assert_eq!(
-            ready().await.unwrap(),
-            Err("the Docker Engine does not answer")
-        );
+        assert_eq!(ready().await.unwrap(), Err("no engine is in service"));
         status.do_send(DockerHealth { up: true });
         assert!(ready().await.unwrap().is_err(), "the pool refills first");
         status.do_send(gauges(2));

@@ -13,17 +13,26 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::client_limits::{ClientLimits, RATE_WINDOW};
 use crate::config::Config;
-use crate::engine::{EngineError, SharedEngine};
+use crate::engine::join::{self, JoinDeps, JoinError};
+use crate::engine::{EngineError, Lease, SharedEngine};
 use crate::messages::{
-    Admission, Admit, Admitted, ContainerEvent, ContainerGone, ContainerHandle, ContainerReady,
-    Drain, DrainNow, Finished, Kill, KillCause, Orphaned, QueuePosition, Register, SessionHandle,
-    SessionStop, Unregister,
+    Admission, Admit, Admitted, ContainerEvent, ContainerFailure, ContainerGone, ContainerHandle,
+    ContainerReady, Drain, DrainNow, Finished, Kill, KillCause, Orphaned, QueuePosition, Register,
+    SessionHandle, SessionStop, Unregister,
 };
-use crate::status::{DockerHealth, Gauges, PoolUse, Status};
+use crate::status::{DockerHealth, EngineFigures, EngineGauges, Gauges, PoolUse, Status};
+
+mod engines;
+
+pub use engines::Health;
+use engines::{
+    pick, EngineEntry, Pick, Refill, MAX_REFILL_BACKOFF, MAX_REJOIN, MAX_START_FAILURES,
+    REFILL_BACKOFF, REJOIN,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionState {
@@ -31,6 +40,14 @@ enum SessionState {
     Connected,
     Queued,
     Running,
+}
+
+/// Whether a session may still be moved to another engine when its container fails to
+/// start: once, so that a session is never bounced around a failing fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relocation {
+    Allowed,
+    Spent,
 }
 
 struct Entry {
@@ -42,47 +59,53 @@ struct Entry {
     /// session may stop before it reads the verdict that carried it (a client that
     /// resets right after HELLO): then only this copy is left to give the slot back.
     container: Option<(u64, ContainerHandle)>,
+    relocation: Relocation,
 }
 
 struct Slot {
+    /// Index into `Supervisor::engines`.
+    engine: usize,
     container: ContainerHandle,
     /// Serving (or about to serve) a session, as opposed to waiting in the pool.
     assigned: bool,
 }
 
-/// First pause before refilling the pool after a warm container failed to start; doubled
-/// on each further failure up to `MAX_REFILL_BACKOFF`, so a Docker outage is not met with
-/// a storm of create calls.
-const REFILL_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(10);
-/// How often an idle daemon checks that the Engine still answers.
-const DOCKER_CHECK: Duration = Duration::from_secs(10);
+/// How often each engine in service is pinged. A dead engine's broken lease connection
+/// usually tells sooner; the ping finds one that hangs instead (its network cut).
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// Pings in a row that may time out before an engine counts as down: one slow answer
+/// on a loaded host must not end every session on it. A refused connection counts at once.
+const MAX_SLOW_PINGS: u32 = 2;
 
-/// Starts a container actor for slot `key` (`warm`: ahead of demand). The server wires
-/// this to `container::spawn`; the unit tests to the same actor on an in-memory engine.
-pub type SpawnContainer = Box<dyn Fn(u64, bool) -> ContainerHandle>;
+/// Starts a container actor for slot `key` on engine `engine` (`warm`: ahead of demand).
+/// The server wires this to `container::spawn`; the unit tests to the same actor on
+/// in-memory engines.
+pub type SpawnContainer = Box<dyn Fn(u64, usize, bool) -> ContainerHandle>;
+
+/// An engine as the daemon starts with it: joined already (`Ok`: its lease), or not
+/// (`Err`: why; it is tried again from the start).
+pub struct EngineStart {
+    pub engine: SharedEngine,
+    pub max_sessions: usize,
+    pub warm: usize,
+    pub joined: Result<Lease, EngineError>,
+}
 
 pub struct Supervisor {
     cfg: Arc<Config>,
-    engine: SharedEngine,
+    engines: Vec<EngineEntry>,
+    join: JoinDeps,
     spawn: SpawnContainer,
     status: Addr<Status>,
     sessions: HashMap<u64, Entry>,
     queue: VecDeque<u64>,
     slots: HashMap<u64, Slot>,
-    /// Warm containers ready for a script, oldest first.
-    pool: VecDeque<u64>,
-    /// Warm containers still starting.
-    warming: VecDeque<u64>,
-    refill_backoff: Duration,
-    refill_paused: bool,
     clients: ClientLimits,
-    /// Why the engine is considered down; `None` while it answers.
-    docker_down: Option<EngineError>,
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
-    orphans: Vec<String>,
+    /// Leases handed in at start, watched once the actor runs.
+    leases: Vec<(usize, Lease)>,
 }
 
 impl Supervisor {
@@ -90,52 +113,99 @@ impl Supervisor {
     /// `Supervisor::create`).
     pub fn new(
         cfg: Arc<Config>,
-        engine: SharedEngine,
+        engines: Vec<EngineStart>,
+        join: JoinDeps,
         spawn: SpawnContainer,
         status: Addr<Status>,
     ) -> Self {
+        let mut leases = Vec::new();
+        let entries = engines
+            .into_iter()
+            .enumerate()
+            .map(|(i, start)| {
+                let health = match start.joined {
+                    Ok(lease) => {
+                        let (release, _) = oneshot::channel();
+                        leases.push((i, lease));
+                        Health::Up { lease: release }
+                    }
+                    Err(why) => Health::Down {
+                        why,
+                        since: Instant::now(),
+                        retry: REJOIN,
+                    },
+                };
+                EngineEntry::new(start.engine, start.max_sessions, start.warm, health)
+            })
+            .collect();
         Supervisor {
             clients: ClientLimits::new(cfg.max_sessions_per_client, cfg.rate),
             cfg,
-            engine,
+            engines: entries,
+            join,
             spawn,
             status,
             sessions: HashMap::new(),
             queue: VecDeque::new(),
             slots: HashMap::new(),
-            pool: VecDeque::new(),
-            warming: VecDeque::new(),
-            refill_backoff: REFILL_BACKOFF,
-            refill_paused: false,
-            docker_down: None,
             next_key: 0,
             draining: false,
             drained: None,
-            orphans: Vec::new(),
+            leases,
         }
     }
 
     /// Containers serving a session (the others are spares).
     fn running(&self) -> usize {
-        self.slots.values().filter(|s| s.assigned).count()
+        self.engines.iter().map(|e| e.assigned).sum()
+    }
+
+    fn any_up(&self) -> bool {
+        self.engines.iter().any(EngineEntry::is_up)
     }
 
     fn gauges(&self) {
         self.status.do_send(Gauges {
             running: self.running(),
             queued: self.queue.len(),
-            warm: self.pool.len(),
+            warm: self.engines.iter().map(|e| e.pool.len()).sum(),
+            warm_target: self
+                .engines
+                .iter()
+                .filter(|e| e.is_up())
+                .map(|e| e.warm)
+                .sum(),
             clients: self.clients.active(),
         });
+        self.status.do_send(EngineGauges(
+            self.engines
+                .iter()
+                .map(|e| EngineFigures {
+                    name: e.name().to_string(),
+                    up: e.is_up(),
+                    running: e.assigned,
+                    warm: e.pool.len(),
+                    state: match &e.health {
+                        Health::Up { .. } => "up".to_string(),
+                        Health::Joining => "joining".to_string(),
+                        Health::Down { why, .. } => format!("down ({why})"),
+                    },
+                })
+                .collect(),
+        ));
     }
 
-    fn launch(&mut self, assigned: bool) -> (u64, ContainerHandle) {
+    fn launch(&mut self, engine: usize, assigned: bool) -> (u64, ContainerHandle) {
         self.next_key += 1;
         let key = self.next_key;
-        let container = (self.spawn)(key, !assigned);
+        let container = (self.spawn)(key, engine, !assigned);
+        let e = &mut self.engines[engine];
+        e.containers += 1;
+        e.assigned += assigned as usize;
         self.slots.insert(
             key,
             Slot {
+                engine,
                 container: container.clone(),
                 assigned,
             },
@@ -147,89 +217,207 @@ impl Supervisor {
         self.slots.len() < self.cfg.max_sessions
     }
 
-    /// A container for a session: a ready warm one, else one still warming up, else a
-    /// cold start if there is room.
-    fn take_container(&mut self) -> Option<(u64, ContainerHandle)> {
-        // One still starting was started ahead of demand: a hit all the same.
-        let Some(key) = self.pool.pop_front().or_else(|| self.warming.pop_front()) else {
-            if !self.has_room() {
-                return None;
+    /// A container for a session on an engine other than `avoid`, by the placement
+    /// policy (`engines::pick`).
+    fn take_container(&mut self, avoid: Option<usize>) -> Option<(u64, ContainerHandle)> {
+        let key = match pick(&self.engines, avoid, self.has_room())? {
+            Pick::Cold(i) => {
+                let launched = self.launch(i, true);
+                self.status.do_send(PoolUse { hit: false });
+                return Some(launched);
             }
-            let launched = self.launch(true);
-            self.status.do_send(PoolUse { hit: false });
-            return Some(launched);
-        };
+            Pick::Spare(i) => self.engines[i].pool.pop_front(),
+            Pick::Warming(i) => self.engines[i].warming.pop_front(),
+        }
+        .expect("pick chose a non-empty pool");
         self.status.do_send(PoolUse { hit: true });
         let slot = self
             .slots
             .get_mut(&key)
             .expect("pooled containers have slots");
         slot.assigned = true;
+        self.engines[slot.engine].assigned += 1;
         Some((key, slot.container.clone()))
     }
 
-    /// The Engine stopped answering: refuse new sessions at once (instead of letting each
-    /// try and fail), fail the queued ones, and ping until it is back.
-    fn docker_lost(&mut self, why: EngineError, ctx: &mut Context<Self>) {
-        if self.docker_down.is_some() || self.draining {
+    /// Takes engine `i` out of service: its spares and running containers are given up at
+    /// once (their sessions end with the documented outcome, protocol §8), and it is tried
+    /// again after a pause. With no engine left, waiting sessions are told at once.
+    fn engine_lost(&mut self, i: usize, why: EngineError, ctx: &mut Context<Self>) {
+        let e = &mut self.engines[i];
+        if matches!(e.health, Health::Down { .. }) {
             return;
         }
-        warn!(error = %why, "lost the Docker Engine; refusing new sessions until it is back");
-        self.docker_down = Some(why);
-        self.status.do_send(DockerHealth { up: false });
-        for id in self.queue.drain(..) {
-            if let Some(entry) = self.sessions.get(&id) {
-                entry.session.stop.do_send(SessionStop::Unavailable);
+        warn!(engine = e.name(), error = %why, "engine out of service; its sessions end and new ones go elsewhere");
+        e.generation += 1;
+        // Dropping the lease's sender gives it up.
+        e.health = Health::Down {
+            why: why.clone(),
+            since: Instant::now(),
+            retry: e.rejoin,
+        };
+        e.rejoin = (e.rejoin * 2).min(MAX_REJOIN);
+        e.pool.clear();
+        e.warming.clear();
+        e.slow_pings = 0;
+        for slot in self.slots.values().filter(|s| s.engine == i) {
+            slot.container.kill.do_send(Kill(KillCause::EngineLost));
+        }
+        self.schedule_rejoin(i, ctx);
+        if !self.any_up() && !self.draining {
+            warn!(error = %why, "no engine is in service; refusing new sessions until one is back");
+            self.status.do_send(DockerHealth { up: false });
+            for id in self.queue.drain(..) {
+                if let Some(entry) = self.sessions.get(&id) {
+                    entry.session.stop.do_send(SessionStop::Unavailable);
+                }
             }
         }
         self.gauges();
-        self.ping_docker(ctx);
     }
 
-    fn check_docker(&mut self, ctx: &mut Context<Self>) {
-        if self.docker_down.is_some() || self.draining {
-            return; // ping_docker is on it already
-        }
-        let ping = self.engine.ping();
-        ctx.spawn(ping.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                if e.is_unreachable() {
-                    act.docker_lost(e, ctx);
+    fn schedule_rejoin(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let Health::Down { retry, .. } = self.engines[i].health else {
+            return;
+        };
+        let generation = self.engines[i].generation;
+        ctx.run_later(retry, move |act, ctx| {
+            if act.engines[i].generation == generation && !act.draining {
+                act.rejoin(i, ctx);
+            }
+        });
+    }
+
+    /// Tries to bring a down engine back: ping, image, lease, sweep (`engine::join`).
+    fn rejoin(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let e = &mut self.engines[i];
+        let Health::Down { retry, why, since } = &e.health else {
+            return;
+        };
+        let (retry, why, since) = (*retry, why.clone(), *since);
+        e.health = Health::Joining;
+        let generation = e.generation;
+        let fut = join::join(e.engine.clone(), i, self.join.clone());
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if act.engines[i].generation != generation || act.draining {
+                return; // stale: the engine was taken out again meanwhile
+            }
+            match res {
+                Ok((lease, swept)) => act.engine_joined(i, lease, swept, ctx),
+                Err(e) => {
+                    let name = act.engines[i].name().to_string();
+                    match &e {
+                        // Not an outage: someone must act.
+                        JoinError::Lease(_) | JoinError::Image(_) => {
+                            error!(engine = %name, error = %e, "engine cannot be brought back")
+                        }
+                        // Said once per kind of failure, not once a second.
+                        _ if why != e.as_engine_error() => {
+                            info!(engine = %name, error = %e, "engine still out of service")
+                        }
+                        _ => {}
+                    }
+                    act.engines[i].health = Health::Down {
+                        why: e.as_engine_error(),
+                        since,
+                        retry: (retry * 2).min(MAX_REJOIN),
+                    };
+                    act.schedule_rejoin(i, ctx);
+                    act.gauges();
                 }
             }
         }));
+        self.gauges();
     }
 
-    fn ping_docker(&mut self, ctx: &mut Context<Self>) {
-        let ping = self.engine.ping();
-        ctx.spawn(ping.into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => {
-                info!("the Docker Engine is back");
-                act.docker_down = None;
-                act.status.do_send(DockerHealth { up: true });
-                act.refill_backoff = REFILL_BACKOFF;
-                act.refill_paused = false;
-                act.retry_orphans(ctx);
-                act.advance_queue();
-            }
-            Err(_) => {
-                ctx.run_later(Duration::from_secs(1), |act, ctx| act.ping_docker(ctx));
+    fn engine_joined(&mut self, i: usize, lease: Lease, swept: usize, ctx: &mut Context<Self>) {
+        let was_none_up = !self.any_up();
+        let e = &mut self.engines[i];
+        info!(engine = e.name(), removed = swept, "engine in service");
+        e.health = Health::Up {
+            lease: oneshot::channel().0,
+        };
+        e.refill = Refill::Open {
+            backoff: REFILL_BACKOFF,
+        };
+        e.start_failures = 0;
+        e.slow_pings = 0;
+        // A sweep removed whatever this run could not: nothing is left to retry.
+        e.orphans.clear();
+        self.watch_lease(i, lease, ctx);
+        if was_none_up {
+            info!("an engine is back; taking sessions again");
+            self.status.do_send(DockerHealth { up: true });
+        }
+        self.advance_queue();
+    }
+
+    /// Keeps engine `i`'s lease, and takes the engine out of service if the lease is lost
+    /// (the engine died, or the connection to it broke).
+    fn watch_lease(&mut self, i: usize, lease: Lease, ctx: &mut Context<Self>) {
+        let Lease { lost, release } = lease;
+        if let Health::Up { lease } = &mut self.engines[i].health {
+            *lease = release;
+        }
+        let generation = self.engines[i].generation;
+        ctx.spawn(lost.into_actor(self).map(move |(), act, ctx| {
+            if act.engines[i].generation == generation {
+                act.engine_lost(
+                    i,
+                    EngineError::Unreachable("the connection to the engine broke".into()),
+                    ctx,
+                );
             }
         }));
     }
 
-    /// Starts warm containers until the pool is full, the slots are taken, or someone
-    /// is queued (they get the next slot first).
-    fn fill_pool(&mut self) {
-        if self.draining || self.refill_paused || self.docker_down.is_some() {
+    /// Pings every engine in service; a refused connection takes it out at once,
+    /// `MAX_SLOW_PINGS` timeouts in a row too.
+    fn ping_engines(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
             return;
         }
-        while self.queue.is_empty()
-            && self.has_room()
-            && self.pool.len() + self.warming.len() < self.cfg.warm
-        {
-            let (key, _) = self.launch(false);
-            self.warming.push_back(key);
+        for (i, e) in self.engines.iter().enumerate().filter(|(_, e)| e.is_up()) {
+            let generation = e.generation;
+            let engine = e.engine.clone();
+            let fut = async move { join::ping(&engine).await };
+            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                if act.engines[i].generation != generation {
+                    return;
+                }
+                match res {
+                    Ok(()) => act.engines[i].slow_pings = 0,
+                    Err(e) if e.to_string().starts_with("no answer to a ping") => {
+                        act.engines[i].slow_pings += 1;
+                        if act.engines[i].slow_pings >= MAX_SLOW_PINGS {
+                            act.engine_lost(i, e, ctx);
+                        }
+                    }
+                    Err(e) if e.is_unreachable() => act.engine_lost(i, e, ctx),
+                    Err(_) => {}
+                }
+            }));
+        }
+    }
+
+    /// Starts warm containers until every pool is full, the slots are taken, or someone
+    /// is queued (they get the next slot first).
+    fn fill_pool(&mut self) {
+        if self.draining || !self.queue.is_empty() {
+            return;
+        }
+        loop {
+            let Some(i) = (0..self.engines.len())
+                .filter(|i| self.engines[*i].wants_spare())
+                .min_by_key(|i| self.engines[*i].pool.len() + self.engines[*i].warming.len())
+            else {
+                return;
+            };
+            if !self.has_room() {
+                return;
+            }
+            let (key, _) = self.launch(i, false);
+            self.engines[i].warming.push_back(key);
         }
     }
 
@@ -237,8 +425,8 @@ impl Supervisor {
     /// place.
     fn advance_queue(&mut self) {
         let mut moved = false;
-        while !self.draining && self.docker_down.is_none() && !self.queue.is_empty() {
-            let Some((key, container)) = self.take_container() else {
+        while !self.draining && !self.queue.is_empty() {
+            let Some((key, container)) = self.take_container(None) else {
                 break;
             };
             let id = self.queue.pop_front().expect("queue is not empty");
@@ -284,9 +472,11 @@ impl Supervisor {
             }
         }
         // Spares serve nobody now.
-        for key in self.pool.drain(..).chain(self.warming.drain(..)) {
-            if let Some(slot) = self.slots.get(&key) {
-                slot.container.kill.do_send(Kill(KillCause::Discarded));
+        for e in &mut self.engines {
+            for key in e.pool.drain(..).chain(e.warming.drain(..)) {
+                if let Some(slot) = self.slots.get(&key) {
+                    slot.container.kill.do_send(Kill(KillCause::Discarded));
+                }
             }
         }
         if running_too {
@@ -297,26 +487,81 @@ impl Supervisor {
     }
 
     fn retry_orphans(&mut self, ctx: &mut Context<Self>) {
-        if self.orphans.is_empty() {
-            return;
-        }
-        let engine = self.engine.clone();
-        let ids = std::mem::take(&mut self.orphans);
-        let fut = async move {
-            let mut left = Vec::new();
-            for id in ids {
-                if engine.remove(&id).await.is_err() {
-                    left.push(id);
+        let jobs: Vec<_> = self
+            .engines
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, e)| e.is_up() && !e.orphans.is_empty())
+            .map(|(i, e)| {
+                (
+                    i,
+                    e.generation,
+                    e.engine.clone(),
+                    std::mem::take(&mut e.orphans),
+                )
+            })
+            .collect();
+        for (i, generation, engine, ids) in jobs {
+            let fut = async move {
+                let mut left = Vec::new();
+                for id in ids {
+                    if engine.remove(&id).await.is_err() {
+                        left.push(id);
+                    }
                 }
-            }
-            left
+                left
+            };
+            ctx.spawn(fut.into_actor(self).map(move |left, act, _| {
+                let e = &mut act.engines[i];
+                if !left.is_empty() {
+                    warn!(
+                        engine = e.name(),
+                        count = left.len(),
+                        "containers still not removed; retrying"
+                    );
+                }
+                // A generation later, the engine's sweep at its return covers them.
+                if e.generation == generation {
+                    e.orphans.extend(left);
+                }
+            }));
+        }
+    }
+
+    /// A container failed before its session's script started: place the session on
+    /// another engine, once (it sends its script again), or tell it.
+    fn relocate(&mut self, key: u64, failed_on: usize, failure: ContainerFailure) {
+        let Some(id) = self
+            .sessions
+            .iter()
+            .find(|(_, e)| matches!(&e.container, Some((k, _)) if *k == key))
+            .map(|(id, _)| *id)
+        else {
+            return; // its session is gone: nobody to serve
         };
-        ctx.spawn(fut.into_actor(self).map(|left, act, _| {
-            if !left.is_empty() {
-                warn!(count = left.len(), "containers still not removed; retrying");
+        let allowed = self.sessions[&id].relocation == Relocation::Allowed && !self.draining;
+        let replacement = match allowed {
+            true => self.take_container(Some(failed_on)),
+            false => None,
+        };
+        let entry = self.sessions.get_mut(&id).expect("found above");
+        match replacement {
+            Some((new_key, container)) => {
+                info!(
+                    from = self.engines[failed_on].name(),
+                    to = self.engines[self.slots[&new_key].engine].name(),
+                    error = %failure,
+                    "a container failed before its script started; the session goes to another engine"
+                );
+                entry.relocation = Relocation::Spent;
+                entry.container = Some((new_key, container.clone()));
+                entry.session.admitted.do_send(Admitted { container });
             }
-            act.orphans.extend(left);
-        }));
+            None => entry
+                .session
+                .events
+                .do_send(ContainerEvent::Finished(Finished::Failed(failure))),
+        }
     }
 }
 
@@ -324,13 +569,22 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        for (i, lease) in std::mem::take(&mut self.leases) {
+            self.watch_lease(i, lease, ctx);
+        }
+        for i in 0..self.engines.len() {
+            self.schedule_rejoin(i, ctx);
+        }
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.retry_orphans(ctx));
         // Clients whose last start has left the rate window are forgotten, so the map
         // holds at most the clients of the last minute, not every address ever seen.
         ctx.run_interval(RATE_WINDOW / 4, |act, _| act.clients.prune(Instant::now()));
-        // An idle daemon (or one whose pool is full) starts no containers, so it would
-        // not notice losing the Engine until a client came: look now and then.
-        ctx.run_interval(DOCKER_CHECK, |act, ctx| act.check_docker(ctx));
+        // An idle daemon (or one whose pools are full) starts no containers, so it would
+        // not notice losing an engine until a client came: look now and then.
+        ctx.run_interval(PING_EVERY, |act, ctx| act.ping_engines(ctx));
+        if !self.any_up() {
+            self.status.do_send(DockerHealth { up: false });
+        }
         self.fill_pool();
         self.gauges();
     }
@@ -361,6 +615,7 @@ impl Handler<Register> for Supervisor {
                 timer,
                 client: msg.client,
                 container: None,
+                relocation: Relocation::Allowed,
             },
         );
     }
@@ -404,14 +659,23 @@ impl Handler<Admit> for Supervisor {
         let Some(client) = self.sessions.get(&id).map(|e| e.client.clone()) else {
             return Admission::ShuttingDown;
         };
-        if let Some(why) = &self.docker_down {
-            return Admission::Unavailable(why.clone());
+        if !self.any_up() {
+            // Every engine is out: say why (the first one's reason stands for all).
+            let why = self
+                .engines
+                .iter()
+                .find_map(|e| match &e.health {
+                    Health::Down { why, .. } => Some(why.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| EngineError::Unreachable("no engine is in service yet".into()));
+            return Admission::Unavailable(why);
         }
         if let Err(refusal) = self.clients.admit(&client, Instant::now()) {
             return Admission::Limited(refusal);
         }
         let container = match self.queue.is_empty() {
-            true => self.take_container(),
+            true => self.take_container(None),
             false => None,
         };
         let entry = self.sessions.get_mut(&id).expect("checked above");
@@ -440,46 +704,71 @@ impl Handler<ContainerGone> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, gone: ContainerGone, ctx: &mut Context<Self>) {
-        self.slots.remove(&gone.key);
-        if let Some(failure) = gone.unreported {
-            // It failed before its session's script came: that session's Run would reach
-            // a stopped actor and never be answered, so it hears of the failure from here.
-            let owner = self
-                .sessions
-                .values()
-                .find(|e| matches!(&e.container, Some((key, _)) if *key == gone.key));
-            if let Some(entry) = owner {
-                entry
-                    .session
-                    .events
-                    .do_send(ContainerEvent::Finished(Finished::Failed(failure)));
-            }
-        }
-        self.pool.retain(|k| *k != gone.key);
-        if let Some(pos) = self.warming.iter().position(|k| *k == gone.key) {
-            // A spare that never became ready: its start failed. Back off before the
-            // next refill instead of hammering an Engine that is failing.
-            self.warming.remove(pos);
-            if !self.draining && !self.refill_paused {
-                self.refill_paused = true;
-                let pause = self.refill_backoff;
-                self.refill_backoff = (pause * 2).min(MAX_REFILL_BACKOFF);
-                warn!(
-                    pause_ms = pause.as_millis() as u64,
-                    "a warm container failed to start; pausing refills"
-                );
-                ctx.run_later(pause, |act, _| {
-                    act.refill_paused = false;
-                    act.fill_pool();
-                    act.gauges();
-                });
-            }
-        }
+        let Some(slot) = self.slots.remove(&gone.key) else {
+            return;
+        };
+        let i = slot.engine;
+        let e = &mut self.engines[i];
+        e.containers -= 1;
+        e.assigned -= slot.assigned as usize;
+        e.pool.retain(|k| *k != gone.key);
         if let Some(id) = gone.leaked {
-            self.orphans.push(id);
+            e.orphans.push(id);
+        }
+        // Was it a failed start on an engine that answers? Counted toward taking the
+        // engine out of service.
+        let start_failed = matches!(
+            &gone.unreported,
+            Some(ContainerFailure::Start(err)) if !err.is_unreachable()
+        );
+        if start_failed {
+            e.start_failures += 1;
+        }
+        if let Some(pos) = e.warming.iter().position(|k| *k == gone.key) {
+            // A spare that never became ready: its start failed. Back off before the
+            // next refill instead of hammering an engine that is failing.
+            e.warming.remove(pos);
+            if let Refill::Open { backoff } = e.refill {
+                if !self.draining && e.is_up() {
+                    e.refill = Refill::Paused { backoff };
+                    warn!(
+                        engine = e.name(),
+                        pause_ms = backoff.as_millis() as u64,
+                        "a warm container failed to start; pausing refills"
+                    );
+                    let generation = e.generation;
+                    ctx.run_later(backoff, move |act, _| {
+                        let e = &mut act.engines[i];
+                        if e.generation == generation {
+                            e.refill = Refill::Open {
+                                backoff: (backoff * 2).min(MAX_REFILL_BACKOFF),
+                            };
+                        }
+                        act.fill_pool();
+                        act.gauges();
+                    });
+                }
+            }
         }
         if let Some(why) = gone.unreachable {
-            self.docker_lost(why, ctx);
+            self.engine_lost(i, why, ctx);
+        } else if self.engines[i].start_failures >= MAX_START_FAILURES {
+            let why = match &gone.unreported {
+                Some(failure) => failure.to_string(),
+                None => "its containers fail to start".to_string(),
+            };
+            self.engine_lost(
+                i,
+                EngineError::Api(format!(
+                    "{MAX_START_FAILURES} container starts in a row failed; the last: {why}"
+                )),
+                ctx,
+            );
+        }
+        if let Some(failure) = gone.unreported {
+            if slot.assigned {
+                self.relocate(gone.key, i, failure);
+            }
         }
         self.advance_queue();
         self.check_drained();
@@ -490,11 +779,19 @@ impl Handler<ContainerReady> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ContainerReady, _: &mut Context<Self>) {
+        let Some(slot) = self.slots.get(&msg.key) else {
+            return;
+        };
+        let e = &mut self.engines[slot.engine];
         let (from, to) = if msg.ready {
-            self.refill_backoff = REFILL_BACKOFF;
-            (&mut self.warming, &mut self.pool)
+            e.refill = Refill::Open {
+                backoff: REFILL_BACKOFF,
+            };
+            e.start_failures = 0;
+            e.rejoin = REJOIN;
+            (&mut e.warming, &mut e.pool)
         } else {
-            (&mut self.pool, &mut self.warming)
+            (&mut e.pool, &mut e.warming)
         };
         if let Some(pos) = from.iter().position(|k| *k == msg.key) {
             from.remove(pos);
@@ -507,8 +804,10 @@ impl Handler<ContainerReady> for Supervisor {
 impl Handler<Orphaned> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Orphaned(id): Orphaned, _: &mut Context<Self>) {
-        self.orphans.push(id);
+    fn handle(&mut self, msg: Orphaned, _: &mut Context<Self>) {
+        if let Some(slot) = self.slots.get(&msg.key) {
+            self.engines[slot.engine].orphans.push(msg.id);
+        }
     }
 }
 

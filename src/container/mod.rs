@@ -154,6 +154,8 @@ pub struct ContainerActor {
     /// Output bytes the pump has handed to the session.
     delivered: Arc<AtomicU64>,
     output_done: bool,
+    /// The create-attach-start under way, cancelled if the engine is lost meanwhile.
+    launching: Option<SpawnHandle>,
     wait: Option<SpawnHandle>,
     pump: Option<SpawnHandle>,
     stdin_pump: Option<SpawnHandle>,
@@ -187,6 +189,7 @@ impl ContainerActor {
             measured: None,
             delivered: Arc::new(AtomicU64::new(0)),
             output_done: false,
+            launching: None,
             wait: None,
             pump: None,
             stdin_pump: None,
@@ -214,10 +217,13 @@ impl ContainerActor {
         self.phase = Phase::Launching;
         self.launched_at = Instant::now();
         let fut = self.deps.engine.launch(self.deps.spec.clone());
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(launched) => act.launched(launched, ctx),
-            Err(failed) => act.launch_failed(failed, ctx),
-        }));
+        self.launching = Some(ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.launching = None;
+            match res {
+                Ok(launched) => act.launched(launched, ctx),
+                Err(failed) => act.launch_failed(failed, ctx),
+            }
+        })));
     }
 
     fn launched(&mut self, launched: Launched, ctx: &mut Context<Self>) {
@@ -238,13 +244,13 @@ impl ContainerActor {
             self.stop = Stop::Killed(cause);
             return self.finish(ctx);
         }
+        // Also for a cold start: the owner counts it as the engine starting containers.
+        self.deps.ready.do_send(ContainerReady {
+            key: self.key,
+            ready: true,
+        });
         if self.run.is_some() {
             self.hand_over(ctx);
-        } else {
-            self.deps.ready.do_send(ContainerReady {
-                key: self.key,
-                ready: true,
-            });
         }
     }
 
@@ -297,9 +303,10 @@ impl ContainerActor {
         if let Some(id) = self.id.take() {
             let removal = self.deps.engine.remove(&id);
             let orphaned = self.deps.orphaned.clone();
+            let key = self.key;
             actix_rt::spawn(async move {
                 if removal.await.is_err() {
-                    orphaned.do_send(Orphaned(id));
+                    orphaned.do_send(Orphaned { key, id });
                 }
             });
         }
@@ -337,6 +344,7 @@ impl ContainerActor {
         run.events.do_send(ContainerEvent::Started {
             latency: since.elapsed(),
             warm: self.warm,
+            engine: self.deps.engine.name().into(),
         });
         self.events = Some(run.events);
 
@@ -579,9 +587,19 @@ impl ContainerActor {
         }
     }
 
-    /// Tells the session how its script ended, once. A failure with no session to tell
-    /// yet is kept for the owner (`ContainerGone::unreported`).
+    /// Tells the session how its script ended, once. A failure before the script started
+    /// goes to the owner instead (`ContainerGone::unreported`, with the script if it had
+    /// come), which places the session on another engine once before it hears of it.
     fn report(&mut self, oom: bool) {
+        if self.reported {
+            return;
+        }
+        if self.events.is_none() && self.relocatable() {
+            if let Some(failure) = self.failure.clone() {
+                self.unreported = Some(failure);
+                return;
+            }
+        }
         let events = self
             .events
             .take()
@@ -591,7 +609,7 @@ impl ContainerActor {
                 self.reported = true;
                 events.do_send(ContainerEvent::Finished(outcome));
             }
-            (None, Finished::Failed(failure)) if !self.reported => self.unreported = Some(failure),
+            (None, Finished::Failed(failure)) => self.unreported = Some(failure),
             (None, _) => {}
         }
     }
@@ -640,6 +658,50 @@ impl ContainerActor {
             }
         }));
     }
+
+    /// The engine is out of service: nothing can be asked of it (a call could hang until
+    /// the transport's timeout), so everything stops here, now. The session hears at
+    /// once; the container is left for the sweep when the engine comes back.
+    fn abandon(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Removing | Phase::Gone { .. }) {
+            return;
+        }
+        for handle in [
+            self.launching.take(),
+            self.wait.take(),
+            self.pump.take(),
+            self.stdin_pump.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        if let Phase::Handover(task) = std::mem::replace(&mut self.phase, Phase::Finishing) {
+            ctx.cancel_future(task);
+        }
+        // A script whose end is known keeps it; otherwise the engine's loss is the news.
+        if self.status.is_none() {
+            self.stop = Stop::Killed(KillCause::EngineLost);
+            self.failure
+                .get_or_insert(ContainerFailure::Lost(EngineError::Unreachable(format!(
+                    "engine `{}` is out of service",
+                    self.deps.engine.name()
+                ))));
+        }
+        self.report(false);
+        self.phase = Phase::Gone { removed: false };
+        ctx.stop();
+    }
+
+    /// Whether a failure before the script started may be retried elsewhere: not when the
+    /// server itself stopped the container for its session (a timeout, a cancel).
+    fn relocatable(&self) -> bool {
+        matches!(
+            self.stop,
+            Stop::No | Stop::Asked(KillCause::EngineLost) | Stop::Killed(KillCause::EngineLost)
+        )
+    }
 }
 
 impl Actor for ContainerActor {
@@ -676,6 +738,14 @@ impl Handler<Run> for ContainerActor {
                 self.run = Some(run);
                 self.hand_over(ctx);
             }
+            // Ending before it ever ran a script: the script goes back to the owner with
+            // the failure (see `report`), to be placed elsewhere.
+            Phase::Finishing | Phase::Removing
+                if self.run.is_none() && self.events.is_none() && !self.reported =>
+            {
+                self.run = Some(run);
+                self.failure.get_or_insert(ContainerFailure::Gone);
+            }
             _ => {
                 debug!(
                     phase = self.phase.name(),
@@ -709,6 +779,9 @@ impl Handler<Kill> for ContainerActor {
     type Result = ();
 
     fn handle(&mut self, Kill(cause): Kill, ctx: &mut Context<Self>) {
-        self.kill(cause, ctx);
+        match cause {
+            KillCause::EngineLost => self.abandon(ctx),
+            cause => self.kill(cause, ctx),
+        }
     }
 }

@@ -148,6 +148,10 @@ impl Session {
             container.kill.do_send(Kill(KillCause::ClientGone));
             return;
         }
+        if !matches!(self.slot, Slot::Waiting { .. }) {
+            // Admitted already: this is a container on another engine, replacing ours.
+            return self.replaced(container, ctx);
+        }
         let admitted_at = Instant::now();
         let queued_ms = match self.slot {
             Slot::Waiting { queued_at: Some(q) } => {

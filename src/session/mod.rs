@@ -35,8 +35,8 @@ use crate::bootstrap;
 use crate::config::{format_duration, format_size, Config};
 use crate::connections::ConnectionGuard;
 use crate::messages::{
-    Admitted, ContainerEvent, Finished, Kill, KillCause, QueuePosition, Register, Run,
-    SessionHandle, SessionStop, Signal, SupervisorHandle, Unregister,
+    Admitted, ContainerEvent, ContainerHandle, Finished, Kill, KillCause, QueuePosition, Register,
+    Run, SessionHandle, SessionStop, Signal, SupervisorHandle, Unregister,
 };
 use crate::protocol::{
     CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Hello, Queued,
@@ -51,7 +51,7 @@ use crate::stdin_queue::StdinQueue;
 use crate::token_bucket::TokenBucket;
 use codec::SessionCodec;
 use exit::{classify_exit, end_for_exit, exit_code_for, signal_name, ALLOWED_SIGNALS};
-use state::{Phase, Slot, Stdin, Upload, Writer};
+use state::{Handover, Phase, Slot, Start, Stdin, Upload, Writer};
 use writer::{write_frames, WriterDone};
 
 type Tls = TlsStream<TcpStream>;
@@ -321,6 +321,11 @@ impl Session {
                 EndReason::Shutdown,
                 "the server is shutting down".to_string(),
             ),
+            // Only when the engine's loss raced the script's own end; see protocol §8.
+            KillCause::EngineLost => (
+                EndReason::Unknown,
+                "the engine running the script was lost".to_string(),
+            ),
             KillCause::OutputLimit => (
                 EndReason::OutputLimit,
                 format!(
@@ -414,22 +419,66 @@ impl Session {
             &hello.args,
             &nonce,
         );
-        container.run.do_send(Run {
+        let handover = Handover {
             request,
             nonce,
             admitted_at,
             queued_ms,
-            stdin: self.stdin.clone(),
             output,
+        };
+        container.run.do_send(self.run_of(&handover, ctx));
+        self.slot = Slot::Running {
+            container,
+            start: Start::Pending(Box::new(handover)),
+        };
+    }
+
+    fn run_of(&self, h: &Handover, ctx: &Context<Self>) -> Run {
+        Run {
+            request: h.request.clone(),
+            nonce: h.nonce,
+            admitted_at: h.admitted_at,
+            queued_ms: h.queued_ms,
+            stdin: self.stdin.clone(),
+            output: h.output.clone(),
             control: self.control.clone(),
             stdin_in_flight: self.stdin_in_flight.clone(),
             output_limit: self.cfg().output_limit,
             events: ctx.address().recipient(),
-        });
-        self.slot = Slot::Running {
-            container,
-            started: false,
-        };
+        }
+    }
+
+    /// The Supervisor moved the session to a container on another engine, because its
+    /// container failed before the script started (the client sees nothing of it).
+    pub(super) fn replaced(&mut self, container: ContainerHandle, ctx: &mut Context<Self>) {
+        match std::mem::replace(&mut self.slot, Slot::Released) {
+            Slot::Held {
+                admitted_at,
+                queued_ms,
+                ..
+            } => {
+                self.slot = Slot::Held {
+                    container,
+                    admitted_at,
+                    queued_ms,
+                }
+            }
+            Slot::Running {
+                start: Start::Pending(handover),
+                ..
+            } => {
+                container.run.do_send(self.run_of(&handover, ctx));
+                self.slot = Slot::Running {
+                    container,
+                    start: Start::Pending(handover),
+                };
+            }
+            // Too late: nothing to move. The container is not ours to keep.
+            other => {
+                self.slot = other;
+                container.kill.do_send(Kill(KillCause::Discarded));
+            }
+        }
     }
 
     fn on_script(&mut self, chunk: bytes::Bytes, ctx: &mut Context<Self>) {
@@ -498,7 +547,7 @@ impl Session {
         match &self.slot {
             Slot::Running {
                 container,
-                started: true,
+                start: Start::Started,
             } => container.signal.do_send(Signal(name)),
             // Nothing runs yet: a terminating signal means "never mind"; the
             // user-defined ones have no one to reach and are dropped.
@@ -675,12 +724,19 @@ impl Handler<ContainerEvent> for Session {
         match event {
             // The container has already queued the STARTED frame (ahead of any
             // STDIN_CREDIT); here it is only noted.
-            ContainerEvent::Started { latency, warm } => {
-                if let Slot::Running { started, .. } = &mut self.slot {
-                    *started = true;
+            ContainerEvent::Started {
+                latency,
+                warm,
+                engine,
+            } => {
+                if let Slot::Running { start, .. } = &mut self.slot {
+                    // Drops the copy of the output sender and the script.
+                    *start = Start::Started;
                 }
-                debug!(parent: &self.span, latency_ms = latency.as_millis() as u64, warm, "script started");
-                self.deps.status.do_send(ContainerStarted { latency });
+                debug!(parent: &self.span, latency_ms = latency.as_millis() as u64, warm, %engine, "script started");
+                self.deps
+                    .status
+                    .do_send(ContainerStarted { latency, engine });
             }
             ContainerEvent::FirstOutput => {
                 self.deps.status.do_send(FirstOutput {

@@ -5,8 +5,11 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
 
+use crate::bootstrap::NONCE_LEN;
 use crate::messages::ContainerHandle;
+use crate::protocol::Frame;
 use crate::status::Outcome;
 
 /// Where the conversation with the client stands.
@@ -50,10 +53,10 @@ pub(super) enum Slot {
         admitted_at: Instant,
         queued_ms: u64,
     },
-    /// `Run` has been sent; `started` once the container said the script is in.
+    /// `Run` has been sent.
     Running {
         container: ContainerHandle,
-        started: bool,
+        start: Start,
     },
     /// The container has reported the script's end.
     Released,
@@ -66,6 +69,25 @@ impl Slot {
             Slot::Waiting { .. } | Slot::Released => None,
         }
     }
+}
+
+/// Whether the script is in its container yet.
+pub(super) enum Start {
+    /// Not yet: what it takes to send the script again, to the container on another
+    /// engine that the Supervisor hands over if this one fails to start.
+    Pending(Box<Handover>),
+    /// The container said the script is in (STARTED has gone to the client).
+    Started,
+}
+
+/// A `Run` that can be made again.
+pub(super) struct Handover {
+    pub request: Bytes,
+    pub nonce: [u8; NONCE_LEN],
+    pub admitted_at: Instant,
+    pub queued_ms: u64,
+    /// A copy of the output channel's sender, dropped at STARTED.
+    pub output: mpsc::Sender<Frame>,
 }
 
 /// The client's stdin.

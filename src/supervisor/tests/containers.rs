@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::engine::EngineError;
 use crate::messages::{ContainerFailure, Kill, KillCause, ScriptExit, Signal};
-use crate::supervisor::REFILL_BACKOFF;
+use crate::supervisor::engines::REFILL_BACKOFF;
 
 /// `container::MAX_LAUNCHES`: how many containers are tried for one script.
 const MAX_LAUNCHES: u32 = 3;
@@ -19,7 +19,10 @@ async fn a_script_gets_its_stdin_and_its_output_reaches_the_session() {
     let mut s1 = h.session("a");
     let c1 = s1.granted().await;
     let mut io = s1.run(&c1, "eprint ready\necho-stdin\nexit 4");
-    assert!(matches!(s1.next().await, Heard::Started { warm: false }));
+    assert!(matches!(
+        s1.next().await,
+        Heard::Started { warm: false, .. }
+    ));
     assert!(matches!(io.control.recv().await, Some(Frame::Started(_))));
     io.stdin.push(b"hello ");
     io.stdin.push(b"world");
@@ -49,7 +52,10 @@ async fn a_spare_that_dies_unused_is_replaced() {
     let c1 = s1.granted().await;
     let mut io = s1.run(&c1, "print hi");
     // A replacement is a container started for this script, not a warm one.
-    assert!(matches!(s1.next().await, Heard::Started { warm: false }));
+    assert!(matches!(
+        s1.next().await,
+        Heard::Started { warm: false, .. }
+    ));
     assert_eq!(s1.finished().await, exited(0));
     assert_eq!(io.stdout(), "hi\n");
 }
@@ -69,7 +75,7 @@ async fn the_pool_is_refilled_after_a_spare_is_lost_but_not_at_once() {
     let mut s1 = h.session("a");
     let c1 = s1.granted().await;
     let mut io = s1.run(&c1, "print hi");
-    assert!(matches!(s1.next().await, Heard::Started { warm: true }));
+    assert!(matches!(s1.next().await, Heard::Started { warm: true, .. }));
     assert_eq!(s1.finished().await, exited(0));
     assert_eq!(io.stdout(), "hi\n");
     let state = h.engine.until(|s| s.present.len() == 1).await; // the next spare
@@ -101,14 +107,15 @@ async fn a_start_that_fails_is_reported_and_frees_the_slot() {
     assert_eq!((state.launches.len(), state.removed.len()), (2, 2));
 }
 
-/// Warm containers that cannot start: the refills back off, doubling the pause, and the
-/// pool fills as soon as the engine starts containers again.
+/// Warm containers that cannot start: the refills back off, doubling the pause; after
+/// `MAX_START_FAILURES` in a row the engine is taken out of service (sessions are refused
+/// rather than failed one by one), and once it starts containers again it serves.
 #[actix_rt::test]
-async fn refills_back_off_while_starts_fail() {
+async fn refills_back_off_while_starts_fail_then_the_engine_is_taken_out() {
     tokio::time::pause();
-    let h = Harness::start(config(2, 1, 0));
+    let mut h = Harness::start(config(2, 1, 0));
     h.engine.fail_launches(usize::MAX);
-    let state = h.engine.until(|s| s.launches.len() == 5).await;
+    let state = h.engine.until(|s| s.launches.len() == 3).await;
     let gaps: Vec<Duration> = state.launches.windows(2).map(|w| w[1] - w[0]).collect();
     for (i, gap) in gaps.iter().enumerate() {
         let pause = REFILL_BACKOFF * 2u32.pow(i as u32);
@@ -117,9 +124,18 @@ async fn refills_back_off_while_starts_fail() {
             "pauses {gaps:?}"
         );
     }
+    h.engine.until(|s| s.present.is_empty()).await;
+    let s = h.session("a");
+    match s.admit().await {
+        Admission::Unavailable(EngineError::Api(why)) => {
+            assert!(why.contains("container starts in a row failed"), "{why}")
+        }
+        other => panic!("expected the engine out of service, got {other:?}"),
+    }
+    s.unregister();
     h.engine.fail_launches(0);
     let state = h.engine.until(|s| s.idle.len() == 1).await;
-    assert_eq!(state.removed.len(), 5, "every failed container was removed");
+    assert_eq!(state.removed.len(), 3, "every failed container was removed");
 }
 
 /// The engine's wait breaks while the script runs: nobody can tell how the script ended.

@@ -10,6 +10,7 @@ mod admission;
 mod containers;
 mod drain;
 mod engine_down;
+mod engines;
 mod races;
 
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use actix::prelude::*;
 use clap::Parser;
 use tokio::sync::mpsc;
 
-use super::Supervisor;
+use super::{EngineStart, Supervisor};
 use crate::config::{Cli, Config};
 use crate::container::{self, ContainerDeps};
 use crate::engine::fake::FakeEngine;
-use crate::engine::SharedEngine;
+use crate::engine::join::JoinDeps;
+use crate::engine::{Engine, SharedEngine};
 use crate::messages::{
     Admission, Admit, Admitted, ContainerEvent, ContainerHandle, Finished, QueuePosition, Register,
     Run, SessionHandle, SessionStop, Unregister,
@@ -51,37 +53,79 @@ pub(super) fn config(max_sessions: usize, warm: usize, max_queue: usize) -> Conf
     cfg
 }
 
-/// A Supervisor and its containers on a fake engine.
+/// A Supervisor and its containers on fake engines.
 pub(super) struct Harness {
+    /// The first engine (the only one, unless the test asked for more).
     pub engine: FakeEngine,
+    pub engines: Vec<FakeEngine>,
     pub supervisor: Addr<Supervisor>,
     next_id: u64,
 }
 
 impl Harness {
-    /// Starts the actors as `server::run` does. Call it inside an actix System whose clock
-    /// is paused.
+    /// Starts the actors as `server::run` does, on one engine. Call it inside an actix
+    /// System whose clock is paused.
     pub fn start(cfg: Config) -> Self {
+        Self::start_on(cfg, &[("fake", None)])
+    }
+
+    /// The same on several engines: each a name and its slot cap (default the daemon's),
+    /// the pool split among them as `config::engines` splits it.
+    pub fn start_on(cfg: Config, engines: &[(&str, Option<usize>)]) -> Self {
         let cfg = Arc::new(cfg);
-        let engine = FakeEngine::new();
-        let shared: SharedEngine = Arc::new(engine.clone());
+        let fakes: Vec<FakeEngine> = engines.iter().map(|(n, _)| FakeEngine::named(n)).collect();
+        let join = JoinDeps {
+            instance: cfg.instance.clone(),
+            run: "this run".into(),
+            image: cfg.sandbox.image.clone(),
+            sync: Arc::new(|_| Box::pin(async { Ok(()) })),
+        };
+        let starts = fakes
+            .iter()
+            .zip(engines)
+            .map(|(fake, (_, max))| {
+                // The fake answers at once: its future is ready on the first poll.
+                let lease = futures::executor::block_on(fake.take_lease(
+                    &join.instance,
+                    &join.run,
+                    &join.image,
+                ));
+                let max_sessions = max.unwrap_or(cfg.max_sessions);
+                EngineStart {
+                    engine: Arc::new(fake.clone()),
+                    max_sessions,
+                    warm: cfg.warm.div_ceil(engines.len()).min(max_sessions),
+                    joined: lease.map_err(|e| crate::engine::EngineError::Api(e.to_string())),
+                }
+            })
+            .collect();
+        let shared: Vec<SharedEngine> = fakes
+            .iter()
+            .map(|f| Arc::new(f.clone()) as SharedEngine)
+            .collect();
         let bytes = Arc::new(ByteCounters::default());
         let status = Status::new(bytes.clone(), Capacity::default()).start();
         let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
         let supervisor = Supervisor::create(|ctx| {
-            let deps = ContainerDeps {
-                engine: shared.clone(),
-                spec,
-                bytes,
-                gone: ctx.address().recipient(),
-                ready: ctx.address().recipient(),
-                orphaned: ctx.address().recipient(),
-            };
-            let spawn = Box::new(move |key, warm| container::spawn(deps.clone(), key, warm));
-            Supervisor::new(cfg, shared, spawn, status)
+            let deps: Vec<ContainerDeps> = shared
+                .iter()
+                .map(|engine| ContainerDeps {
+                    engine: engine.clone(),
+                    spec: spec.clone(),
+                    bytes: bytes.clone(),
+                    gone: ctx.address().recipient(),
+                    ready: ctx.address().recipient(),
+                    orphaned: ctx.address().recipient(),
+                })
+                .collect();
+            let spawn = Box::new(move |key, engine: usize, warm| {
+                container::spawn(deps[engine].clone(), key, warm)
+            });
+            Supervisor::new(cfg, starts, join, spawn, status)
         });
         Harness {
-            engine,
+            engine: fakes[0].clone(),
+            engines: fakes,
             supervisor,
             next_id: 0,
         }
@@ -118,7 +162,7 @@ pub(super) enum Heard {
     Admitted(ContainerHandle),
     Position(u32),
     Stop(SessionStop),
-    Started { warm: bool },
+    Started { warm: bool, engine: String },
     FirstOutput,
     Finished(Finished),
 }
@@ -155,7 +199,10 @@ impl Handler<ContainerEvent> for Probe {
     type Result = ();
     fn handle(&mut self, event: ContainerEvent, _: &mut Context<Self>) {
         let _ = self.0.send(match event {
-            ContainerEvent::Started { warm, .. } => Heard::Started { warm },
+            ContainerEvent::Started { warm, engine, .. } => Heard::Started {
+                warm,
+                engine: engine.to_string(),
+            },
             ContainerEvent::FirstOutput => Heard::FirstOutput,
             ContainerEvent::Finished(f) => Heard::Finished(f),
         });
