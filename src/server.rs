@@ -13,25 +13,22 @@ use tracing::{info, warn};
 use crate::certs::{self, CertError};
 use crate::config::Config;
 use crate::container::{self, ContainerDeps};
-use crate::engine::docker::{self, DockerEngine, DockerError};
+use crate::engine::join::{self, JoinDeps};
 use crate::engine::SharedEngine;
-use crate::image::{self, ImageError};
+use crate::fleet::{self, FleetError, Member};
 use crate::listener::{Listener, ListenerDeps, SetAcceptor, StopAccepting};
 use crate::messages::{Drain, DrainNow, SupervisorHandle};
 use crate::sandbox::SandboxSpec;
 use crate::session::{self, SessionDeps};
 use crate::shutdown::{SignalEvent, Signals};
 use crate::status::{ByteCounters, Capacity, Dump, Status};
-use crate::supervisor::Supervisor;
-use crate::tcp_memory::TcpMemGuard;
+use crate::supervisor::{EngineStart, Supervisor};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Docker(#[from] DockerError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
+    Engines(#[from] FleetError),
     #[error(transparent)]
     Certs(#[from] CertError),
     #[error(transparent)]
@@ -66,18 +63,25 @@ fn raise_nofile_limit() {
 }
 
 struct Ready {
-    docker: bollard::Docker,
+    members: Vec<Member>,
+    engines: Vec<EngineStart>,
+    join: JoinDeps,
     acceptor: TlsAcceptor,
     listener: TcpListener,
     metrics: Option<TcpListener>,
 }
 
 async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
-    let docker = docker::connect().await?;
-    let leftovers = docker::sweep(&docker, &cfg.instance).await?;
-    if leftovers > 0 {
-        warn!(count = leftovers, instance = %cfg.instance, "removed containers left by an earlier run");
-    }
+    let members = fleet::members(cfg)?;
+    let join = JoinDeps {
+        instance: cfg.instance.clone(),
+        run: crate::bootstrap::new_nonce()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        image: cfg.sandbox.image.clone(),
+        sync: fleet::image_sync(&members, &cfg.sandbox.image),
+    };
 
     if let Some(dir) = cfg.certs_to_generate() {
         let paths = certs::generate(dir, &[], false)?;
@@ -97,7 +101,9 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         cfg.client_ca.as_deref(),
     )?);
 
-    image::ensure(&docker, &cfg.sandbox.image).await?;
+    // Last: the engines may take a while (an image to build or copy), and what is
+    // checked above must fail fast.
+    let engines = fleet::start(cfg, &members, &join).await?;
 
     let bind = |addr| async move {
         TcpListener::bind(addr)
@@ -110,7 +116,9 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         None => None,
     };
     Ok(Ready {
-        docker,
+        members,
+        engines,
+        join,
         acceptor,
         listener,
         metrics,
@@ -161,25 +169,33 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     };
     let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
-    let tcp_memory = Arc::new(TcpMemGuard::detect(cfg.sandbox.tcp_memory));
-    if tcp_memory.is_bounded() {
-        info!("TCP socket memory: {tcp_memory}");
-    } else {
-        warn!("TCP socket memory: {tcp_memory}");
+    for m in &ready.members {
+        let guard = crate::engine::Engine::name(m.engine.as_ref());
+        info!(engine = guard, url = %m.spec.url, max_sessions = m.spec.max_sessions, warm = m.spec.warm, "engine configured");
     }
-    let engine: SharedEngine =
-        Arc::new(DockerEngine::new("local", ready.docker.clone(), tcp_memory));
+    let engines: Vec<SharedEngine> = ready.members.iter().map(|m| m.engine.clone()).collect();
     let supervisor = Supervisor::create(|ctx| {
-        let deps = ContainerDeps {
-            engine: engine.clone(),
-            spec,
-            bytes: bytes.clone(),
-            gone: ctx.address().recipient(),
-            ready: ctx.address().recipient(),
-            orphaned: ctx.address().recipient(),
-        };
-        let spawn = Box::new(move |key, warm| container::spawn(deps.clone(), key, warm));
-        Supervisor::new(cfg.clone(), engine.clone(), spawn, status.clone())
+        let deps: Vec<ContainerDeps> = engines
+            .iter()
+            .map(|engine| ContainerDeps {
+                engine: engine.clone(),
+                spec: spec.clone(),
+                bytes: bytes.clone(),
+                gone: ctx.address().recipient(),
+                ready: ctx.address().recipient(),
+                orphaned: ctx.address().recipient(),
+            })
+            .collect();
+        let spawn = Box::new(move |key, engine: usize, warm| {
+            container::spawn(deps[engine].clone(), key, warm)
+        });
+        Supervisor::new(
+            cfg.clone(),
+            ready.engines,
+            ready.join,
+            spawn,
+            status.clone(),
+        )
     });
     let session_deps = Arc::new(SessionDeps {
         cfg: cfg.clone(),
@@ -255,14 +271,30 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         }
     }
     status.do_send(Dump);
-    match engine.sweep(&cfg.instance).await {
-        Ok(0) => {}
-        Ok(n) => warn!(
-            count = n,
-            "removed containers still present after the drain"
-        ),
-        Err(e) => warn!(error = %e, "cannot check for leftover containers"),
-    }
+    // Each engine bounded in time: a dead one must not hold the exit up.
+    let cleanups = engines.iter().map(|engine| {
+        let instance = cfg.instance.clone();
+        async move {
+            let work = async {
+                match engine.sweep(&instance).await {
+                    Ok(0) => {}
+                    Ok(n) => warn!(
+                        engine = engine.name(),
+                        count = n,
+                        "removed containers still present after the drain"
+                    ),
+                    Err(e) => {
+                        warn!(engine = engine.name(), error = %e, "cannot check for leftover containers")
+                    }
+                }
+                let _ = engine.release_lease(&instance).await;
+            };
+            if tokio::time::timeout(join::PING_TIMEOUT * 3, work).await.is_err() {
+                warn!(engine = engine.name(), "engine did not answer the final clean-up");
+            }
+        }
+    });
+    futures::future::join_all(cleanups).await;
     info!("shutdown complete");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use pyexec::config::layers::{self, LoadError, Loaded};
 use pyexec::config::{Command, LogFormat, ServeArgs};
-use pyexec::{certs, docker, image, server, tls};
+use pyexec::{certs, docker, fleet, image, server, tls};
 use tracing_subscriber::EnvFilter;
 
 /// sysexits' EX_USAGE: a bad flag, variable or config file value.
@@ -28,6 +28,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // bollard's TLS to tcp engines builds its rustls config with the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = match layers::load(std::env::args_os()) {
         Ok(loaded) => loaded,
         Err(LoadError::Clap(e)) => {
@@ -139,12 +141,26 @@ fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
             cfg.key.display()
         );
     }
-    // Local facts only (DOCKER_HOST, this host's cgroupfs): the Engine is not contacted.
     let tcp_memory = pyexec::tcp_memory::TcpMemGuard::detect(cfg.sandbox.tcp_memory);
     if tcp_memory.is_bounded() {
         println!("# TCP socket memory: {tcp_memory}");
     } else {
         println!("# warning: TCP socket memory: {tcp_memory}");
+    }
+    // Each engine is contacted: reachable, TLS accepted, its version, the image.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let probes = rt.block_on(fleet::probe_all(&cfg));
+    let mut broken = Vec::new();
+    for probe in &probes {
+        println!("# {probe}");
+        if let Some(problem) = probe.problem() {
+            broken.push(problem);
+        }
+    }
+    if !broken.is_empty() {
+        return Err(Failure::Config(broken.join("; ")));
     }
     println!("# configuration is valid");
     Ok(())
@@ -155,10 +171,15 @@ fn serve(cfg: pyexec::config::Config) -> Result<(), Failure> {
         Ok(()) => Ok(()),
         // Certificates that are missing or do not load are configuration, not a failure
         // a restart could cure: exit 64, so a supervisor (systemd) stops retrying.
+        // So are an engine whose TLS fails with the given certificates, and an instance
+        // name that a live daemon holds on an engine.
         Err(
             e @ (server::ServeError::MissingFile(_)
             | server::ServeError::Tls(_)
-            | server::ServeError::Certs(_)),
+            | server::ServeError::Certs(_)
+            | server::ServeError::Engines(
+                fleet::FleetError::Tls { .. } | fleet::FleetError::Taken { .. },
+            )),
         ) => Err(Failure::Config(e.to_string())),
         Err(e) => Err(Failure::Other(
             anyhow::Error::new(e).context("cannot serve"),

@@ -1,0 +1,312 @@
+//! The engines at start-up: a client for each configured engine, the first contact (a
+//! TLS failure is configuration and stops the start), the sandbox image on one engine
+//! (found, built or pulled) and then on every other (copied over the Engine API, no
+//! registry), and each engine's first join. Also the image sync the Supervisor runs when
+//! an engine comes back.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bollard::Docker;
+use futures::FutureExt;
+use tracing::{info, warn};
+
+use crate::config::engines::{EngineSpec, EngineUrl};
+use crate::config::Config;
+use crate::engine::docker::{self, DockerEngine, DockerError};
+use crate::engine::join::{self, ImageSync, JoinDeps, JoinError};
+use crate::engine::{EngineError, LeaseError, SharedEngine};
+use crate::image::{self, ImageError};
+use crate::image_copy::{self, EngineRef, Ensured, LogProgress};
+use crate::supervisor::EngineStart;
+use crate::tcp_memory::{TcpMemGuard, CGROUP_MOUNT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Configuration: the engine's TLS does not work with the given certificates.
+    #[error("{origin}: {source}")]
+    Tls { origin: String, source: DockerError },
+    /// No engine answered at all.
+    #[error("no engine answers: {0}")]
+    NoneReachable(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Another live daemon uses this instance name on an engine.
+    #[error("engine {engine}: {source}")]
+    Taken { engine: String, source: LeaseError },
+}
+
+/// One configured engine and its client.
+#[derive(Clone)]
+pub(crate) struct Member {
+    pub(crate) spec: EngineSpec,
+    pub(crate) docker: Docker,
+    pub(crate) engine: SharedEngine,
+}
+
+/// A client for every configured engine, each bounding TCP socket memory as its host
+/// allows (only a local engine's cgroups are in reach).
+pub(crate) fn members(cfg: &Config) -> Result<Vec<Member>, FleetError> {
+    cfg.engines
+        .iter()
+        .map(|spec| {
+            let docker = docker::client(spec).map_err(|source| FleetError::Tls {
+                origin: spec.origin.clone(),
+                source,
+            })?;
+            let tcp_memory = Arc::new(match &spec.url {
+                EngineUrl::Tcp { .. } => TcpMemGuard::detect_in(
+                    cfg.sandbox.tcp_memory,
+                    &spec.url.to_string(),
+                    Path::new(CGROUP_MOUNT),
+                ),
+                EngineUrl::Unix(path) => TcpMemGuard::detect_in(
+                    cfg.sandbox.tcp_memory,
+                    &format!("unix://{}", path.display()),
+                    Path::new(CGROUP_MOUNT),
+                ),
+                EngineUrl::Default => TcpMemGuard::detect(cfg.sandbox.tcp_memory),
+            });
+            let engine: SharedEngine = Arc::new(DockerEngine::new(
+                spec.name.clone(),
+                docker.clone(),
+                tcp_memory,
+            ));
+            Ok(Member {
+                spec: spec.clone(),
+                docker,
+                engine,
+            })
+        })
+        .collect()
+}
+
+/// The image sync the Supervisor runs for engine `i` when it joins: the image is taken
+/// from the first other engine that has it, and copied when `i` lacks it or has another
+/// build under the same tag. With no other engine to copy from, `i` makes it itself.
+pub(crate) fn image_sync(members: &[Member], image: &str) -> ImageSync {
+    let members: Arc<Vec<(String, Docker)>> = Arc::new(
+        members
+            .iter()
+            .map(|m| (m.spec.name.clone(), m.docker.clone()))
+            .collect(),
+    );
+    let image = image.to_string();
+    Arc::new(move |i| {
+        let (members, image) = (members.clone(), image.clone());
+        async move { sync_one(&members, i, &image).await }.boxed()
+    })
+}
+
+async fn sync_one(members: &[(String, Docker)], i: usize, image: &str) -> Result<(), String> {
+    let (name, target) = &members[i];
+    for (j, (source_name, source)) in members.iter().enumerate() {
+        if j == i || !matches!(image::exists(source, image).await, Ok(true)) {
+            continue;
+        }
+        // A load may take minutes on a slow link; the engine's usual timeout is for
+        // calls answered at once.
+        let target = target.clone().with_timeout(image_copy::LOAD_WAIT);
+        let mut progress = LogProgress::default();
+        return match image_copy::ensure_on(
+            EngineRef::new(source_name, source),
+            EngineRef::new(name, &target),
+            image,
+            &mut progress,
+        )
+        .await
+        {
+            Ok(Ensured::AlreadyThere { .. }) => Ok(()),
+            Ok(Ensured::Copied(report)) => {
+                info!(
+                    engine = %name,
+                    from = %source_name,
+                    image,
+                    mb = report.bytes / 1_000_000,
+                    secs = report.elapsed.as_secs_f64(),
+                    "copied the sandbox image"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    image::ensure(target, image)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Contacts every engine, puts the image on one, then joins each (which copies the
+/// image to it). Engines that do not answer start out of service and are tried again
+/// by the Supervisor; a TLS failure or an instance name held by a live daemon stops
+/// the start.
+pub(crate) async fn start(
+    cfg: &Config,
+    members: &[Member],
+    deps: &JoinDeps,
+) -> Result<Vec<EngineStart>, FleetError> {
+    let mut reachable = Vec::new();
+    let mut first_error = None;
+    for m in members {
+        match docker::check(&m.spec, &m.docker).await {
+            Ok(()) => reachable.push(true),
+            Err(source @ DockerError::Tls { .. }) => {
+                return Err(FleetError::Tls {
+                    origin: m.spec.origin.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                warn!(engine = %m.spec.name, error = %e, "engine does not answer; it is tried again in the background");
+                first_error.get_or_insert(e.to_string());
+                reachable.push(false);
+            }
+        }
+    }
+    let Some(home) = reachable.iter().position(|r| *r) else {
+        return Err(FleetError::NoneReachable(first_error.unwrap_or_default()));
+    };
+    // The image on one engine first: one that has it, else the first that answers
+    // builds (or pulls) it.
+    let mut source = None;
+    for (i, m) in members.iter().enumerate().filter(|(i, _)| reachable[*i]) {
+        if matches!(image::exists(&m.docker, &cfg.sandbox.image).await, Ok(true)) {
+            source = Some(i);
+            break;
+        }
+    }
+    if source.is_none() {
+        image::ensure(&members[home].docker, &cfg.sandbox.image).await?;
+    }
+
+    let mut started = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let joined = match reachable[i] {
+            false => Err(EngineError::Unreachable(
+                first_error.clone().unwrap_or_default(),
+            )),
+            true => match join::join(m.engine.clone(), i, deps.clone()).await {
+                Ok((lease, swept)) => {
+                    if swept > 0 {
+                        warn!(engine = %m.spec.name, count = swept, instance = %cfg.instance, "removed containers left by an earlier run");
+                    }
+                    Ok(lease)
+                }
+                Err(JoinError::Lease(source @ LeaseError::Held { .. })) => {
+                    return Err(FleetError::Taken {
+                        engine: m.spec.name.clone(),
+                        source,
+                    })
+                }
+                Err(e) => {
+                    warn!(engine = %m.spec.name, error = %e, "engine cannot be brought into service yet");
+                    Err(e.as_engine_error())
+                }
+            },
+        };
+        started.push(EngineStart {
+            engine: m.engine.clone(),
+            max_sessions: m.spec.max_sessions,
+            warm: m.spec.warm,
+            joined,
+        });
+    }
+    if started.iter().all(|s| s.joined.is_err()) {
+        return Err(FleetError::NoneReachable(
+            "no engine could be brought into service".into(),
+        ));
+    }
+    Ok(started)
+}
+
+/// What `check-config` found out about one engine.
+#[derive(Debug)]
+pub struct Probe {
+    pub name: String,
+    pub url: String,
+    pub outcome: ProbeOutcome,
+}
+
+#[derive(Debug)]
+pub enum ProbeOutcome {
+    /// It answered: its version, and whether the sandbox image is there.
+    Answered {
+        version: String,
+        tls: bool,
+        image: bool,
+    },
+    /// Configuration: its TLS does not work with the given certificates.
+    Tls(String),
+    /// It does not answer now (it may later).
+    Unreachable(String),
+}
+
+impl Probe {
+    /// A problem that makes the configuration invalid.
+    pub fn problem(&self) -> Option<String> {
+        match &self.outcome {
+            ProbeOutcome::Tls(why) => Some(format!("engine {} ({}): {why}", self.name, self.url)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            ProbeOutcome::Answered {
+                version,
+                tls,
+                image,
+            } => write!(
+                f,
+                "engine {} ({}): reachable{}, Docker Engine {version}, sandbox image {}",
+                self.name,
+                self.url,
+                if *tls { ", TLS accepted" } else { "" },
+                if *image {
+                    "present"
+                } else {
+                    "absent (built or copied at start)"
+                }
+            ),
+            ProbeOutcome::Tls(why) => {
+                write!(f, "error: engine {} ({}): {why}", self.name, self.url)
+            }
+            ProbeOutcome::Unreachable(why) => write!(
+                f,
+                "warning: engine {} ({}): does not answer ({why}); the daemon would try it \
+                 again in the background",
+                self.name, self.url
+            ),
+        }
+    }
+}
+
+/// Contacts every configured engine, as `check-config` reports it.
+pub async fn probe_all(cfg: &Config) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for spec in &cfg.engines {
+        let outcome = match docker::client(spec) {
+            Err(e) => ProbeOutcome::Tls(e.to_string()),
+            Ok(client) => match docker::check(spec, &client).await {
+                Err(DockerError::Tls { reason, .. }) => ProbeOutcome::Tls(reason),
+                Err(e) => ProbeOutcome::Unreachable(e.to_string()),
+                Ok(()) => ProbeOutcome::Answered {
+                    version: match client.version().await {
+                        Ok(v) => v.version.unwrap_or_else(|| "?".into()),
+                        Err(e) => format!("? ({e})"),
+                    },
+                    tls: spec.url.is_tcp(),
+                    image: matches!(image::exists(&client, &cfg.sandbox.image).await, Ok(true)),
+                },
+            },
+        };
+        probes.push(Probe {
+            name: spec.name.clone(),
+            url: spec.url.to_string(),
+            outcome,
+        });
+    }
+    probes
+}
