@@ -28,6 +28,7 @@ pub mod image;
 pub(crate) mod listener;
 pub(crate) mod messages;
 pub mod metrics;
+pub(crate) mod proxy_protocol;
 pub mod sandbox;
 pub mod server;
 pub(crate) mod session;
