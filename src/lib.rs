@@ -30,6 +30,7 @@ pub mod image_copy;
 pub(crate) mod listener;
 pub(crate) mod messages;
 pub mod metrics;
+pub(crate) mod proxy_protocol;
 pub mod sandbox;
 pub mod server;
 pub(crate) mod session;

@@ -349,7 +349,7 @@ impl Metrics {
         );
         r.register(
             "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
+            "TLS handshakes (and PROXY headers, with --proxy-protocol) that failed or timed out",
             m.tls_failures.clone(),
         );
         r.register(

@@ -443,6 +443,22 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_is_off_unless_the_file_or_a_flag_says_so() {
+        let loaded = load_with("", &[]).unwrap();
+        assert!(!loaded.cli.serve.clone().resolve().unwrap().proxy_protocol);
+        let loaded = load_with("proxy_protocol = true\n", &[]).unwrap();
+        let cfg = loaded.cli.serve.clone().resolve().unwrap();
+        assert!(cfg.proxy_protocol);
+        let shown = loaded.render(&cfg);
+        assert!(
+            shown.lines().any(|l| l.starts_with("proxy_protocol ")
+                && l.contains("= \"true\"")
+                && l.contains("# file ")),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn subcommands_take_the_file_too() {
         let loaded = load_with("max_sessions = 5\n", &["check-config"]).unwrap();
         match loaded.cli.command {

@@ -135,6 +135,11 @@ pub struct ServeArgs {
     /// cannot take every place. 0: no limit.
     #[arg(long, env = "PYEXECD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: u32,
+    /// Every connection starts with a PROXY protocol v2 header from a TCP load balancer,
+    /// whose client address then counts as the peer's. Trusts whoever connects: only with a
+    /// listener that the balancer alone can reach.
+    #[arg(long, env = "PYEXECD_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
     /// Bytes of stdout plus stderr a session may produce before the script is stopped.
     #[arg(long, env = "PYEXECD_OUTPUT_LIMIT", default_value = "1g", value_parser = parse_size)]
     pub output_limit: u64,
@@ -276,6 +281,7 @@ pub struct Config {
     pub max_script_size: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub proxy_protocol: bool,
     pub output_limit: u64,
     pub sandbox: SandboxConfig,
     pub instance: String,
@@ -408,6 +414,7 @@ impl ServeArgs {
             max_script_size: self.max_script_size,
             max_connections: self.max_connections.max(1) as usize,
             max_connections_per_ip: self.max_connections_per_ip as usize,
+            proxy_protocol: self.proxy_protocol,
             output_limit: self.output_limit,
             sandbox: SandboxConfig {
                 image: self.image,

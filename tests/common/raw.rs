@@ -49,18 +49,24 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(d: &Daemon) -> Raw {
         let tcp = TcpStream::connect(d.addr).await.unwrap();
+        Self::over(tcp, d).await.expect("TLS handshake")
+    }
+
+    /// The TLS handshake over a connection the test opened itself: from a source address
+    /// of its choosing, through a load balancer, or after bytes of its own (a PROXY
+    /// header). Trusts `d`'s CA. The handshake's failure is returned.
+    pub async fn over(tcp: TcpStream, d: &Daemon) -> std::io::Result<Raw> {
         let fd = tcp.as_raw_fd();
         let connector = TlsConnector::from(tls_config(d));
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
+            .await?;
         let (read, out) = tokio::io::split(tls);
-        Raw {
+        Ok(Raw {
             frames: FramedRead::new(read, FrameCodec::new()),
             out,
             fd,
-        }
+        })
     }
 
     /// Writes raw bytes; the server may already have closed, so errors are returned.
