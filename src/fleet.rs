@@ -26,6 +26,9 @@ pub enum FleetError {
     /// Configuration: the engine's TLS does not work with the given certificates.
     #[error("{origin}: {source}")]
     Tls { origin: String, source: DockerError },
+    /// A socket engine's socket is not there: as if the engine were not running.
+    #[error("{0}")]
+    NoSocket(DockerError),
     /// No engine answered at all.
     #[error("no engine answers: {0}")]
     NoneReachable(String),
@@ -50,9 +53,12 @@ pub(crate) fn members(cfg: &Config) -> Result<Vec<Member>, FleetError> {
     cfg.engines
         .iter()
         .map(|spec| {
-            let docker = docker::client(spec).map_err(|source| FleetError::Tls {
-                origin: spec.origin.clone(),
-                source,
+            let docker = docker::client(spec).map_err(|source| match source {
+                DockerError::Tls { .. } => FleetError::Tls {
+                    origin: spec.origin.clone(),
+                    source,
+                },
+                other => FleetError::NoSocket(other),
             })?;
             let tcp_memory = Arc::new(match &spec.url {
                 EngineUrl::Tcp { .. } => TcpMemGuard::detect_in(

@@ -56,8 +56,11 @@ pub enum ContainerFailure {
     #[error("the sandbox container failed before running the script: {0}")]
     Bootstrap(String),
     /// The engine stopped answering while the script ran.
-    #[error("lost the connection to the Docker Engine: {0}")]
-    Lost(EngineError),
+    #[error("lost the connection to the Docker Engine `{engine}`: {error}")]
+    Lost {
+        engine: Arc<str>,
+        error: EngineError,
+    },
     /// A kill the server asked for was refused.
     #[error("cannot stop the script: {0}")]
     Kill(EngineError),

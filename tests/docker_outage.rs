@@ -135,7 +135,7 @@ fn losing_docker_fails_sessions_clearly_and_the_server_recovers_by_itself() {
     let page = readyz();
     assert!(page.starts_with("HTTP/1.1 503"), "{page}");
     assert!(
-        page.ends_with("not ready: the Docker Engine does not answer\n"),
+        page.ends_with("not ready: no engine is in service\n"),
         "{page}"
     );
     let health = http_get(&metrics_addr(&d), "/healthz");

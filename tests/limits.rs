@@ -52,7 +52,7 @@ impl ContainerCensus {
             .args([
                 "events",
                 "--format",
-                "{{.Action}}",
+                "{{.Action}} {{index .Actor.Attributes \"pyexec.lease\"}}",
                 "--filter",
                 "type=container",
             ])
@@ -65,7 +65,12 @@ impl ContainerCensus {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                // The daemon's lease container is not a sandbox: not counted.
+                let (action, lease) = line.split_once(' ').unwrap_or((&line, ""));
+                if !lease.trim().is_empty() {
+                    continue;
+                }
+                if tx.send(action.to_string()).is_err() {
                     break;
                 }
             }

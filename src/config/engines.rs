@@ -92,7 +92,7 @@ impl fmt::Display for EngineUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EngineUrl::Default => match std::env::var("DOCKER_HOST") {
-                Ok(host) => write!(f, "{host} (DOCKER_HOST)"),
+                Ok(host) => write!(f, "{host}"),
                 Err(_) => write!(f, "unix://{DEFAULT_SOCKET}"),
             },
             EngineUrl::Unix(path) => write!(f, "unix://{}", path.display()),

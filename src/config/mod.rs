@@ -393,6 +393,13 @@ impl ServeArgs {
             },
             &self.engine_tables,
         )?;
+        // What the engines' pools add up to, each capped by its own slots: the figure
+        // /metrics and check-config show.
+        let warm = engines
+            .iter()
+            .map(|e| e.warm)
+            .sum::<usize>()
+            .min(self.max_sessions as usize);
         let default_certs = self.cert.is_none() && self.key.is_none();
         let defaults = crate::certs::CertPaths::in_dir(Path::new(DEFAULT_CERT_DIR));
         Ok(Config {

@@ -383,7 +383,7 @@ impl ContainerActor {
         match res {
             Ok(code) => self.status = Some(code),
             Err(e) => {
-                self.failure.get_or_insert(ContainerFailure::Lost(e));
+                self.failure.get_or_insert(self.lost(e));
             }
         }
         debug!(container = self.short_id(), code = ?self.status, "container exited");
@@ -443,7 +443,7 @@ impl ContainerActor {
             PumpEnd::Limit => self.kill(KillCause::OutputLimit, ctx),
             PumpEnd::ClientGone => self.kill(KillCause::ClientGone, ctx),
             PumpEnd::Failed(e) => {
-                self.failure.get_or_insert(ContainerFailure::Lost(e));
+                self.failure.get_or_insert(self.lost(e));
                 self.kill(KillCause::EngineFailed, ctx);
             }
         }
@@ -683,15 +683,20 @@ impl ContainerActor {
         // A script whose end is known keeps it; otherwise the engine's loss is the news.
         if self.status.is_none() {
             self.stop = Stop::Killed(KillCause::EngineLost);
-            self.failure
-                .get_or_insert(ContainerFailure::Lost(EngineError::Unreachable(format!(
-                    "engine `{}` is out of service",
-                    self.deps.engine.name()
-                ))));
+            self.failure.get_or_insert(
+                self.lost(EngineError::Unreachable("it is out of service".to_string())),
+            );
         }
         self.report(false);
         self.phase = Phase::Gone { removed: false };
         ctx.stop();
+    }
+
+    fn lost(&self, error: EngineError) -> ContainerFailure {
+        ContainerFailure::Lost {
+            engine: self.deps.engine.name().into(),
+            error,
+        }
     }
 
     /// Whether a failure before the script started may be retried elsewhere: not when the

@@ -117,10 +117,14 @@ pub fn tls_failure(err: &bollard::errors::Error) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(explain_tls(tls));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        // io::Errors nest (the connector's wraps tokio-rustls's), and an io::Error's
+        // `source` skips the one inside: unwrap them by hand.
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(|io| io.get_ref()) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
                 return Some(explain_tls(tls));
             }
+            io = inner.downcast_ref::<std::io::Error>();
         }
         source = e.source();
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::docker::{cid_of, containers_of, remove_containers_of, PRINT_CID};
+use super::docker::{all_containers_of, cid_of, containers_of, remove_containers_of, PRINT_CID};
 use super::processes::{output_with_stdin, wait_timeout, wait_until, OutputWatcher};
 use super::{PYEXEC, PYEXECD};
 
@@ -294,7 +294,7 @@ impl Drop for Daemon {
             let mut clean_looks = 0;
             let deadline = Instant::now() + Duration::from_secs(10);
             while clean_looks < 3 && Instant::now() < deadline {
-                if containers_of(&self.instance).is_empty() {
+                if all_containers_of(&self.instance).is_empty() {
                     clean_looks += 1;
                 } else {
                     clean_looks = 0;

@@ -7,20 +7,40 @@ use std::time::Duration;
 use super::processes::wait_until;
 
 /// IDs of the containers (any state) that carry `instance`'s label.
+/// The instance's sandbox containers (its lease container, which every running daemon
+/// holds on its engine, left out).
 pub fn containers_of(instance: &str) -> Vec<String> {
+    listed(instance)
+        .into_iter()
+        .filter(|(_, lease)| lease.is_empty())
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Every container of the instance, its lease included: what a clean-up removes.
+pub fn all_containers_of(instance: &str) -> Vec<String> {
+    listed(instance).into_iter().map(|(id, _)| id).collect()
+}
+
+fn listed(instance: &str) -> Vec<(String, String)> {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .args(["ps", "-a", "--no-trunc", "--format"])
+        .arg("{{.ID}} {{.Label \"pyexec.lease\"}}")
+        .arg("--filter")
         .arg(format!("label=pyexec.instance={instance}"))
         .output()
         .expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(str::to_string)
+        .map(|l| {
+            let (id, lease) = l.split_once(' ').unwrap_or((l, ""));
+            (id.to_string(), lease.trim().to_string())
+        })
         .collect()
 }
 
 pub fn remove_containers_of(instance: &str) {
-    let ids = containers_of(instance);
+    let ids = all_containers_of(instance);
     if !ids.is_empty() {
         let _ = Command::new("docker")
             .arg("rm")

@@ -22,8 +22,11 @@ async fn a_lost_engine_ends_its_sessions_at_once_and_is_used_again_when_back() {
 
     h.engine.set_up(false);
     match s1.finished().await {
-        Finished::Failed(ContainerFailure::Lost(EngineError::Unreachable(why))) => {
-            assert!(why.contains("engine `fake` is out of service"), "{why}")
+        Finished::Failed(ContainerFailure::Lost {
+            error: EngineError::Unreachable(why),
+            ..
+        }) => {
+            assert!(why.contains("out of service"), "{why}")
         }
         other => panic!("expected the engine's loss, got {other:?}"),
     }
@@ -65,7 +68,10 @@ async fn a_launch_that_cannot_reach_the_engine_marks_it_down() {
     match s1.finished().await {
         Finished::Failed(
             ContainerFailure::Start(EngineError::Unreachable(_))
-            | ContainerFailure::Lost(EngineError::Unreachable(_)),
+            | ContainerFailure::Lost {
+                error: EngineError::Unreachable(_),
+                ..
+            },
         ) => {}
         other => panic!("expected a start failure, got {other:?}"),
     }

@@ -100,7 +100,7 @@ async fn a_lost_engine_ends_only_its_sessions_and_returns() {
     h.engines[0].set_up(false);
     assert!(matches!(
         on_a.finished().await,
-        Finished::Failed(ContainerFailure::Lost(_))
+        Finished::Failed(ContainerFailure::Lost { .. })
     ));
     assert!(on_b.quiet(), "b's session goes on");
     for i in 0..2 {
