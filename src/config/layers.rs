@@ -459,6 +459,34 @@ mod tests {
     }
 
     #[test]
+    fn engine_tables_come_from_the_file_with_their_own_errors() {
+        let loaded = load_with(
+            "max_sessions = 4\n[[engine]]\nurl = \"unix:///var/run/docker.sock\"\nname = \"here\"\nwarm = 1\n",
+            &[],
+        )
+        .unwrap();
+        let cfg = loaded.cli.serve.clone().resolve().unwrap();
+        assert_eq!(cfg.engines.len(), 1);
+        assert_eq!((cfg.engines[0].name.as_str(), cfg.engines[0].warm), ("here", 1));
+        assert_eq!(cfg.warm, 1, "the engines' pools add up");
+        let err = load_with("[[engine]]\nurl = \"unix:///x.sock\"\nmax_session = 2\n", &[])
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("key `engine #1`") && text.contains("unknown field `max_session`"),
+            "{text}"
+        );
+        let loaded = load_with("[[engine]]\nurl = \"tcp://10.0.0.9\"\n", &[]).unwrap();
+        let err = loaded.cli.serve.clone().resolve().unwrap_err();
+        assert!(
+            loaded.explain(&err).contains("pyexecd.toml: [[engine]] #1: key `cert_path`")
+                || loaded.explain(&err).contains("invalid --engine-cert-path"),
+            "{}",
+            loaded.explain(&err)
+        );
+    }
+
+    #[test]
     fn subcommands_take_the_file_too() {
         let loaded = load_with("max_sessions = 5\n", &["check-config"]).unwrap();
         match loaded.cli.command {

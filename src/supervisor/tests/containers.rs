@@ -151,7 +151,10 @@ async fn a_wait_that_errors_fails_the_session_and_the_container_is_removed() {
     h.engine.fail_waits(Some(broken.clone()));
     assert_eq!(
         s1.finished().await,
-        Finished::Failed(ContainerFailure::Lost { error: broken, .. })
+        Finished::Failed(ContainerFailure::Lost {
+            engine: "fake".into(),
+            error: broken
+        })
     );
     h.engine.until(|s| s.present.is_empty()).await;
 }
