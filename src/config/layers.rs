@@ -467,10 +467,16 @@ mod tests {
         .unwrap();
         let cfg = loaded.cli.serve.clone().resolve().unwrap();
         assert_eq!(cfg.engines.len(), 1);
-        assert_eq!((cfg.engines[0].name.as_str(), cfg.engines[0].warm), ("here", 1));
+        assert_eq!(
+            (cfg.engines[0].name.as_str(), cfg.engines[0].warm),
+            ("here", 1)
+        );
         assert_eq!(cfg.warm, 1, "the engines' pools add up");
-        let err = load_with("[[engine]]\nurl = \"unix:///x.sock\"\nmax_session = 2\n", &[])
-            .unwrap_err();
+        let err = load_with(
+            "[[engine]]\nurl = \"unix:///x.sock\"\nmax_session = 2\n",
+            &[],
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("key `engine #1`") && text.contains("unknown field `max_session`"),
@@ -479,7 +485,9 @@ mod tests {
         let loaded = load_with("[[engine]]\nurl = \"tcp://10.0.0.9\"\n", &[]).unwrap();
         let err = loaded.cli.serve.clone().resolve().unwrap_err();
         assert!(
-            loaded.explain(&err).contains("pyexecd.toml: [[engine]] #1: key `cert_path`")
+            loaded
+                .explain(&err)
+                .contains("pyexecd.toml: [[engine]] #1: key `cert_path`")
                 || loaded.explain(&err).contains("invalid --engine-cert-path"),
             "{}",
             loaded.explain(&err)

@@ -12,11 +12,14 @@ use super::Session;
 use crate::config::format_size;
 use crate::messages::{Admission, Admit, ContainerHandle, Kill, KillCause};
 use crate::protocol::{
-    End, EndReason, ErrorCode, Frame, Hello, Limits, Queued, Welcome, PROTOCOL_VERSION,
+    grant, End, EndReason, ErrorCode, Frame, Hello, Limits, Queued, Welcome, PROTOCOL_VERSION,
     STDIN_WINDOW,
 };
 use crate::sandbox::check_args;
 use crate::status::Outcome;
+
+/// The optional features this server grants when a client asks (protocol §10.1).
+pub(super) const FEATURES: &[&str] = &[];
 
 impl Session {
     pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
@@ -79,7 +82,8 @@ impl Session {
         Ok(())
     }
 
-    /// WELCOME, with the limits that apply; and the client's own shorter time limit.
+    /// WELCOME, with the limits that apply and the features granted (protocol §10.1);
+    /// and the client's own shorter time limit.
     fn welcome(&mut self, ctx: &mut Context<Self>) {
         let limit = self.time_limit();
         if limit < self.cfg().session_timeout {
@@ -87,6 +91,8 @@ impl Session {
             let left = limit.saturating_sub(self.accepted_at.elapsed());
             ctx.run_later(left, |act, ctx| act.stop_script(KillCause::Timeout, ctx));
         }
+        let asked = self.hello.as_ref().map_or(&[][..], |h| &h.features[..]);
+        let features = grant(asked, FEATURES);
         let cfg = self.cfg();
         self.send(Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -98,6 +104,7 @@ impl Session {
                 output_bytes: cfg.output_limit,
                 stdin_window: STDIN_WINDOW,
             },
+            features,
         }));
     }
 

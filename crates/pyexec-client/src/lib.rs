@@ -248,6 +248,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
             timeout_ms: None,
             probe: true,
+            features: Vec::new(),
         }))
         .await?;
     let mut welcome = None;
@@ -289,6 +290,7 @@ where
         client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
         timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
         probe: false,
+        features: Vec::new(),
     };
     check_hello(&hello)?;
     let stream = connect(cfg).await?;

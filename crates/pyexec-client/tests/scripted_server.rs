@@ -141,6 +141,7 @@ fn welcome() -> Frame {
             output_bytes: 1 << 30,
             stdin_window: 65536,
         },
+        features: Vec::new(),
     })
 }
 

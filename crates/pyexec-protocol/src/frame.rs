@@ -106,6 +106,11 @@ pub struct Hello {
     /// `script_size` must be 0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// Optional features the client can take (protocol §10.1), e.g. `files`. The server
+    /// grants a subset in WELCOME and sends a feature's frames only once granted, so a
+    /// client that asks for nothing never sees a frame type it does not know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// The server's limits for this session, announced in WELCOME.
@@ -125,6 +130,22 @@ pub struct Welcome {
     pub server: String,
     pub session: String,
     pub limits: Limits,
+    /// The features of HELLO that the server grants for this session (§10.1); absent
+    /// from an older server, which grants none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// The features a session may negotiate (protocol §10.1): what the server grants is the
+/// part of HELLO's list that it implements, in HELLO's order.
+pub fn grant(asked: &[String], offered: &[&str]) -> Vec<String> {
+    let mut granted: Vec<String> = Vec::new();
+    for feature in asked {
+        if offered.contains(&feature.as_str()) && !granted.contains(feature) {
+            granted.push(feature.clone());
+        }
+    }
+    granted
 }
 
 /// The session waits for a free slot; `position` 1 means next in line.
@@ -492,6 +513,7 @@ mod tests {
                 client: "test".into(),
                 timeout_ms: Some(5000),
                 probe: false,
+                features: vec!["files".into()],
             }),
             Frame::Script(Bytes::from_static(b"print('hi')\n")),
             Frame::Stdin(Bytes::from_static(b"\x00\xffline\n")),
@@ -508,6 +530,7 @@ mod tests {
                     output_bytes: 1 << 30,
                     stdin_window: 1 << 18,
                 },
+                features: vec!["files".into()],
             }),
             Frame::Queued(Queued { position: 3 }),
             Frame::Started(Started {
@@ -608,6 +631,7 @@ mod tests {
             client: String::new(),
             timeout_ms: None,
             probe: false,
+            features: Vec::new(),
         });
         assert!(matches!(
             hello.encode(&mut buf),
@@ -642,5 +666,25 @@ mod usage_tests {
         assert!(serde_json::to_string(&end)
             .unwrap()
             .contains(r#""cpu_ms":7"#));
+    }
+
+    #[test]
+    fn features_granted_are_those_asked_and_offered_in_the_clients_order() {
+        let asked: Vec<String> = ["input_wanted", "files", "nope", "files"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            grant(&asked, &["files", "input_wanted"]),
+            ["input_wanted", "files"]
+        );
+        assert!(grant(&asked, &[]).is_empty());
+        assert!(grant(&[], &["files"]).is_empty());
+        // An old peer's JSON has no field: it reads as none.
+        let w: Welcome = serde_json::from_str(
+            r#"{"version":1,"server":"s","session":"1","limits":{"script_size":1,"timeout_ms":1,"output_bytes":1,"stdin_window":1}}"#,
+        )
+        .unwrap();
+        assert!(w.features.is_empty());
     }
 }

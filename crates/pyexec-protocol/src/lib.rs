@@ -17,8 +17,8 @@ pub use args::{check_args, ArgsError, MAX_ARGS, MAX_ARGS_BYTES};
 pub use codec::{CodecError, DataRun, FrameCodec};
 pub use exit::exit_code_for;
 pub use frame::{
-    End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits, Queued,
-    Started, Usage, Welcome, HEADER_LEN,
+    grant, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameError, FrameType, Hello, Limits,
+    Queued, Started, Usage, Welcome, HEADER_LEN,
 };
 
 /// The protocol version this build speaks. Sent in `HELLO` and `WELCOME`.
