@@ -45,6 +45,8 @@ pub(crate) struct Member {
     pub(crate) spec: EngineSpec,
     pub(crate) docker: Docker,
     pub(crate) engine: SharedEngine,
+    /// How this engine's containers' TCP socket memory is bounded, for the start-up log.
+    pub(crate) tcp_memory: Arc<TcpMemGuard>,
 }
 
 /// A client for every configured engine, each bounding TCP socket memory as its host
@@ -76,12 +78,13 @@ pub(crate) fn members(cfg: &Config) -> Result<Vec<Member>, FleetError> {
             let engine: SharedEngine = Arc::new(DockerEngine::new(
                 spec.name.clone(),
                 docker.clone(),
-                tcp_memory,
+                tcp_memory.clone(),
             ));
             Ok(Member {
                 spec: spec.clone(),
                 docker,
                 engine,
+                tcp_memory,
             })
         })
         .collect()
@@ -289,24 +292,18 @@ impl std::fmt::Display for Probe {
     }
 }
 
+/// How long `check-config` waits for one engine: an unroutable address must not hang it.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Contacts every configured engine, as `check-config` reports it.
 pub async fn probe_all(cfg: &Config) -> Vec<Probe> {
     let mut probes = Vec::new();
     for spec in &cfg.engines {
-        let outcome = match docker::client(spec) {
-            Err(e) => ProbeOutcome::Tls(e.to_string()),
-            Ok(client) => match docker::check(spec, &client).await {
-                Err(DockerError::Tls { reason, .. }) => ProbeOutcome::Tls(reason),
-                Err(e) => ProbeOutcome::Unreachable(e.to_string()),
-                Ok(()) => ProbeOutcome::Answered {
-                    version: match client.version().await {
-                        Ok(v) => v.version.unwrap_or_else(|| "?".into()),
-                        Err(e) => format!("? ({e})"),
-                    },
-                    tls: spec.url.is_tcp(),
-                    image: matches!(image::exists(&client, &cfg.sandbox.image).await, Ok(true)),
-                },
-            },
+        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe(cfg, spec)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                ProbeOutcome::Unreachable(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
+            }
         };
         probes.push(Probe {
             name: spec.name.clone(),
@@ -315,4 +312,23 @@ pub async fn probe_all(cfg: &Config) -> Vec<Probe> {
         });
     }
     probes
+}
+
+async fn probe(cfg: &Config, spec: &EngineSpec) -> ProbeOutcome {
+    let client = match docker::client(spec) {
+        Err(e) => return ProbeOutcome::Tls(e.to_string()),
+        Ok(client) => client,
+    };
+    match docker::check(spec, &client).await {
+        Err(DockerError::Tls { reason, .. }) => ProbeOutcome::Tls(reason),
+        Err(e) => ProbeOutcome::Unreachable(e.to_string()),
+        Ok(()) => ProbeOutcome::Answered {
+            version: match client.version().await {
+                Ok(v) => v.version.unwrap_or_else(|| "?".into()),
+                Err(e) => format!("? ({e})"),
+            },
+            tls: spec.url.is_tcp(),
+            image: matches!(image::exists(&client, &cfg.sandbox.image).await, Ok(true)),
+        },
+    }
 }

@@ -170,8 +170,13 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let status = Status::new(bytes.clone(), capacity).start();
     let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
     for m in &ready.members {
-        let guard = crate::engine::Engine::name(m.engine.as_ref());
-        info!(engine = guard, url = %m.spec.url, max_sessions = m.spec.max_sessions, warm = m.spec.warm, "engine configured");
+        let name = m.spec.name.as_str();
+        info!(engine = name, url = %m.spec.url, max_sessions = m.spec.max_sessions, warm = m.spec.warm, "engine configured");
+        if m.tcp_memory.is_bounded() {
+            info!(engine = name, "TCP socket memory: {}", m.tcp_memory);
+        } else {
+            warn!(engine = name, "TCP socket memory: {}", m.tcp_memory);
+        }
     }
     let engines: Vec<SharedEngine> = ready.members.iter().map(|m| m.engine.clone()).collect();
     let supervisor = Supervisor::create(|ctx| {

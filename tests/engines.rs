@@ -177,6 +177,8 @@ fn an_engine_killed_under_load_fails_over_and_is_used_again_when_back() {
         watchers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let (mut lost, mut finished) = (0, 0);
+    let slowest = ends.iter().filter(|e| e.0 == Some(125)).map(|e| e.1).max();
+    eprintln!("sessions on the killed engine ended within {slowest:?} of the kill");
     for (code, took, err, stdout) in ends {
         match code {
             Some(125) => {
