@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::certs::{self, CertError};
 use crate::config::Config;
-use crate::container::{self, ContainerDeps};
+use crate::container;
 use crate::engine::join::{self, JoinDeps};
 use crate::engine::SharedEngine;
 use crate::fleet::{self, FleetError, Member};
@@ -180,20 +180,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     }
     let engines: Vec<SharedEngine> = ready.members.iter().map(|m| m.engine.clone()).collect();
     let supervisor = Supervisor::create(|ctx| {
-        let deps: Vec<ContainerDeps> = engines
-            .iter()
-            .map(|engine| ContainerDeps {
-                engine: engine.clone(),
-                spec: spec.clone(),
-                bytes: bytes.clone(),
-                gone: ctx.address().recipient(),
-                ready: ctx.address().recipient(),
-                orphaned: ctx.address().recipient(),
-            })
-            .collect();
-        let spawn = Box::new(move |key, engine: usize, warm| {
-            container::spawn(deps[engine].clone(), key, warm)
-        });
+        let owner = container::Owner {
+            gone: ctx.address().recipient(),
+            ready: ctx.address().recipient(),
+            orphaned: ctx.address().recipient(),
+        };
+        let spawn = Box::new(container::spawner(&engines, spec, bytes.clone(), owner));
         Supervisor::new(
             cfg.clone(),
             ready.engines,

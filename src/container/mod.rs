@@ -59,6 +59,36 @@ pub struct ContainerDeps {
     pub orphaned: Recipient<Orphaned>,
 }
 
+/// Where every container reports, whatever its engine.
+#[derive(Clone)]
+pub struct Owner {
+    pub gone: Recipient<ContainerGone>,
+    pub ready: Recipient<ContainerReady>,
+    pub orphaned: Recipient<Orphaned>,
+}
+
+/// The Supervisor's spawner: a container of slot `key` on engine number `engine` of
+/// `engines`, started ahead of demand when `warm`.
+pub fn spawner(
+    engines: &[SharedEngine],
+    spec: Arc<SandboxSpec>,
+    bytes: Arc<ByteCounters>,
+    owner: Owner,
+) -> impl Fn(u64, usize, bool) -> ContainerHandle {
+    let deps: Vec<ContainerDeps> = engines
+        .iter()
+        .map(|engine| ContainerDeps {
+            engine: engine.clone(),
+            spec: spec.clone(),
+            bytes: bytes.clone(),
+            gone: owner.gone.clone(),
+            ready: owner.ready.clone(),
+            orphaned: owner.orphaned.clone(),
+        })
+        .collect();
+    move |key, engine, warm| spawn(deps[engine].clone(), key, warm)
+}
+
 /// Starts a container actor; what the Supervisor's spawner calls.
 pub fn spawn(deps: ContainerDeps, key: u64, warm: bool) -> ContainerHandle {
     let addr = ContainerActor::new(deps, key, warm).start();

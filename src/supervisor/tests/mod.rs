@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{EngineStart, Supervisor};
 use crate::config::{Cli, Config};
-use crate::container::{self, ContainerDeps};
+use crate::container;
 use crate::engine::fake::FakeEngine;
 use crate::engine::join::JoinDeps;
 use crate::engine::{Engine, SharedEngine};
@@ -107,20 +107,12 @@ impl Harness {
         let status = Status::new(bytes.clone(), Capacity::default()).start();
         let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
         let supervisor = Supervisor::create(|ctx| {
-            let deps: Vec<ContainerDeps> = shared
-                .iter()
-                .map(|engine| ContainerDeps {
-                    engine: engine.clone(),
-                    spec: spec.clone(),
-                    bytes: bytes.clone(),
-                    gone: ctx.address().recipient(),
-                    ready: ctx.address().recipient(),
-                    orphaned: ctx.address().recipient(),
-                })
-                .collect();
-            let spawn = Box::new(move |key, engine: usize, warm| {
-                container::spawn(deps[engine].clone(), key, warm)
-            });
+            let owner = container::Owner {
+                gone: ctx.address().recipient(),
+                ready: ctx.address().recipient(),
+                orphaned: ctx.address().recipient(),
+            };
+            let spawn = Box::new(container::spawner(&shared, spec, bytes, owner));
             Supervisor::new(cfg, starts, join, spawn, status)
         });
         Harness {
