@@ -29,9 +29,6 @@ use crate::transport::{Protocol, Transport};
 const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines in one request; a browser sends about 15.
 const MAX_HEADERS: usize = 64;
-/// Longest a client may take to send a request head, the first or the next on a
-/// kept-alive connection: a slow-headers client holds its place no longer.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest an HTTPS connection serves plain requests, however busy: a browser opens
 /// another for more. A WebSocket leaves this bound when it is upgraded (its session has
 /// its own time limit).
@@ -75,6 +72,7 @@ pub(super) async fn serve_connection(
     guard: ConnectionGuard,
     deps: Arc<WebDeps>,
 ) {
+    let conn_deps = deps.clone();
     let conn = Arc::new(Conn {
         id,
         peer,
@@ -89,7 +87,10 @@ pub(super) async fn serve_connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        // Longest a client may take to send a request head, the first or the next on a
+        // kept-alive connection: the handshake's bound, so a slow-headers client holds
+        // its place no longer than a slow handshake could.
+        .header_read_timeout(conn_deps.cfg.handshake_timeout)
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
     let served = builder
@@ -177,6 +178,10 @@ impl Refusal {
             Refusal::Token => (StatusCode::UNAUTHORIZED, "a valid token is needed\n"),
         };
         let mut r = plain(status, text);
+        // A refused handshake ends its connection: whoever sent it is not a browser
+        // loading the page, and gets no second try on the same place.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         match self {
             Refusal::NotUpgrade => {
                 r.headers_mut()
