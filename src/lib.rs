@@ -40,6 +40,8 @@ pub(crate) mod stdin_queue;
 pub(crate) mod supervisor;
 pub mod tcp_memory;
 pub mod tls;
+pub(crate) mod transport;
+pub mod web;
 
 /// The Docker Engine helpers, under their old path for the benchmark and the CLI.
 pub use engine::docker;

@@ -24,6 +24,8 @@ use crate::shutdown::{SignalEvent, Signals};
 use crate::status::{ByteCounters, Capacity, Dump, Status};
 use crate::supervisor::{EngineStart, Supervisor};
 use crate::tls::{self, TlsError};
+use crate::transport::{Protocol, Transport};
+use crate::web::{self, Tokens, TokensError, WebDeps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -42,6 +44,8 @@ pub enum ServeError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
 }
 
 /// Raises the soft open-files limit to the hard one: every session holds a TLS socket and
@@ -69,6 +73,7 @@ struct Ready {
     acceptor: TlsAcceptor,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    tokens: Option<Arc<Tokens>>,
 }
 
 async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
@@ -100,6 +105,10 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         &cfg.key,
         cfg.client_ca.as_deref(),
     )?);
+    let tokens = match &cfg.tokens {
+        Some(path) => Some(Arc::new(Tokens::load(path)?)),
+        None => None,
+    };
 
     // Last: the engines may take a while (an image to build or copy), and what is
     // checked above must fail fast.
@@ -122,6 +131,7 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
         acceptor,
         listener,
         metrics,
+        tokens,
     })
 }
 
@@ -204,11 +214,41 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         status: status.clone(),
         bytes,
     });
+    let start_session: web::StartSession =
+        Arc::new(move |id, peer, transport, accepted_at, guard| {
+            session::start(
+                id,
+                peer,
+                transport,
+                session_deps.clone(),
+                accepted_at,
+                guard,
+            )
+        });
+    let web_deps = Arc::new(WebDeps {
+        cfg: cfg.clone(),
+        tokens: ready.tokens,
+        start_session: start_session.clone(),
+    });
     let listener_deps = ListenerDeps {
         cfg: cfg.clone(),
         status: status.clone(),
+        // ALPN decides: `http/1.1` is a browser (HTTPS and the WebSocket), anything else
+        // the binary protocol, as before.
         start_session: Arc::new(move |id, peer, tls, accepted_at, guard| {
-            session::start(id, peer, tls, session_deps.clone(), accepted_at, guard)
+            if web::wants_http(&tls) {
+                return web::serve(id, peer, tls, guard, web_deps.clone());
+            }
+            // Who the client is: its certificate's subject under mutual TLS, else its
+            // address.
+            let client =
+                tls::peer_identity(tls.get_ref().1).unwrap_or_else(|| peer.ip().to_string());
+            let transport = Transport {
+                io: Box::new(tls),
+                client,
+                protocol: Protocol::Binary,
+            };
+            start_session(id, peer, transport, accepted_at, guard)
         }),
     };
     let listener = Listener::new(ready.listener, ready.acceptor, listener_deps).start();

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::{EndReason, ErrorCode};
+use crate::transport::Protocol;
 
 mod engines;
 
@@ -68,9 +69,10 @@ impl Outcome {
     }
 }
 
+/// A session began, over the binary protocol or a WebSocket.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SessionAccepted;
+pub struct SessionAccepted(pub Protocol);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -271,6 +273,11 @@ struct VersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: String,
 }
@@ -280,6 +287,7 @@ struct Metrics {
     registry: Registry,
     sessions: Family<OutcomeLabels, Counter>,
     accepted: Counter,
+    by_protocol: Family<ProtocolLabels, Counter>,
     busy: Counter,
     tls_failures: Counter,
     connections_refused: Counter,
@@ -309,6 +317,7 @@ impl Metrics {
             registry: Registry::default(),
             sessions: Family::default(),
             accepted: Counter::default(),
+            by_protocol: Family::default(),
             busy: Counter::default(),
             tls_failures: Counter::default(),
             connections_refused: Counter::default(),
@@ -341,6 +350,11 @@ impl Metrics {
             "accepted_sessions",
             "Connections that completed a TLS handshake",
             m.accepted.clone(),
+        );
+        r.register(
+            "accepted_sessions_by_protocol",
+            "Sessions begun, by the protocol on the wire (binary, websocket)",
+            m.by_protocol.clone(),
         );
         r.register(
             "busy_refusals",
@@ -540,8 +554,14 @@ impl Actor for Status {
 
 impl Handler<SessionAccepted> for Status {
     type Result = ();
-    fn handle(&mut self, _: SessionAccepted, _: &mut Context<Self>) {
+    fn handle(&mut self, SessionAccepted(protocol): SessionAccepted, _: &mut Context<Self>) {
         self.metrics.accepted.inc();
+        self.metrics
+            .by_protocol
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.label().to_string(),
+            })
+            .inc();
     }
 }
 
@@ -755,7 +775,7 @@ mod tests {
     async fn counts_outcomes_and_busy() {
         let bytes = Arc::new(ByteCounters::default());
         let status = Status::new(bytes.clone(), Capacity::default()).start();
-        status.do_send(SessionAccepted);
+        status.do_send(SessionAccepted(Protocol::Binary));
         status.do_send(SessionEnded(Outcome::End(EndReason::Exited)));
         status.do_send(SessionEnded(Outcome::Error(ErrorCode::Busy)));
         status.do_send(TlsFailed);

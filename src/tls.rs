@@ -13,6 +13,10 @@ pub use pyexec_client::tls::*;
 
 use crate::protocol::ALPN;
 
+/// The ALPN identifier with which a TLS client (a browser) asks for HTTPS, the
+/// playground, instead of frames.
+pub const HTTP_ALPN: &[u8] = b"http/1.1";
+
 /// Server side: TLS 1.3 only. With `client_ca`, every client must present a certificate
 /// signed by that CA (mutual TLS); without, clients are anonymous.
 pub fn server_config(
@@ -38,7 +42,10 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    // One port, two protocols: frames for `pyexec/1` (listed first, so a client offering
+    // both gets frames), HTTPS for `http/1.1`. A client offering neither (say `h2` alone)
+    // gets a `no_application_protocol` alert; one offering no ALPN gets frames.
+    config.alpn_protocols = vec![ALPN.to_vec(), HTTP_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

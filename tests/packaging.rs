@@ -97,10 +97,13 @@ fn example_config_is_valid_and_its_keys_come_from_the_file() {
 
 #[test]
 fn every_commented_out_key_of_the_example_config_is_valid_too() {
-    // Uncomment every `# key = value` line, pointing the certificate paths at real files.
+    // Uncomment every `# key = value` line, pointing the certificate paths and the
+    // playground's tokens file at real files.
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     pyexec::certs::generate(&certs, &[], false).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "teacher an-example-token-0123456789\n").unwrap();
     let text = std::fs::read_to_string(repo().join("contrib/pyexecd.toml")).unwrap();
     let mut uncommented = 0;
     let all: String = text
@@ -117,7 +120,9 @@ fn every_commented_out_key_of_the_example_config_is_valid_too() {
                 }
                 _ => l.to_string(),
             };
-            line.replace("/etc/pyexec/certs", certs.to_str().unwrap()) + "\n"
+            line.replace("/etc/pyexec/certs", certs.to_str().unwrap())
+                .replace("/etc/pyexec/tokens", tokens.to_str().unwrap())
+                + "\n"
         })
         .collect();
     assert!(uncommented > 10, "only {uncommented} commented-out keys");

@@ -141,6 +141,14 @@ fn check(loaded: &Loaded, args: &ServeArgs) -> Result<(), Failure> {
             cfg.key.display()
         );
     }
+    if let Some(path) = &cfg.tokens {
+        let tokens = pyexec::web::Tokens::load(path).map_err(|e| Failure::Config(e.to_string()))?;
+        println!(
+            "# tokens: {} loads, {} tokens for the playground",
+            path.display(),
+            tokens.count()
+        );
+    }
     let tcp_memory = pyexec::tcp_memory::TcpMemGuard::detect(cfg.sandbox.tcp_memory);
     if tcp_memory.is_bounded() {
         println!("# TCP socket memory: {tcp_memory}");
@@ -177,6 +185,7 @@ fn serve(cfg: pyexec::config::Config) -> Result<(), Failure> {
             e @ (server::ServeError::MissingFile(_)
             | server::ServeError::Tls(_)
             | server::ServeError::Certs(_)
+            | server::ServeError::Tokens(_)
             | server::ServeError::Engines(
                 fleet::FleetError::Tls { .. } | fleet::FleetError::Taken { .. },
             )),

@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// identity in logs, limits and status.
     #[arg(long, env = "PYEXECD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Bearer tokens for the playground's WebSocket (`/ws`), one `NAME TOKEN` a line: a
+    /// browser must then present one, and NAME is its identity for per-client limits.
+    /// Off unless given (see docs/protocol.md §13).
+    #[arg(long, env = "PYEXECD_TOKENS")]
+    pub tokens: Option<PathBuf>,
     /// Sandbox image. The default is built on first use; others are pulled if absent.
     #[arg(long, env = "PYEXECD_IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
@@ -269,6 +274,8 @@ pub struct Config {
     /// True when cert and key are the default paths, which may be generated.
     pub default_certs: bool,
     pub client_ca: Option<PathBuf>,
+    /// The playground's bearer tokens file, read at start-up (and checked by check-config).
+    pub tokens: Option<PathBuf>,
     pub max_sessions_per_client: usize,
     pub rate: usize,
     pub max_sessions: usize,
@@ -409,6 +416,7 @@ impl ServeArgs {
             key: self.key.unwrap_or(defaults.server_key),
             default_certs,
             client_ca: self.client_ca,
+            tokens: self.tokens,
             max_sessions_per_client: self.max_sessions_per_client as usize,
             rate: self.rate as usize,
             max_sessions: self.max_sessions as usize,

@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::io::ReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, info_span, warn, Span};
 
@@ -49,12 +47,14 @@ use crate::status::{
 };
 use crate::stdin_queue::StdinQueue;
 use crate::token_bucket::TokenBucket;
+use crate::transport::{Io, Protocol, Transport};
 use codec::SessionCodec;
 use exit::{classify_exit, end_for_exit, exit_code_for, signal_name, ALLOWED_SIGNALS};
 use state::{Handover, Phase, Slot, Start, Stdin, Upload, Writer};
 use writer::{write_frames, WriterDone};
 
-type Tls = TlsStream<TcpStream>;
+/// The connection's byte stream: TLS, or the WebSocket bridge's pipe.
+type Stream = Box<dyn Io>;
 
 /// Frames of script output buffered between the container and the socket, per session.
 /// Small on purpose: with chunks of at most 64 KiB this caps a session's output buffer.
@@ -83,11 +83,12 @@ pub struct SessionDeps {
     pub bytes: Arc<ByteCounters>,
 }
 
-/// Starts a Session actor for a connection whose TLS handshake completed.
+/// Starts a Session actor for a connection whose TLS handshake completed (or for a
+/// WebSocket, through its bridge).
 pub fn start(
     id: u64,
     peer: SocketAddr,
-    stream: Tls,
+    stream: Transport,
     deps: Arc<SessionDeps>,
     accepted_at: Instant,
     guard: ConnectionGuard,
@@ -103,7 +104,8 @@ pub struct Session {
     deps: Arc<SessionDeps>,
     accepted_at: Instant,
     phase: Phase,
-    io: Option<Tls>,
+    io: Option<Stream>,
+    protocol: Protocol,
     control: mpsc::UnboundedSender<Frame>,
     control_rx: Option<mpsc::UnboundedReceiver<Frame>>,
     output: Option<mpsc::Sender<Frame>>,
@@ -129,24 +131,27 @@ impl Session {
     fn new(
         id: u64,
         peer: SocketAddr,
-        stream: Tls,
+        stream: Transport,
         deps: Arc<SessionDeps>,
         accepted_at: Instant,
         guard: ConnectionGuard,
     ) -> Self {
-        // Who the client is: its certificate's subject under mutual TLS, else its address.
-        let client =
-            crate::tls::peer_identity(stream.get_ref().1).unwrap_or_else(|| peer.ip().to_string());
+        let Transport {
+            io,
+            client,
+            protocol,
+        } = stream;
         let (control, control_rx) = mpsc::unbounded_channel();
         let (output, output_rx) = mpsc::channel(OUTPUT_FRAMES);
         Session {
             id,
-            span: info_span!("session", id, %peer, %client),
+            span: info_span!("session", id, %peer, %client, protocol = protocol.label()),
             client,
             deps,
             accepted_at,
             phase: Phase::Hello,
-            io: Some(stream),
+            io: Some(io),
+            protocol,
             control,
             control_rx: Some(control_rx),
             output: Some(output),
@@ -590,14 +595,14 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         debug!(parent: &self.span, "session started");
-        self.deps.status.do_send(SessionAccepted);
+        self.deps.status.do_send(SessionAccepted(self.protocol));
         self.deps.supervisor.register.do_send(Register {
             id: self.id,
             session: self.session_handle(ctx),
             accepted_at: self.accepted_at,
             client: self.client.clone(),
         });
-        let (read, write): (ReadHalf<Tls>, _) =
+        let (read, write): (ReadHalf<Stream>, _) =
             tokio::io::split(self.io.take().expect("io is set in new()"));
         ctx.add_stream(FramedRead::new(read, SessionCodec::default()));
         let writer = write_frames(

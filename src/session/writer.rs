@@ -1,4 +1,4 @@
-//! The session's writer task: owns the TLS write half and the two queues in front of it
+//! The session's writer task: owns the stream's write half and the two queues in front of it
 //! (bounded script output, unbounded control frames), coalesces output into frames and
 //! TLS records, and ends with close_notify.
 
@@ -8,7 +8,7 @@ use tokio::io::WriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 
-use super::Tls;
+use super::Stream;
 use crate::protocol::{CodecError, DataRun, Frame, FrameCodec, DATA_CHUNK};
 
 /// The writer task is done; `clean` when close_notify went out.
@@ -57,7 +57,7 @@ fn gather(
 /// after every output frame queued before it: the container reports its end only once its
 /// output is queued.
 pub(super) async fn write_frames(
-    mut sink: FramedWrite<WriteHalf<Tls>, FrameCodec>,
+    mut sink: FramedWrite<WriteHalf<Stream>, FrameCodec>,
     mut output: mpsc::Receiver<Frame>,
     mut control: mpsc::UnboundedReceiver<Frame>,
     done: Recipient<WriterDone>,

@@ -12,6 +12,7 @@
 //! | `figures`   | the daemon's figures: `/metrics` and the SIGUSR1 line, one parser each |
 //! | `idle`      | back to idle after a hostile case: containers, descriptors, sessions   |
 //! | `raw`       | the raw protocol client over real TLS, for frames no real client sends |
+//! | `web`       | the playground: HTTPS by hand, WebSocket sessions, the key pin for Chromium |
 //!
 //! Every daemon gets its own instance name, so its containers carry their own label; the
 //! harness removes whatever carries that label when the daemon is dropped, even when the
@@ -35,6 +36,7 @@ pub mod figures;
 pub mod idle;
 pub mod processes;
 pub mod raw;
+pub mod web;
 
 /// The daemon under test, as Cargo built it for this test run.
 pub const PYEXECD: &str = env!("CARGO_BIN_EXE_pyexecd");

@@ -1,0 +1,250 @@
+//! The playground (issue 13): one port for both protocols by ALPN, WebSocket sessions
+//! carrying the JSON messages of protocol §13 through the same Session as binary ones,
+//! bearer tokens with per-client limits, and the page itself driven by Debian's headless
+//! Chromium through selenium (`tests/web/playground.py`).
+//!
+//! Every browser process runs in a process group of its own, which is killed on every
+//! path (`Browser`'s drop), the leftover check included.
+
+// Each test binary compiles `common` on its own and uses a part of it (see its docs).
+#[allow(dead_code)]
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{daemon::*, figures::*, idle::*, processes::*, raw::runtime, web::*};
+use serde_json::json;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The selenium script and every process it starts (chromedriver, Chromium), in one
+/// process group: dropped, the whole group is killed, on success, failure and panic alike.
+struct Browser {
+    child: Child,
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn run(d: &Daemon, screenshot: &std::path::Path) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/web/playground.py"
+            ))
+            .arg(format!("https://localhost:{}/", d.addr.port()))
+            .arg(spki_sha256(d))
+            .arg(profile.path())
+            .arg(screenshot)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tests/web/playground.py (scripts/setup installs python3-selenium)");
+        Browser { child, profile }
+    }
+
+    /// The pids of processes still using this run's Chromium profile: a Chromium that left
+    /// the group would still name its profile directory on its command line.
+    fn stragglers(&self) -> Vec<i32> {
+        let marker = self.profile.path().to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let group = self.child.id() as i32;
+        // SAFETY: kill(2) on the process group this test created, and on pids it found
+        // running with its own profile directory.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+            for pid in self.stragglers() {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_playground_works_in_a_real_browser() {
+    let d = Daemon::start(&["--max-sessions", "2", "--warm", "2"]);
+    // PYEXEC_SCREENSHOT=docs/playground.png refreshes the README's picture.
+    let shot = std::env::var_os("PYEXEC_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| d.dir.path().join("playground.png"));
+    let mut browser = Browser::run(&d, &shot);
+    let stdout = OutputWatcher::stdout(&mut browser.child);
+    let status = wait_timeout(&mut browser.child, Duration::from_secs(180));
+    let out = String::from_utf8_lossy(&stdout.rest(Duration::from_secs(5))).into_owned();
+    let err = take_stderr(&mut browser.child);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{out}\n{err}\n{}",
+        d.log()
+    );
+    assert!(out.contains("7 passed, 0 failed"), "{out}");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot"
+    );
+    drop(browser);
+    assert_healthy(&d);
+    d.stop();
+}
+
+#[test]
+fn a_websocket_session_is_a_session_like_any_other() {
+    let d = Daemon::start(&[]);
+    runtime().block_on(async {
+        let mut ws = websocket(&d, "pyexec.v1", None).await.unwrap();
+        start_script(
+            &mut ws,
+            "import sys\nline = input('? ')\nprint(line[::-1])\nsys.exit(7)\n",
+        )
+        .await;
+        let welcome = next(&mut ws, WITHIN).await.unwrap();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["limits"]["stdin_window"], 262144);
+        send(&mut ws, json!({"type": "stdin", "data": "YWJjCg=="})).await; // "abc\n"
+        send(&mut ws, json!({"type": "stdin_eof"})).await;
+        let (stdout, end) = until_end(&mut ws, WITHIN).await;
+        assert_eq!(stdout, "? cba\n");
+        assert_eq!(end["type"], "end");
+        assert_eq!(
+            (end["reason"].as_str(), end["exit_code"].as_i64()),
+            (Some("exited"), Some(7))
+        );
+        assert!(end["cpu_ms"].is_u64() && end["output_bytes"] == 6, "{end}");
+        // The server closes the WebSocket after the end.
+        assert!(next(&mut ws, WITHIN).await.is_none());
+    });
+    // The binary protocol on the same port, and both counted by protocol.
+    let out = d.run("print('bin')", &[], b"");
+    assert_eq!(stdout_str(&out), "bin\n");
+    let m = metrics(&d);
+    assert_eq!(
+        m.get("pyexec_accepted_sessions_by_protocol_total{protocol=\"websocket\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("pyexec_accepted_sessions_by_protocol_total{protocol=\"binary\"}"),
+        1.0
+    );
+    d.stop();
+}
+
+#[test]
+fn alpn_chooses_the_protocol_on_one_port() {
+    let d = Daemon::start(&[]);
+    runtime().block_on(async {
+        // Offering both, a client gets frames: the server prefers pyexec/1.
+        let (_, chosen) = tls_with_alpn(&d, &[b"http/1.1", b"pyexec/1"])
+            .await
+            .unwrap();
+        assert_eq!(chosen.as_deref(), Some(&b"pyexec/1"[..]));
+        let (_, chosen) = tls_with_alpn(&d, &[]).await.unwrap();
+        assert_eq!(chosen, None, "no ALPN: the binary protocol, as before");
+        // HTTP/2 alone is not spoken: the handshake fails (no_application_protocol).
+        let refused = tls_with_alpn(&d, &[b"h2"]).await;
+        assert!(refused.is_err(), "h2 alone must be refused");
+        // http/1.1 gets the page, with its security headers.
+        let page = get(&d, "/").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(
+            page.contains("content-security-policy: default-src 'self'"),
+            "{page}"
+        );
+        assert!(page.contains("<textarea id=\"code\""));
+        let js = get(&d, "/static/codemirror.js").await;
+        assert!(js.contains("content-type: text/javascript") && js.contains("CodeMirror"));
+    });
+    d.stop();
+}
+
+#[test]
+fn with_tokens_a_browser_needs_one_and_its_limits_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    pyexec::certs::generate(dir.path(), &[], false).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# the class\nalice alice-token-0123456789\nbob bob-token-0123456789ab\n",
+    )
+    .unwrap();
+    let tokens = tokens.to_str().unwrap().to_string();
+    let d = Daemon::start_in(
+        dir,
+        &unique_instance(),
+        &["--tokens", &tokens, "--max-sessions-per-client", "1"],
+    );
+    runtime().block_on(async {
+        assert_eq!(websocket(&d, "pyexec.v1", None).await.err(), Some(401));
+        assert_eq!(
+            websocket(&d, "pyexec.v1, pyexec.token.alice-token-0123456780", None)
+                .await
+                .err(),
+            Some(401)
+        );
+        // Alice's first session holds her one place.
+        let alice = "pyexec.v1, pyexec.token.alice-token-0123456789";
+        let mut first = websocket(&d, alice, None).await.unwrap();
+        start_script(&mut first, "input()\n").await;
+        while next(&mut first, WITHIN).await.unwrap()["type"] != "started" {}
+        // Her second, from the same address, is refused by her limit...
+        let mut second = websocket(&d, alice, None).await.unwrap();
+        start_script(&mut second, "print(1)\n").await;
+        let (_, refused) = until_end(&mut second, WITHIN).await;
+        assert_eq!(refused["code"], "limited", "{refused}");
+        assert!(
+            refused["message"].as_str().unwrap().contains("token:alice"),
+            "{refused}"
+        );
+        // ...while Bob, from the same address, runs.
+        let bob = "pyexec.v1, pyexec.token.bob-token-0123456789ab";
+        let mut third = websocket(&d, bob, None).await.unwrap();
+        start_script(&mut third, "print('bob')\n").await;
+        let (out, end) = until_end(&mut third, WITHIN).await;
+        assert_eq!(
+            (out.as_str(), end["exit_code"].as_i64()),
+            ("bob\n", Some(0))
+        );
+        send(&mut first, json!({"type": "cancel"})).await;
+        let (_, end) = until_end(&mut first, WITHIN).await;
+        assert_eq!(end["reason"], "cancelled");
+    });
+    // The binary protocol does not take tokens: --client-ca guards it (docs/security.md).
+    assert_eq!(stdout_str(&d.run("print(2)", &[], b"")), "2\n");
+    d.stop();
+}
+
+#[test]
+fn check_config_refuses_a_bad_tokens_file_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, "alice short-secret\n").unwrap();
+    let out = Command::new(common::PYEXECD)
+        .arg("check-config")
+        .arg("--tokens")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = stderr_str(&out);
+    assert!(err.contains(&format!("{}:1:", path.display())), "{err}");
+    assert!(!err.contains("short-secret"), "{err}");
+}
