@@ -42,6 +42,8 @@ pub struct FilesLimits {
     pub file_path_len: u32,
     /// Largest total of file bytes out.
     pub files_out_bytes: u64,
+    /// Most files out.
+    pub files_out_count: u32,
 }
 
 /// `FILE_IN` (C→S) and `FILE_OUT` (S→C): one file's header; its `size` bytes follow in
@@ -274,7 +276,13 @@ mod tests {
         for (name, why) in cases {
             assert_eq!(check_name(name).as_ref(), Err(why), "{name:?}");
         }
-        for ok in ["data.csv", "results/out.csv", "ünï côdé.txt", "a..b", ".hidden"] {
+        for ok in [
+            "data.csv",
+            "results/out.csv",
+            "ünï côdé.txt",
+            "a..b",
+            ".hidden",
+        ] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
         assert_eq!(check_name_bytes(b"caf\xe9.txt"), Err(NameError::NotUtf8));
@@ -346,6 +354,7 @@ mod tests {
             files_in_count: 3,
             file_path_len: MAX_PATH_LEN as u32,
             files_out_bytes: 1000,
+            files_out_count: 3,
         };
         let ok = FilesHello {
             count: 3,

@@ -595,6 +595,7 @@ mod tests {
                         files_in_count: 1000,
                         file_path_len: 1024,
                         files_out_bytes: 64 << 20,
+                        files_out_count: 1000,
                     }),
                 },
                 features: vec!["files".into()],
@@ -777,7 +778,7 @@ mod usage_tests {
         let json = serde_json::to_string(&w).unwrap();
         assert!(!json.contains("files"), "{json}");
         let with: Limits = serde_json::from_str(
-            r#"{"script_size":1,"timeout_ms":1,"output_bytes":1,"stdin_window":1,"files_in_bytes":5,"files_in_count":2,"file_path_len":1024,"files_out_bytes":7}"#,
+            r#"{"script_size":1,"timeout_ms":1,"output_bytes":1,"stdin_window":1,"files_in_bytes":5,"files_in_count":2,"file_path_len":1024,"files_out_bytes":7,"files_out_count":2}"#,
         )
         .unwrap();
         assert_eq!(with.files.map(|f| f.files_out_bytes), Some(7));
