@@ -3,11 +3,13 @@
 # Started before its script is known (that is what makes a warm pool possible), it reads
 # exactly one request from stdin, never a byte more, so that everything after it on stdin
 # belongs to the script:
-#   b"PYX2" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
-#   | script | name | args (NUL-separated)
-# It writes the script to /tmp/<name> (tracebacks and inspect read it from there), writes
-# one ACK byte (0x06) to stdout, which the server strips and takes as "the script is in",
-# and forks. The child runs the script with the semantics of `python3 -u /tmp/<name> args`:
+#   b"PYX3" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
+#   | u32 files | u32 get_len | u64 get_cap | u32 get_count
+#   | script | name | args (NUL-separated) | get patterns (NUL-separated)
+#   then `files` records: u32 name_len | u64 size | name | content
+# It writes the script to /tmp/<name> (tracebacks and inspect read it from there) and the
+# files beside it, writes one ACK byte (0x06) to stdout, which the server strips and takes
+# as "the script and its files are in", and forks. The child runs the script with the semantics of `python3 -u /tmp/<name> args`:
 #   - mode "exec": by exec'ing a fresh interpreter, which is exact by construction;
 #   - mode "inprocess" (default): in this interpreter, already started, which saves a
 #     whole interpreter start-up per session. sys.argv, sys.path[0], a fresh __main__
@@ -21,6 +23,12 @@
 # server ends the session on seeing it on both streams: Docker reports a container's exit
 # tens of milliseconds after the fact, the trailer is there at once, and each stream being
 # in order, everything the script wrote comes before it.
+# With get patterns (feature `files`), the parent then kills every process the script left
+# (nothing may change a file or write to the pipes any more), and after the stdout trailer
+# writes the files-out stream that `src/files_out.rs` parses: the regular files matching
+# the patterns, found without following any symlink (lstat, then O_NOFOLLOW at every step
+# from /tmp down), within the caps; then the patterns that matched nothing and the names
+# that were not sent, with why; then b"Z".
 # Only modules a fresh interpreter has loaded already are used (os, sys, _signal,
 # _frozen_importlib_external, builtins): importing `signal` alone costs
 # ~10 ms (enum), and the script would find modules loaded that python3 had not loaded.
@@ -46,26 +54,65 @@ def _read_exact(n):
         buf += chunk
     return bytes(buf)
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+def _receive_file():
+    # Names were checked by the server (relative, no '..', no empty component), and the
+    # tmpfs is fresh: still, every step is O_NOFOLLOW and the file O_EXCL.
+    head = _read_exact(12)
+    size = int.from_bytes(head[4:12], "big")
+    name = _read_exact(int.from_bytes(head[:4], "big")).decode()
+    parts = name.split("/")
+    try:
+        dfd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=dfd)
+            except FileExistsError:
+                pass
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            os.close(dfd)
+            dfd = sub
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                     dir_fd=dfd)
+        os.close(dfd)
+        while size:
+            chunk = os.read(0, min(size, 1 << 16))
+            if not chunk:
+                os._exit(0)  # the server went away mid-file
+            _write_all(fd, chunk)
+            size -= len(chunk)
+        os.close(fd)
+    except OSError as e:
+        os.write(2, ("pyexec: cannot write file %s: %s\n" % (name, e.strerror)).encode())
+        os._exit(125)
+
 def _receive():
-    head = _read_exact(32)
-    if head[:4] != b"PYX2":
+    head = _read_exact(52)
+    if head[:4] != b"PYX3":
         os.write(2, b"pyexec bootstrap: bad request header\n")
         os._exit(125)
     script = _read_exact(int.from_bytes(head[4:8], "big"))
     name = _read_exact(int.from_bytes(head[8:12], "big")).decode()
     n = int.from_bytes(head[12:16], "big")
     args = _read_exact(n).split(b"\0") if n else []
+    n = int.from_bytes(head[36:40], "big")
+    get = _read_exact(n).decode().split("\0") if n else []
     os.chdir("/tmp")
     path = "/tmp/" + name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    view = memoryview(script)
-    while view:
-        view = view[os.write(fd, view):]
+    _write_all(fd, script)
     os.close(fd)
+    for _ in range(int.from_bytes(head[32:36], "big")):
+        _receive_file()
     os.write(1, b"\x06")
-    return script, name, path, args, head[16:32]
+    cap = (int.from_bytes(head[40:48], "big"), int.from_bytes(head[48:52], "big"))
+    return script, name, path, args, head[16:32], (get, cap)
 
-_script, _name, _path, _args, _nonce = _receive()
+_script, _name, _path, _args, _nonce, _get = _receive()
 
 import _signal
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
@@ -106,6 +153,128 @@ def _peak_memory():
     peak = _cgroup_number("/sys/fs/cgroup/memory/memory.max_usage_in_bytes")
     return _cgroup_number("/sys/fs/cgroup/memory.peak") if peak is None else peak
 
+def _name_ok(rel):
+    # The server's rules (check_name): UTF-8, no control character, at most 1024 bytes.
+    try:
+        size = len(rel.encode())
+    except UnicodeEncodeError:
+        return "a name that is not UTF-8"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in rel):
+        return "a name with a control character"
+    return "a name longer than 1024 bytes" if size > 1024 else None
+
+def _walk(dfd, prefix, comps):
+    # Matches one pattern component by component from an open directory, never following
+    # a symlink: directories are entered with O_NOFOLLOW, files judged by lstat.
+    import fnmatch, stat
+    comp = comps[0]
+    if any(c in comp for c in "*?["):
+        try:
+            names = sorted(os.listdir(dfd))
+        except OSError:
+            return
+        hidden = comp.startswith(".")
+        names = [n for n in names if fnmatch.fnmatchcase(n, comp)
+                 and (hidden or not n.startswith("."))]
+    else:
+        names = [comp]
+    for n in names:
+        try:
+            st = os.stat(n, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            continue
+        rel = prefix + n
+        if len(comps) == 1:
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                yield rel, None
+            elif stat.S_ISLNK(mode):
+                yield rel, "a symbolic link (not followed)"
+            elif stat.S_ISDIR(mode):
+                yield rel, "a directory"
+            elif stat.S_ISFIFO(mode):
+                yield rel, "a FIFO"
+            else:
+                yield rel, "not a regular file"
+        elif stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            except OSError:
+                continue
+            try:
+                yield from _walk(sub, rel + "/", comps[1:])
+            finally:
+                os.close(sub)
+
+def _open_nofollow(rel):
+    # O_NOFOLLOW at every step from /tmp: a path swapped for a symlink fails with ELOOP.
+    parts = rel.split("/")
+    dfd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            os.close(dfd)
+            dfd = sub
+        # O_NONBLOCK: a FIFO named like a requested file cannot stall us.
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+def _send_files(patterns, caps):
+    import stat
+    cap_bytes, cap_count = caps
+    found, skipped, unmatched, seen = [], [], [], set()
+    for pattern in patterns:
+        matched = False
+        root = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for rel, why in _walk(root, "", pattern.split("/")):
+                matched = True
+                if rel not in seen:
+                    seen.add(rel)
+                    why = why or _name_ok(rel)
+                    (skipped.append((rel, why)) if why else found.append(rel))
+        finally:
+            os.close(root)
+        if not matched:
+            unmatched.append(pattern)
+    total, count = 0, 0
+    for rel in found:
+        try:
+            fd = _open_nofollow(rel)
+        except OSError as e:
+            skipped.append((rel, "cannot be opened (%s)" % e.strerror))
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append((rel, "not a regular file"))
+                continue
+            size = st.st_size
+            if total + size > cap_bytes or count + 1 > cap_count:
+                skipped.append((rel, "%d bytes, over the server's cap on files out (%d bytes, %d files)"
+                                % (size, cap_bytes, cap_count)))
+                continue
+            total, count = total + size, count + 1
+            name = rel.encode()
+            _write_all(1, b"F" + len(name).to_bytes(4, "big") + size.to_bytes(8, "big") + name)
+            left = size
+            while left:
+                chunk = os.read(fd, min(left, 1 << 16)) or bytes(min(left, 1 << 16))
+                _write_all(1, chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    for pattern in unmatched:
+        p = pattern.encode()
+        _write_all(1, b"U" + len(p).to_bytes(4, "big") + p)
+    # Names whose own encoding is refused are not sent at all, not even as skipped.
+    for rel, why in skipped[:cap_count]:
+        if _name_ok(rel) is None:
+            n, w = rel.encode(), why[:200].encode()
+            _write_all(1, b"K" + len(n).to_bytes(4, "big") + len(w).to_bytes(4, "big") + n + w)
+    _write_all(1, b"Z")
+
 _cpu_at_start = _cpu_ns()
 import gc
 gc.freeze()
@@ -131,9 +300,18 @@ if _child:
     _peak = _peak_memory()
     _trailer = (_nonce + _kind + bytes([_value & 0xFF]) + _cpu_us.to_bytes(8, "big")
                 + (_unknown if _peak is None else _peak).to_bytes(8, "big"))
+    if _get[0]:
+        # Whatever the script left running dies now (kill(-1) spares init and us): no
+        # process can swap a file for a symlink or write into the stream from here on.
+        try:
+            os.kill(-1, 9)
+        except OSError:
+            pass
     for _fd in (1, 2):
         try:
             os.write(_fd, _trailer)
+            if _fd == 1 and _get[0]:
+                _send_files(*_get)
         except OSError:
             pass
     os._exit(_code)
@@ -176,5 +354,6 @@ _main.__loader__ = SourceFileLoader("__main__", _path)
 sys.modules["__main__"] = _main
 _code = compile(_script, _path, "exec", dont_inherit=True)
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
-del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start
+del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
+del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 exec(_code, _main.__dict__)

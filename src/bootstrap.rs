@@ -51,28 +51,72 @@ pub fn new_nonce() -> [u8; NONCE_LEN] {
     nonce
 }
 
-/// The one request the bootstrap reads from stdin. `args` must have passed `check_args`.
-pub fn request(script: &[u8], name: &str, args: &[String], nonce: &[u8; NONCE_LEN]) -> Bytes {
-    let args_len: usize = args
-        .iter()
-        .map(|a| a.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
-    let mut buf = BytesMut::with_capacity(32 + script.len() + name.len() + args_len);
-    buf.put_slice(b"PYX2");
+/// What a session asks of the bootstrap besides its script (feature `files`, protocol
+/// §10.2): how many file records follow the request on stdin, and which files to send
+/// back after the script, within `get_cap` bytes and `get_count` files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilesRequest {
+    pub count: u32,
+    pub get: Vec<String>,
+    pub get_cap: u64,
+    pub get_count: u32,
+}
+
+/// The one request the bootstrap reads from stdin. `args` must have passed `check_args`,
+/// the `get` patterns `check_pattern`.
+pub fn request(
+    script: &[u8],
+    name: &str,
+    args: &[String],
+    nonce: &[u8; NONCE_LEN],
+    files: &FilesRequest,
+) -> Bytes {
+    let joined = |items: &[String]| -> usize {
+        items
+            .iter()
+            .map(|a| a.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
+    let (args_len, get_len) = (joined(args), joined(&files.get));
+    let mut buf =
+        BytesMut::with_capacity(REQUEST_HEAD + script.len() + name.len() + args_len + get_len);
+    buf.put_slice(b"PYX3");
     // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
     buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
     buf.put_u32(name.len() as u32);
     buf.put_u32(args_len as u32);
     buf.put_slice(nonce);
+    buf.put_u32(files.count);
+    // At most MAX_PATTERNS patterns of at most MAX_PATH_LEN bytes each.
+    buf.put_u32(get_len as u32);
+    buf.put_u64(files.get_cap);
+    buf.put_u32(files.get_count);
     buf.put_slice(script);
     buf.put_slice(name.as_bytes());
-    for (i, a) in args.iter().enumerate() {
-        if i > 0 {
-            buf.put_u8(0);
+    for list in [args, &files.get[..]] {
+        for (i, a) in list.iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(0);
+            }
+            buf.put_slice(a.as_bytes());
         }
-        buf.put_slice(a.as_bytes());
     }
+    buf.freeze()
+}
+
+/// Length of the request's fixed head: magic, three lengths, the nonce, the file count,
+/// the patterns' length, the cap of files out in bytes and in files.
+pub const REQUEST_HEAD: usize = 4 + 12 + NONCE_LEN + 4 + 4 + 8 + 4;
+
+/// The head of one file record on the bootstrap's stdin, after the request (feature
+/// `files`): `u32` name length, `u64` size, the name; `size` bytes of content follow.
+pub fn file_record(name: &str, size: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(12 + name.len());
+    // Names are at most MAX_PATH_LEN bytes (checked by `check_name`).
+    buf.put_u32(name.len() as u32);
+    buf.put_u64(size);
+    buf.put_slice(name.as_bytes());
     buf.freeze()
 }
 
@@ -80,19 +124,30 @@ pub fn request(script: &[u8], name: &str, args: &[String], nonce: &[u8; NONCE_LE
 /// to deliver first: stderr that overtook the ACK, and whatever followed the ACK in its
 /// frame. The error is why the container cannot take the script (it is then replaced).
 pub async fn hand_over(
-    mut input: InputSink,
-    mut output: OutputStream,
+    input: InputSink,
+    output: OutputStream,
     request: Bytes,
 ) -> Result<(InputSink, OutputStream, Vec<Output>), String> {
-    if let Err(e) = async {
+    let input = write_request(input, request).await?;
+    let (output, early) = await_ack(output).await?;
+    Ok((input, output, early))
+}
+
+/// Writes the bootstrap request, and nothing else.
+pub async fn write_request(mut input: InputSink, request: Bytes) -> Result<InputSink, String> {
+    match async {
         input.write_all(&request).await?;
         input.flush().await
     }
     .await
     {
-        return Err(format!("cannot write the script: {e}"));
+        Ok(()) => Ok(input),
+        Err(e) => Err(format!("cannot write the script: {e}")),
     }
-    drop(request);
+}
+
+/// Waits for the bootstrap's ACK (see `hand_over`).
+pub async fn await_ack(mut output: OutputStream) -> Result<(OutputStream, Vec<Output>), String> {
     let (mut early, mut early_len) = (Vec::new(), 0usize);
     loop {
         match output.next().await {
@@ -101,7 +156,7 @@ pub async fn hand_over(
                 if !rest.is_empty() {
                     early.push(Output::Stdout(rest));
                 }
-                return Ok((input, output, early));
+                return Ok((output, early));
             }
             Some(Ok(Output::Stderr(message))) => {
                 early_len += message.len();
@@ -215,21 +270,37 @@ mod tests {
     #[test]
     fn request_layout() {
         let nonce = [7u8; NONCE_LEN];
+        let files = FilesRequest {
+            count: 2,
+            get: vec!["a.png".into(), "r/*.csv".into()],
+            get_cap: 1 << 20,
+            get_count: 9,
+        };
         let req = request(
             b"print(1)\n",
             "a.py",
             &["x".into(), "".into(), "z".into()],
             &nonce,
+            &files,
         );
-        assert_eq!(&req[..4], b"PYX2");
-        assert_eq!(u32::from_be_bytes(req[4..8].try_into().unwrap()), 9);
-        assert_eq!(u32::from_be_bytes(req[8..12].try_into().unwrap()), 4);
-        assert_eq!(u32::from_be_bytes(req[12..16].try_into().unwrap()), 4);
+        let u32_at = |at: usize| u32::from_be_bytes(req[at..at + 4].try_into().unwrap());
+        assert_eq!(&req[..4], b"PYX3");
+        assert_eq!(u32_at(4), 9);
+        assert_eq!(u32_at(8), 4);
+        assert_eq!(u32_at(12), 4);
         assert_eq!(&req[16..32], &nonce);
-        assert_eq!(&req[32..], b"print(1)\na.pyx\0\0z");
+        assert_eq!(u32_at(32), 2, "file records to follow");
+        assert_eq!(u32_at(36), 13, "patterns' length");
+        assert_eq!(u64::from_be_bytes(req[40..48].try_into().unwrap()), 1 << 20);
+        assert_eq!(u32_at(48), 9);
+        assert_eq!(REQUEST_HEAD, 52);
+        assert_eq!(&req[52..], b"print(1)\na.pyx\0\0za.png\0r/*.csv");
         assert_ne!(new_nonce(), new_nonce());
-        let none = request(b"", "m.py", &[], &nonce);
-        assert_eq!(u32::from_be_bytes(none[12..16].try_into().unwrap()), 0);
+        let none = request(b"", "m.py", &[], &nonce, &FilesRequest::default());
+        assert_eq!(none.len(), REQUEST_HEAD + 4);
+        assert_eq!(&none[12..16], &[0, 0, 0, 0]);
+        let record = file_record("d/x.csv", 3);
+        assert_eq!(&record[..], b"\0\0\0\x07\0\0\0\0\0\0\0\x03d/x.csv");
     }
 
     /// Docker copies stdout and stderr apart: the script's first stderr can come before the

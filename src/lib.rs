@@ -24,6 +24,7 @@ pub mod config;
 pub(crate) mod connections;
 pub(crate) mod container;
 pub(crate) mod engine;
+pub(crate) mod files_out;
 pub mod fleet;
 pub mod image;
 pub mod image_copy;

@@ -216,6 +216,12 @@ pub struct Run {
     pub stdin_in_flight: Arc<AtomicU64>,
     pub output_limit: u64,
     pub events: Recipient<ContainerEvent>,
+    /// Feature `files`: file records follow the request on stdin, so stdin is pumped from
+    /// the request on, before the ACK (the bootstrap acknowledges once they are in).
+    pub files_in: bool,
+    /// Feature `files`: the caps (bytes, count) of the files-out stream that follows the
+    /// stdout trailer; `None` when no file is asked for.
+    pub files_out: Option<(u64, u32)>,
 }
 
 impl std::fmt::Debug for Run {

@@ -15,6 +15,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 struct Pending {
     data: BytesMut,
+    /// Bytes of `data` that the server made itself (the file records of feature
+    /// `files`): not the client's, so not counted against its window nor credited.
+    uncounted: usize,
     eof: bool,
 }
 
@@ -44,19 +47,32 @@ impl StdinQueue {
         self.ready.notify_one();
     }
 
+    /// Appends bytes of the server's own making (a file record's head), which the
+    /// client's window does not count.
+    pub fn push_uncounted(&self, data: &[u8]) {
+        let mut pending = self.pending();
+        pending.data.extend_from_slice(data);
+        pending.uncounted += data.len();
+        drop(pending);
+        self.ready.notify_one();
+    }
+
     /// The client closed stdin: the pump ends once the bytes before it are written.
     pub fn close(&self) {
         self.pending().eof = true;
         self.ready.notify_one();
     }
 
-    /// Everything waiting, as one chunk; `None` once stdin is closed and drained.
-    pub async fn next(&self) -> Option<Bytes> {
+    /// Everything waiting, as one chunk, with how many of its bytes the client's window
+    /// counts; `None` once stdin is closed and drained.
+    pub async fn next(&self) -> Option<(Bytes, usize)> {
         loop {
             {
                 let mut pending = self.pending();
                 if !pending.data.is_empty() {
-                    return Some(pending.data.split().freeze());
+                    let data = pending.data.split().freeze();
+                    let counted = data.len() - std::mem::take(&mut pending.uncounted);
+                    return Some((data, counted));
                 }
                 if pending.eof {
                     return None;
@@ -80,7 +96,10 @@ mod tests {
             q.push(&[*b]);
         }
         q.push(b" world");
-        assert_eq!(q.next().await.as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(
+            q.next().await,
+            Some((Bytes::from_static(b"hello world"), 11))
+        );
         q.close();
         assert_eq!(q.next().await, None);
     }
@@ -90,7 +109,10 @@ mod tests {
         let q = StdinQueue::new();
         q.push(b"last line\n");
         q.close();
-        assert_eq!(q.next().await.as_deref(), Some(&b"last line\n"[..]));
+        assert_eq!(
+            q.next().await.map(|(b, _)| b).as_deref(),
+            Some(&b"last line\n"[..])
+        );
         assert_eq!(q.next().await, None);
         assert_eq!(q.next().await, None, "EOF stays EOF");
     }
@@ -109,7 +131,21 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
-        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+        assert_eq!(got.map(|(b, _)| b).as_deref(), Some(&b"x"[..]));
+    }
+
+    /// A file record's head is the server's: the client's window counts only its bytes.
+    #[tokio::test]
+    async fn uncounted_bytes_are_not_the_clients() {
+        let q = StdinQueue::new();
+        q.push_uncounted(b"head");
+        q.push(b"content");
+        assert_eq!(
+            q.next().await,
+            Some((Bytes::from_static(b"headcontent"), 7))
+        );
+        q.push(b"more");
+        assert_eq!(q.next().await, Some((Bytes::from_static(b"more"), 4)));
     }
 
     #[test]

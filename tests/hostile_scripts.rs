@@ -572,7 +572,7 @@ fn scripts_killing_themselves_report_128_plus_the_signal() {
 
 #[test]
 fn filling_tmp_gives_enospc_and_the_script_goes_on() {
-    let d = Daemon::start(&["--tmp-size", "8m"]);
+    let d = Daemon::start(&["--tmp-size", "8m", "--max-files-size", "1m"]);
     let script = "import errno, os\nn = 0\nchunk = b'\\0' * (1 << 20)\ntry:\n    with open('/tmp/fill', 'wb', buffering=0) as f:\n        while True:\n            f.write(chunk)\n            n += 1\nexcept OSError as e:\n    print('full after', n, 'MiB:', errno.errorcode[e.errno], flush=True)\nos.remove('/tmp/fill')\nwith open('/tmp/after', 'w') as f:\n    f.write('ok')\nprint('recovered', open('/tmp/after').read())\n";
     let out = d.run(script, &[], b"");
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));

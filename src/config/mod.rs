@@ -133,6 +133,15 @@ pub struct ServeArgs {
     /// Largest script accepted.
     #[arg(long, env = "PYEXECD_MAX_SCRIPT_SIZE", default_value = "1m", value_parser = parse_size)]
     pub max_script_size: u64,
+    /// Largest total of files a client may send with its script (feature `files`).
+    #[arg(long, env = "PYEXECD_MAX_FILES_SIZE", default_value = "32m", value_parser = parse_size)]
+    pub max_files_size: u64,
+    /// Most files a client may send with its script.
+    #[arg(long, env = "PYEXECD_MAX_FILES", default_value_t = 1000)]
+    pub max_files: u32,
+    /// Largest total of result files (`pyexec --get`) sent back after the script.
+    #[arg(long, env = "PYEXECD_MAX_GET_SIZE", default_value = "64m", value_parser = parse_size)]
+    pub max_get_size: u64,
     /// Connections open at once (handshaking, queued or running); more are closed at once.
     #[arg(long, env = "PYEXECD_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: u32,
@@ -286,6 +295,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub upload_timeout: Duration,
     pub max_script_size: u64,
+    /// Feature `files`: total bytes and count in, total bytes out.
+    pub max_files_size: u64,
+    pub max_files: u32,
+    pub max_get_size: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub proxy_protocol: bool,
@@ -373,8 +386,13 @@ impl ServeArgs {
         if self.pids_limit < 4 {
             return Err(err("pids-limit", "must be at least 4"));
         }
-        if self.tmp_size < self.max_script_size {
-            return Err(err("tmp-size", "must hold at least --max-script-size"));
+        // The script and every file sent with it land in the tmpfs before anything runs:
+        // a full tmpfs would fail the upload half-way, after the bounds had said yes.
+        if self.tmp_size < self.max_script_size.saturating_add(self.max_files_size) {
+            return Err(err(
+                "tmp-size",
+                "must hold at least --max-script-size plus --max-files-size",
+            ));
         }
         if self.max_script_size > u32::MAX as u64 {
             return Err(err("max-script-size", "must be below 4 GiB"));
@@ -427,6 +445,9 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             upload_timeout: self.upload_timeout,
             max_script_size: self.max_script_size,
+            max_files_size: self.max_files_size,
+            max_files: self.max_files,
+            max_get_size: self.max_get_size,
             max_connections: self.max_connections.max(1) as usize,
             max_connections_per_ip: self.max_connections_per_ip as usize,
             proxy_protocol: self.proxy_protocol,
@@ -496,6 +517,15 @@ mod tests {
         let cli = Cli::try_parse_from(["pyexecd", "--tmp-size", "1k"]).unwrap();
         let err = cli.serve.resolve().unwrap_err();
         assert_eq!(err.flag, "tmp-size");
+        // The tmpfs must take the largest script plus the largest file set.
+        let cli = Cli::try_parse_from(["pyexecd", "--tmp-size", "40m", "--max-files-size", "40m"])
+            .unwrap();
+        let err = cli.serve.resolve().unwrap_err();
+        assert_eq!(err.flag, "tmp-size");
+        assert!(err.reason.contains("--max-files-size"), "{}", err.reason);
+        let cli = Cli::try_parse_from(["pyexecd", "--tmp-size", "41m", "--max-files-size", "40m"])
+            .unwrap();
+        assert!(cli.serve.resolve().is_ok());
         let cli = Cli::try_parse_from(["pyexecd", "--tcp-memory", "64k"]).unwrap();
         let err = cli.serve.resolve().unwrap_err();
         assert_eq!(err.flag, "tcp-memory");

@@ -22,10 +22,11 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::bootstrap::{hand_over, ScriptEnd, Trailers};
+use crate::bootstrap::{await_ack, hand_over, write_request, ScriptEnd, Trailers};
 use crate::engine::{
     EngineError, InputSink, LaunchFailed, Launched, Output, OutputStream, SharedEngine,
 };
+use crate::files_out::FilesOut;
 use crate::messages::{
     ContainerEvent, ContainerFailure, ContainerGone, ContainerHandle, ContainerReady, Finished,
     Kill, KillCause, Orphaned, Run, ScriptExit, Signal,
@@ -305,10 +306,49 @@ impl ContainerActor {
             self.phase = phase;
             return;
         };
+        if self.run.as_ref().is_some_and(|r| r.files_in) {
+            return self.hand_over_with_files(input, output, request, ctx);
+        }
         let fut = hand_over(input, output, request);
         let task = ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((input, output, first)) => act.running(input, output, first, ctx),
+            Ok((input, output, first)) => act.running(Some(input), output, first, ctx),
             Err(reason) => act.replace(reason, ctx),
+        }));
+        self.phase = Phase::Handover(task);
+    }
+
+    /// Feature `files`: the file records follow the request on stdin and the bootstrap
+    /// acknowledges once they are in, so the stdin pump starts right after the request,
+    /// streaming them (and then the script's stdin) as the client sends them: a 50 MiB
+    /// file never sits whole in the daemon.
+    fn hand_over_with_files(
+        &mut self,
+        input: InputSink,
+        output: OutputStream,
+        request: bytes::Bytes,
+        ctx: &mut Context<Self>,
+    ) {
+        let fut = write_request(input, request);
+        let task = ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let input = match res {
+                Ok(input) => input,
+                Err(reason) => return act.replace(reason, ctx),
+            };
+            let Some(run) = act.run.as_ref() else { return };
+            let stdin = pump_stdin(
+                input,
+                run.stdin.clone(),
+                run.control.clone(),
+                run.stdin_in_flight.clone(),
+                act.exited_tx.subscribe(),
+            );
+            act.stdin_pump = Some(ctx.spawn(stdin.into_actor(act)));
+            let ack = await_ack(output);
+            let task = ctx.spawn(ack.into_actor(act).map(|res, act, ctx| match res {
+                Ok((output, first)) => act.running(None, output, first, ctx),
+                Err(reason) => act.replace(reason, ctx),
+            }));
+            act.phase = Phase::Handover(task);
         }));
         self.phase = Phase::Handover(task);
     }
@@ -319,7 +359,10 @@ impl ContainerActor {
         if self.stop != Stop::No {
             return self.finish(ctx);
         }
-        if self.launches >= MAX_LAUNCHES {
+        // Files already streamed into this container cannot be sent again: the client's
+        // bytes are gone from the queue. The session hears of the failure instead.
+        let streamed = self.stdin_pump.is_some() && self.run.as_ref().is_some_and(|r| r.files_in);
+        if self.launches >= MAX_LAUNCHES || streamed {
             self.failure = Some(ContainerFailure::Bootstrap(reason));
             return self.finish(ctx);
         }
@@ -350,7 +393,7 @@ impl ContainerActor {
     /// The script is in: wire the session's streams and start pumping.
     fn running(
         &mut self,
-        input: InputSink,
+        input: Option<InputSink>,
         output: OutputStream,
         first: Vec<Output>,
         ctx: &mut Context<Self>,
@@ -378,14 +421,17 @@ impl ContainerActor {
         });
         self.events = Some(run.events);
 
-        let stdin = pump_stdin(
-            input,
-            run.stdin,
-            run.control,
-            run.stdin_in_flight,
-            self.exited_tx.subscribe(),
-        );
-        self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
+        // With files in, the stdin pump runs already (`hand_over_with_files`).
+        if let Some(input) = input {
+            let stdin = pump_stdin(
+                input,
+                run.stdin,
+                run.control,
+                run.stdin_in_flight,
+                self.exited_tx.subscribe(),
+            );
+            self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
+        }
 
         let output = futures::stream::iter(first.into_iter().map(Ok)).chain(output);
         let pump = pump_output(
@@ -399,6 +445,8 @@ impl ContainerActor {
                 self.deps.bytes.clone(),
                 self.delivered.clone(),
             ),
+            run.files_out
+                .map(|(bytes, count)| FilesOut::new(bytes, count)),
         );
         self.pump = Some(
             ctx.spawn(

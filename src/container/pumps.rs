@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Recipient;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::bootstrap::{ScriptEnd, Trailers};
+use crate::bootstrap::{ScriptEnd, Trailers, TRAILER_LEN};
 use crate::engine::{EngineError, InputSink, Output, OutputStream};
+use crate::files_out::FilesOut;
 use crate::messages::ContainerEvent;
+use crate::protocol::files::FilesOutEnd;
 use crate::protocol::{Frame, DATA_CHUNK, STDIN_WINDOW};
 use crate::status::ByteCounters;
 use crate::stdin_queue::StdinQueue;
@@ -47,11 +49,11 @@ pub async fn pump_stdin(
             _ = exited.wait_for(|e| *e) => None,
         };
         match msg {
-            Some(data) => {
-                let n = data.len();
+            Some((data, n)) => {
                 if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
                     break;
                 }
+                // Only the client's bytes: a file record's head was never in its window.
                 in_flight.fetch_sub(n as u64, Ordering::Relaxed);
                 owed += n as u64;
                 if owed >= CREDIT_BATCH {
@@ -183,14 +185,21 @@ async fn forward(
 /// Moves the container's output into the session's bounded channel, chunk by chunk, with
 /// no copy: each Docker frame is sliced, never re-buffered (but for the rare bytes held
 /// back as a possible trailer start), and the bootstrap's trailer is cut out.
+///
+/// With `files` (feature `files`), stdout after its trailer is the bootstrap's files-out
+/// stream: parsed into frames for the same channel (so it has the same backpressure), and
+/// the pump ends only once that stream has ended too.
 pub async fn pump_output(
     mut output: OutputStream,
     tx: mpsc::Sender<Frame>,
     mut exited: watch::Receiver<bool>,
     mut trailers: Trailers,
     mut sent: Sent,
+    mut files: Option<FilesOut>,
 ) -> PumpEnd {
     let mut held: Option<(Bytes, bool, tokio::time::Instant)> = None;
+    // Both trailers seen, the files-out stream not ended yet.
+    let mut script_end: Option<ScriptEnd> = None;
     loop {
         let hold_until = held.as_ref().map(|(_, _, since)| *since + HOLD_MAX);
         let next = tokio::select! {
@@ -208,6 +217,12 @@ pub async fn pump_output(
                 continue;
             }
             Next::Exited => continue,
+            // The files-out stream was cut short (the bootstrap died): what came is sent,
+            // and the client hears why the rest did not.
+            Next::Drained | Next::Item(None) if script_end.is_some() => {
+                let _ = end_files(&tx, &mut files, "the sandbox stopped sending files").await;
+                return PumpEnd::Trailer(script_end.expect("checked"));
+            }
             Next::Drained => return PumpEnd::Drained,
             Next::Item(None) => return PumpEnd::Eof,
             Next::Item(Some(Err(e))) => return PumpEnd::Failed(e),
@@ -225,11 +240,21 @@ pub async fn pump_output(
             }
         }
         if trailers.seen(stderr) {
+            if !stderr {
+                if let Err(end) = files_out(&tx, &mut files, data).await {
+                    return end;
+                }
+                if let (Some(end), true) = (script_end, files_ended(&files)) {
+                    return PumpEnd::Trailer(end);
+                }
+            }
             continue; // written after the script ended, by a process it left behind
         }
         let mut ended = None;
+        let mut after = Bytes::new();
         if let Some((at, exit)) = trailers.find(&data) {
-            data.truncate(at);
+            after = data.split_off(at);
+            after.advance(TRAILER_LEN);
             ended = Some(trailers.record(stderr, exit));
         } else {
             let keep = trailers.partial_tail(&data);
@@ -241,10 +266,67 @@ pub async fn pump_output(
         if let Err(end) = forward(&tx, data, stderr, &mut sent).await {
             return end;
         }
+        if ended.is_some() && !stderr {
+            if let Err(end) = files_out(&tx, &mut files, after).await {
+                return end;
+            }
+        }
         if let Some(Some(end)) = ended {
-            return PumpEnd::Trailer(end);
+            if files_ended(&files) {
+                return PumpEnd::Trailer(end);
+            }
+            script_end = Some(end);
         }
     }
+}
+
+/// Whether the files-out stream is over (or was never asked for).
+fn files_ended(files: &Option<FilesOut>) -> bool {
+    files.as_ref().is_none_or(|f| f.done())
+}
+
+/// Feeds the bootstrap's files-out stream to its parser and its frames to the client. A
+/// stream that breaks the rules ends the files there, with the reason for the client.
+async fn files_out(
+    tx: &mpsc::Sender<Frame>,
+    files: &mut Option<FilesOut>,
+    data: Bytes,
+) -> Result<(), PumpEnd> {
+    let Some(parser) = files.as_mut().filter(|f| !f.done()) else {
+        return Ok(()); // no files asked for, or after their end: a left-behind process
+    };
+    if data.is_empty() {
+        return Ok(());
+    }
+    match parser.feed(data) {
+        Ok(frames) => {
+            for frame in frames {
+                tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?;
+            }
+            Ok(())
+        }
+        Err(e) => end_files(tx, files, &format!("the sandbox's files were refused: {e}")).await,
+    }
+}
+
+/// Ends the files out early with `message`: a FILES_OUT_END the client always gets
+/// once it asked for files and the script ended (protocol §10.2).
+async fn end_files(
+    tx: &mpsc::Sender<Frame>,
+    files: &mut Option<FilesOut>,
+    message: &str,
+) -> Result<(), PumpEnd> {
+    if files_ended(files) {
+        return Ok(());
+    }
+    *files = None;
+    let end = FilesOutEnd {
+        message: message.to_string(),
+        ..Default::default()
+    };
+    tx.send(Frame::FilesOutEnd(end))
+        .await
+        .map_err(|_| PumpEnd::ClientGone)
 }
 
 #[cfg(test)]
@@ -268,6 +350,17 @@ mod tests {
         items: Vec<Result<Output, EngineError>>,
         limit: u64,
     ) -> (Vec<u8>, Vec<u8>, PumpEnd) {
+        let (stdout, stderr, _, end) = pump_files(items, limit, None).await;
+        (stdout, stderr, end)
+    }
+
+    /// `pump`, with a files-out stream expected after the stdout trailer: also returns
+    /// the file frames forwarded.
+    async fn pump_files(
+        items: Vec<Result<Output, EngineError>>,
+        limit: u64,
+        files: Option<FilesOut>,
+    ) -> (Vec<u8>, Vec<u8>, Vec<Frame>, PumpEnd) {
         let output: OutputStream =
             Box::pin(futures::stream::iter(items).chain(futures::stream::pending()));
         let (tx, mut rx) = mpsc::channel(1024);
@@ -285,19 +378,84 @@ mod tests {
                     Arc::new(ByteCounters::default()),
                     Arc::new(AtomicU64::new(0)),
                 ),
+                files,
             ),
         )
         .await
         .unwrap_or(PumpEnd::Drained);
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let (mut stdout, mut stderr, mut file_frames) = (Vec::new(), Vec::new(), Vec::new());
         while let Ok(frame) = rx.try_recv() {
             match frame {
                 Frame::Stdout(b) => stdout.extend_from_slice(&b),
                 Frame::Stderr(b) => stderr.extend_from_slice(&b),
-                other => panic!("{other:?}"),
+                other => file_frames.push(other),
             }
         }
-        (stdout, stderr, end)
+        (stdout, stderr, file_frames, end)
+    }
+
+    fn files_stream(name: &str, content: &[u8]) -> Vec<u8> {
+        let mut v = vec![b'F'];
+        v.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        v.extend_from_slice(&(content.len() as u64).to_be_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(content);
+        v.push(b'Z');
+        v
+    }
+
+    /// The files-out stream follows the stdout trailer; the pump ends after its end,
+    /// whichever stream's trailer came last, and the script's output is untouched.
+    #[tokio::test]
+    async fn files_after_the_trailer_are_forwarded_then_the_pump_ends() {
+        let stream = files_stream("plot.png", b"PNG!");
+        for cut in 0..stream.len() {
+            let mut first = b"out".to_vec();
+            first.extend(trailer(b'E', 0));
+            first.extend_from_slice(&stream[..cut]);
+            let (stdout, _, frames, end) = pump_files(
+                vec![out(&first), err(&trailer(b'E', 0)), out(&stream[cut..])],
+                1 << 20,
+                Some(FilesOut::new(1 << 20, 10)),
+            )
+            .await;
+            assert_eq!(stdout, b"out", "cut at {cut}");
+            assert!(matches!(end, PumpEnd::Trailer(_)), "cut at {cut}: {end:?}");
+            assert_eq!(
+                frames.first().map(|f| f.frame_type().name()),
+                Some("FILE_OUT")
+            );
+            assert!(matches!(frames.last(), Some(Frame::FilesOutEnd(e)) if e.message.is_empty()));
+            let content: Vec<u8> = frames
+                .iter()
+                .filter_map(|f| match f {
+                    Frame::FileOutData(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(content, b"PNG!", "cut at {cut}");
+        }
+    }
+
+    /// A hostile files stream (a traversal name) ends the files with a reason, and the
+    /// script's end is still reported.
+    #[tokio::test]
+    async fn a_refused_files_stream_ends_with_a_message() {
+        let mut first = trailer(b'E', 1);
+        first.extend(files_stream("../escape", b"x"));
+        let (_, _, frames, end) = pump_files(
+            vec![out(&first), err(&trailer(b'E', 1))],
+            1 << 20,
+            Some(FilesOut::new(1 << 20, 10)),
+        )
+        .await;
+        assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert!(
+            matches!(&frames[0], Frame::FilesOutEnd(e) if e.message.contains("'..'")),
+            "{frames:?}"
+        );
     }
 
     /// A whole trailer, as the bootstrap writes it: 1.5 ms of CPU, 12 MiB at the peak.

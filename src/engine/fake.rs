@@ -518,7 +518,7 @@ impl Process {
         mut stdin: DuplexStream,
         signals: mpsc::UnboundedReceiver<&'static str>,
     ) -> i64 {
-        let mut head = [0u8; 32];
+        let mut head = [0u8; crate::bootstrap::REQUEST_HEAD];
         if stdin.read_exact(&mut head).await.is_err() {
             return 0; // the server went away before handing over a script
         }
@@ -526,12 +526,13 @@ impl Process {
             c.idle = false;
         }
         self.engine.bump();
-        if &head[..4] != b"PYX2" {
+        if &head[..4] != b"PYX3" {
             self.write(true, &b"pyexec bootstrap: bad request header\n"[..]);
             return 125;
         }
         let len = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len(4) + len(8) + len(12)];
+        // The fake takes no files: script, name, args and get patterns.
+        let mut body = vec![0u8; len(4) + len(8) + len(12) + len(36)];
         if stdin.read_exact(&mut body).await.is_err() {
             return 0;
         }
@@ -616,7 +617,13 @@ mod tests {
             panic!("the launch failed");
         };
         let nonce = *b"0123456789abcdef";
-        let req = request(script.as_bytes(), "main.py", &["x".into()], &nonce);
+        let req = request(
+            script.as_bytes(),
+            "main.py",
+            &["x".into()],
+            &nonce,
+            &Default::default(),
+        );
         let (_input, rest, first) = hand_over(input, output, req).await.unwrap();
         let items: Vec<_> = futures::stream::iter(first.into_iter().map(Ok))
             .chain(rest)
@@ -663,7 +670,13 @@ mod tests {
         let Ok(Launched { id, input, output }) = engine.launch(spec()).await else {
             panic!("the launch failed");
         };
-        let req = request(b"die-before-ack", "main.py", &[], &[0; NONCE_LEN]);
+        let req = request(
+            b"die-before-ack",
+            "main.py",
+            &[],
+            &[0; NONCE_LEN],
+            &Default::default(),
+        );
         let why = hand_over(input, output, req).await.err().unwrap();
         assert_eq!(why, "Traceback: the bootstrap died");
         assert_eq!(engine.wait(&id).await, Ok(1));

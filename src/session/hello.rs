@@ -19,7 +19,7 @@ use crate::sandbox::check_args;
 use crate::status::Outcome;
 
 /// The optional features this server grants when a client asks (protocol §10.1).
-pub(super) const FEATURES: &[&str] = &[];
+pub(super) const FEATURES: &[&str] = &[crate::protocol::files::FEATURE];
 
 impl Session {
     pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
@@ -35,6 +35,7 @@ impl Session {
             },
         };
         let probe = hello.probe;
+        self.files = super::files::start(&hello);
         self.hello = Some(hello);
         self.phase = Phase::Active;
         self.welcome(ctx);
@@ -76,6 +77,7 @@ impl Session {
             ));
         }
         check_args(&hello.args).map_err(|e| (ErrorCode::TooLarge, e.to_string()))?;
+        super::files::check_hello(hello, self.cfg())?;
         if hello.probe && hello.script_size != 0 {
             return Err((ErrorCode::Protocol, "a probe carries no script".into()));
         }
@@ -94,6 +96,10 @@ impl Session {
         let asked = self.hello.as_ref().map_or(&[][..], |h| &h.features[..]);
         let features = grant(asked, FEATURES);
         let cfg = self.cfg();
+        let files = features
+            .iter()
+            .any(|f| f == crate::protocol::files::FEATURE)
+            .then(|| super::files::limits(cfg));
         self.send(Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             server: format!("pyexecd {}", env!("CARGO_PKG_VERSION")),
@@ -103,6 +109,7 @@ impl Session {
                 timeout_ms: limit.as_millis() as u64,
                 output_bytes: cfg.output_limit,
                 stdin_window: STDIN_WINDOW,
+                files,
             },
             features,
         }));

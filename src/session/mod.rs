@@ -14,6 +14,7 @@
 
 mod codec;
 pub mod exit;
+mod files;
 mod hello;
 mod state;
 mod writer;
@@ -50,7 +51,7 @@ use crate::token_bucket::TokenBucket;
 use crate::transport::{Io, Protocol, Transport};
 use codec::SessionCodec;
 use exit::{classify_exit, end_for_exit, exit_code_for, signal_name, ALLOWED_SIGNALS};
-use state::{Handover, Phase, Slot, Start, Stdin, Upload, Writer};
+use state::{FilesIn, Handover, Phase, Slot, Start, Stdin, Upload, Writer};
 use writer::{write_frames, WriterDone};
 
 /// The connection's byte stream: TLS, or the WebSocket bridge's pipe.
@@ -115,6 +116,8 @@ pub struct Session {
     read_done: bool,
     hello: Option<Hello>,
     upload: Upload,
+    /// The files after the script (feature `files`).
+    files: FilesIn,
     slot: Slot,
     /// Stdin on its way to the script, merged into one buffer (see `stdin_queue`).
     stdin: Arc<StdinQueue>,
@@ -160,6 +163,7 @@ impl Session {
             read_done: false,
             hello: None,
             upload: Upload::NotAnnounced,
+            files: FilesIn::NotGranted,
             slot: Slot::Waiting { queued_at: None },
             stdin: Arc::new(StdinQueue::new()),
             stdin_in_flight: Arc::new(AtomicU64::new(0)),
@@ -418,11 +422,13 @@ impl Session {
             unreachable!("checked above");
         };
         let nonce = bootstrap::new_nonce();
+        let files = files::request(hello, self.cfg());
         let request = bootstrap::request(
             &script,
             &script_name(hello.name.as_deref()),
             &hello.args,
             &nonce,
+            &files,
         );
         let handover = Handover {
             request,
@@ -430,6 +436,8 @@ impl Session {
             admitted_at,
             queued_ms,
             output,
+            files_in: files.count > 0,
+            files_out: (!files.get.is_empty()).then_some((files.get_cap, files.get_count)),
         };
         container.run.do_send(self.run_of(&handover, ctx));
         self.slot = Slot::Running {
@@ -450,6 +458,8 @@ impl Session {
             stdin_in_flight: self.stdin_in_flight.clone(),
             output_limit: self.cfg().output_limit,
             events: ctx.address().recipient(),
+            files_in: h.files_in,
+            files_out: h.files_out,
         }
     }
 
@@ -467,6 +477,19 @@ impl Session {
                     admitted_at,
                     queued_ms,
                 }
+            }
+            // Files already streamed to the failed container are gone from the queue:
+            // they cannot be sent again, so the session ends (nothing ran).
+            Slot::Running {
+                start: Start::Pending(handover),
+                ..
+            } if handover.files_in => {
+                container.kill.do_send(Kill(KillCause::Discarded));
+                self.fail(
+                    ErrorCode::Docker,
+                    "the sandbox failed while the files were being sent; try again",
+                    ctx,
+                );
             }
             Slot::Running {
                 start: Start::Pending(handover),
@@ -512,10 +535,17 @@ impl Session {
         }
     }
 
+    /// The script and every announced file have arrived: stdin may follow.
+    fn uploaded(&self) -> bool {
+        self.upload.complete() && !matches!(self.files, FilesIn::Arriving { .. })
+    }
+
     fn on_stdin(&mut self, data: bytes::Bytes, ctx: &mut Context<Self>) {
-        if !self.upload.complete() || self.stdin_state == Stdin::Closed {
+        if !self.uploaded() || self.stdin_state == Stdin::Closed {
             let why = if self.stdin_state == Stdin::Closed {
                 "STDIN after STDIN_EOF"
+            } else if self.upload.complete() {
+                "STDIN before every announced file"
             } else {
                 "STDIN before the whole script"
             };
@@ -572,8 +602,10 @@ impl Session {
             ),
             (Phase::Active, Frame::Script(chunk)) => self.on_script(chunk, ctx),
             (Phase::Active, Frame::Stdin(data)) => self.on_stdin(data, ctx),
+            (Phase::Active, Frame::FileIn(header)) => self.on_file_in(header, ctx),
+            (Phase::Active, Frame::FileInData(data)) => self.on_file_in_data(data, ctx),
             (Phase::Active, Frame::StdinEof) => {
-                if !self.upload.complete() || self.stdin_state == Stdin::Closed {
+                if !self.uploaded() || self.stdin_state == Stdin::Closed {
                     return self.fail(ErrorCode::Protocol, "unexpected STDIN_EOF", ctx);
                 }
                 self.stdin_state = Stdin::Closed;

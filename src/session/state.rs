@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::bootstrap::NONCE_LEN;
 use crate::messages::ContainerHandle;
+use crate::protocol::files::FileSet;
 use crate::protocol::Frame;
 use crate::status::Outcome;
 
@@ -88,6 +89,24 @@ pub(super) struct Handover {
     pub queued_ms: u64,
     /// A copy of the output channel's sender, dropped at STARTED.
     pub output: mpsc::Sender<Frame>,
+    /// Feature `files`: file records follow the request; files out asked for, with caps.
+    pub files_in: bool,
+    pub files_out: Option<(u64, u32)>,
+}
+
+/// The files the client sends after its script (feature `files`).
+#[derive(Debug)]
+pub(super) enum FilesIn {
+    /// The feature was not granted: FILE_IN frames are unknown frames.
+    NotGranted,
+    /// `left` FILE_IN headers still to come; `current` bytes of the last one's content.
+    Arriving {
+        set: FileSet,
+        left: u32,
+        current: u64,
+    },
+    /// Every announced file has arrived (or none was announced).
+    Complete,
 }
 
 /// The client's stdin.

@@ -38,6 +38,10 @@ const CLIENT: [(u8, &str, Shape); 6] = [
     (0x06, "cancel", Shape::Empty),
 ];
 
+/// The features (protocol §10.1) whose frames all have messages here; a browser's HELLO
+/// asks for no other. `files` has none yet.
+const WS_FEATURES: &[&str] = &[];
+
 /// The frames the server sends. A feature's frame (protocol §10.1), e.g. a future
 /// `INPUT_WANTED`, is one more row here: it is only ever sent to a session that asked for
 /// the feature in `hello.features`, so a browser that did not ask never meets its type.
@@ -88,6 +92,13 @@ pub fn message_to_frame(text: &str) -> Result<Vec<u8>, MappingError> {
     let Some(&(ty, name, shape)) = CLIENT.iter().find(|(_, name, _)| *name == kind) else {
         return Err(MappingError::UnknownType(kind));
     };
+    if ty == 0x01 {
+        // A feature whose frames have no message here must not be granted to a browser:
+        // its first frame would end the session unmapped (protocol §10.1).
+        if let Some(Value::Array(features)) = object.get_mut("features") {
+            features.retain(|f| f.as_str().is_some_and(|f| WS_FEATURES.contains(&f)));
+        }
+    }
     let payload = match shape {
         // The rest of the object is the frame's JSON as is: the Session checks it.
         Shape::Object => serde_json::to_vec(&object).expect("a map always serialises"),
@@ -191,7 +202,7 @@ mod tests {
     #[test]
     fn every_client_message_becomes_its_frame() {
         let hello = decoded(
-            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["x"]}"#,
+            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["files","x"]}"#,
         );
         let Frame::Hello(Hello {
             version,
@@ -205,7 +216,10 @@ mod tests {
         };
         assert_eq!((version, script_size), (1, 5));
         assert_eq!(name.as_deref(), Some("a.py"));
-        assert_eq!(features, ["x"]);
+        assert!(
+            features.is_empty(),
+            "a feature without messages is not asked for"
+        );
         // "aGk=" is base64 for "hi"; arbitrary bytes survive.
         assert_eq!(
             decoded(r#"{"type":"script","data":"aGk="}"#),
@@ -276,6 +290,7 @@ mod tests {
                 timeout_ms: 20,
                 output_bytes: 30,
                 stdin_window: STDIN_WINDOW,
+                files: None,
             },
             features: vec![],
         });

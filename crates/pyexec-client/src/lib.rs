@@ -9,6 +9,7 @@
 // comment.
 #![deny(unsafe_code)]
 
+pub mod files;
 pub mod stdio;
 pub mod tls;
 pub mod units;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use pyexec_protocol::files::{check_name, check_pattern, FilesHello, FilesOutEnd, FEATURE};
 use pyexec_protocol::{
     exit, CodecError, End, ErrorMsg, Frame, FrameCodec, Hello, Started, Usage, Welcome, DATA_CHUNK,
     HEADER_LEN, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
@@ -70,6 +72,12 @@ pub struct Request {
     pub args: Vec<String>,
     /// A time limit shorter than the server's, enforced by the server.
     pub timeout: Option<Duration>,
+    /// Files to put beside the script (feature `files`).
+    pub files: Vec<files::FileIn>,
+    /// Patterns of result files to bring back after the script (feature `files`).
+    pub get: Vec<String>,
+    /// Where result files are written (default: the current directory).
+    pub out_dir: Option<PathBuf>,
 }
 
 /// Requests from the user while the script runs.
@@ -107,6 +115,10 @@ pub struct Outcome {
     pub session: String,
     /// Our stdout was closed by its reader (EPIPE); the session was cancelled then.
     pub stdout_closed: bool,
+    /// Result files saved (feature `files`), in the order they came.
+    pub saved: Vec<files::Saved>,
+    /// The server's account of the files out: unmatched patterns, skipped names.
+    pub files_end: Option<FilesOutEnd>,
 }
 
 impl Outcome {
@@ -168,6 +180,9 @@ pub enum ClientError {
     Request(String),
     #[error("connection lost: {0}")]
     Io(std::io::Error),
+    /// A local file could not be sent, or a result file not written.
+    #[error(transparent)]
+    Files(#[from] files::LocalError),
 }
 
 impl From<CodecError> for ClientError {
@@ -249,6 +264,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             timeout_ms: None,
             probe: true,
             features: Vec::new(),
+            files: None,
         }))
         .await?;
     let mut welcome = None;
@@ -282,6 +298,25 @@ where
 {
     // Pipelined: HELLO and the whole script go out before the server has answered, from a
     // task of their own so that an early ERROR is read while the upload is still going.
+    // With files, the script waits for WELCOME: a server that does not grant the feature
+    // must not run a script whose files never come (protocol §10.2).
+    let wants_files = !req.files.is_empty() || !req.get.is_empty();
+    let files_hello = if wants_files {
+        let bytes = files::check_set(&req.files).map_err(files::LocalError::from)?;
+        for pattern in &req.get {
+            check_pattern(pattern).map_err(|e| {
+                ClientError::Request(format!("--get pattern '{pattern}' refused: {e}"))
+            })?;
+        }
+        Some(FilesHello {
+            count: u32::try_from(req.files.len())
+                .map_err(|_| ClientError::Request("too many files".into()))?,
+            bytes,
+            get: req.get.clone(),
+        })
+    } else {
+        None
+    };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         script_size: req.script.len() as u64,
@@ -290,9 +325,15 @@ where
         client: format!("pyexec {}", env!("CARGO_PKG_VERSION")),
         timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
         probe: false,
-        features: Vec::new(),
+        features: if wants_files {
+            vec![FEATURE.to_string()]
+        } else {
+            Vec::new()
+        },
+        files: files_hello,
     };
     check_hello(&hello)?;
+    let out_dir = files::OutDir::new(req.out_dir.clone().unwrap_or_else(|| PathBuf::from(".")));
     let stream = connect(cfg).await?;
     let (read, write) = tokio::io::split(stream);
     // Room for two of the largest frames, so that a flood is read without regrowing.
@@ -323,9 +364,30 @@ where
     };
     let window = Arc::new(Semaphore::new(0));
     let mut window_size = 0usize;
-    let uploader = tokio::spawn(upload(hello, req.script, stdin, tx.clone(), window.clone()));
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<bool>();
+    let mut go_tx = wants_files.then_some(go_tx);
+    let local_failure = Arc::new(std::sync::Mutex::new(None::<files::LocalError>));
+    let uploader = tokio::spawn(upload(
+        Upload {
+            hello,
+            script: req.script,
+            files: req.files,
+            go: wants_files.then_some(go_rx),
+            failure: local_failure.clone(),
+        },
+        stdin,
+        tx.clone(),
+        window.clone(),
+    ));
     let mut session = String::new();
     let mut stdout_closed = false;
+    // Files out: the bound announced, what has come, the file being received.
+    let mut refused_files = false;
+    let mut out_cap: Option<u64> = None;
+    let mut out_total: u64 = 0;
+    let mut incoming: Option<files::Incoming> = None;
+    let mut saved = Vec::new();
+    let mut files_end = None;
 
     let result = loop {
         let frame = tokio::select! {
@@ -361,7 +423,67 @@ where
                 session = w.session.clone();
                 window_size = w.limits.stdin_window as usize;
                 window.add_permits(window_size);
+                if let Some(go) = go_tx.take() {
+                    let granted = w.features.iter().any(|f| f == FEATURE);
+                    match (granted, w.limits.files) {
+                        (true, Some(limits)) => out_cap = Some(limits.files_out_bytes),
+                        // Not a byte of the script was sent: cancel, and nothing runs.
+                        _ => {
+                            refused_files = true;
+                            send(Frame::Cancel).await;
+                        }
+                    }
+                    let _ = go.send(out_cap.is_some());
+                }
                 notify(Notice::Welcome(w));
+            }
+            Frame::FileOut(header) => {
+                let Some(cap) = out_cap.filter(|_| files_end.is_none() && incoming.is_none())
+                else {
+                    break Err(ClientError::Protocol("unexpected FILE_OUT frame".into()));
+                };
+                if let Err(e) = check_name(&header.name) {
+                    break Err(ClientError::Protocol(format!(
+                        "the server sent a file named {:?}, refused: {e}",
+                        header.name
+                    )));
+                }
+                out_total = out_total.saturating_add(header.size);
+                if out_total > cap {
+                    break Err(ClientError::Protocol(format!(
+                        "the server sent more than the {cap} bytes of files it announced"
+                    )));
+                }
+                match out_dir.begin(&header.name, header.size) {
+                    Ok(f) if header.size == 0 => match f.finish() {
+                        Ok(s) => saved.push(s),
+                        Err(e) => break Err(e.into()),
+                    },
+                    Ok(f) => incoming = Some(f),
+                    Err(e) => break Err(e.into()),
+                }
+            }
+            Frame::FileOutData(data) => {
+                let Some(f) = incoming.as_mut().filter(|f| f.left() >= data.len() as u64) else {
+                    break Err(ClientError::Protocol(
+                        "FILE_OUT_DATA beyond the file's announced size".into(),
+                    ));
+                };
+                if let Err(e) = f.write(&data) {
+                    break Err(e.into());
+                }
+                if f.left() == 0 {
+                    match incoming.take().expect("checked").finish() {
+                        Ok(s) => saved.push(s),
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+            }
+            Frame::FilesOutEnd(end) => {
+                if out_cap.is_none() || files_end.is_some() || incoming.is_some() {
+                    break Err(ClientError::Protocol("unexpected FILES_OUT_END frame".into()));
+                }
+                files_end = Some(end);
             }
             Frame::Queued(q) => notify(Notice::Queued(q.position)),
             Frame::Started(s) => notify(Notice::Started(s)),
@@ -389,11 +511,27 @@ where
                 }
                 window.add_permits(n as usize)
             }
+            Frame::End(_) if refused_files => {
+                break Err(ClientError::Request(
+                    "this server does not take files (it did not grant the files feature); nothing was run".into(),
+                ))
+            }
+            Frame::End(_) if local_failure.lock().is_ok_and(|f| f.is_some()) => {
+                let failure = local_failure.lock().ok().and_then(|mut f| f.take());
+                break Err(failure.expect("checked").into());
+            }
+            Frame::End(_) if incoming.is_some() => {
+                break Err(ClientError::Protocol(
+                    "END in the middle of a result file".into(),
+                ))
+            }
             Frame::End(end) => {
                 break Ok(Outcome {
                     end,
                     session: session.clone(),
                     stdout_closed,
+                    saved: std::mem::take(&mut saved),
+                    files_end: files_end.take(),
                 })
             }
             Frame::Error(e) => break Err(ClientError::Server(e)),
@@ -427,22 +565,121 @@ async fn write_now<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Re
     w.flush().await
 }
 
-/// Sends HELLO and the script, then stdin as STDIN frames, never more than the server's
-/// window allows (the window opens with WELCOME).
-async fn upload<I: AsyncRead + Unpin>(
+/// What the upload task sends before stdin.
+struct Upload {
     hello: Hello,
-    mut script: Bytes,
+    script: Bytes,
+    files: Vec<files::FileIn>,
+    /// With files: whether WELCOME granted them; the script waits for it.
+    go: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// A local file that could not be read while sending (the session is cancelled).
+    failure: Arc<std::sync::Mutex<Option<files::LocalError>>>,
+}
+
+/// Takes between 1 and `max` bytes of STDIN window (waiting for at least one).
+async fn take_window(window: &Semaphore, max: usize) -> Option<usize> {
+    window.acquire().await.ok()?.forget();
+    let extra = window.available_permits().min(max.saturating_sub(1));
+    if let Ok(more) = window.try_acquire_many(extra as u32) {
+        more.forget();
+    }
+    Some(1 + extra)
+}
+
+/// Sends one file as FILE_IN then FILE_IN_DATA frames of at most DATA_CHUNK, within the
+/// STDIN window, which file content shares (protocol §10.2): a large file is read a
+/// chunk at a time, never held whole.
+async fn send_file(
+    file: files::FileIn,
+    tx: &mpsc::Sender<Frame>,
+    window: &Semaphore,
+) -> Result<bool, files::LocalError> {
+    use std::io::Read;
+    let header = pyexec_protocol::files::FileHeader {
+        name: file.name.clone(),
+        size: file.size,
+    };
+    if tx.send(Frame::FileIn(header)).await.is_err() {
+        return Ok(false);
+    }
+    let path = match &file.source {
+        files::Source::Path(p) => p.display().to_string(),
+        files::Source::Bytes(_) => file.name.clone(),
+    };
+    let read_err = |source| files::LocalError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut reader: Box<dyn Read + Send> = match file.source {
+        files::Source::Path(p) => Box::new(std::fs::File::open(&p).map_err(read_err)?),
+        files::Source::Bytes(b) => Box::new(std::io::Cursor::new(b)),
+    };
+    let mut left = file.size;
+    while left > 0 {
+        let Some(n) = take_window(window, (left as usize).min(DATA_CHUNK)).await else {
+            return Ok(false);
+        };
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match reader.read(&mut buf[got..]).map_err(read_err)? {
+                0 => {
+                    return Err(read_err(std::io::Error::other(
+                        "it shrank while being sent",
+                    )))
+                }
+                k => got += k,
+            }
+        }
+        left -= n as u64;
+        if tx.send(Frame::FileInData(buf.into())).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Sends HELLO and the script, then the files, then stdin as STDIN frames, never more
+/// than the server's window allows (the window opens with WELCOME).
+async fn upload<I: AsyncRead + Unpin>(
+    up: Upload,
     input: Option<I>,
     tx: mpsc::Sender<Frame>,
     window: Arc<Semaphore>,
 ) {
+    let Upload {
+        hello,
+        mut script,
+        files,
+        go,
+        failure,
+    } = up;
     if tx.send(Frame::Hello(hello)).await.is_err() {
         return;
+    }
+    if let Some(go) = go {
+        if go.await != Ok(true) {
+            return;
+        }
     }
     while !script.is_empty() {
         let chunk = script.split_to(script.len().min(DATA_CHUNK));
         if tx.send(Frame::Script(chunk)).await.is_err() {
             return;
+        }
+    }
+    for file in files {
+        match send_file(file, &tx, &window).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                // Nothing runs without all its files: the bootstrap waits for them.
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(e);
+                }
+                let _ = tx.send(Frame::Cancel).await;
+                return;
+            }
         }
     }
     let Some(mut input) = input else {

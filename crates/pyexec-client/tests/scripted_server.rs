@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::StreamExt;
 use pyexec_protocol::exit;
+use pyexec_protocol::files::{FileHeader, FilesLimits, FilesOutEnd, Skipped};
 use pyexec_protocol::{
     End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameType, Limits, Started, Usage,
     Welcome, PROTOCOL_VERSION,
@@ -140,9 +141,166 @@ fn welcome() -> Frame {
             timeout_ms: 60_000,
             output_bytes: 1 << 30,
             stdin_window: 65536,
+            files: None,
         },
         features: Vec::new(),
     })
+}
+
+/// A WELCOME that grants feature `files`, with small bounds.
+fn welcome_with_files() -> Frame {
+    let Frame::Welcome(mut w) = welcome() else {
+        unreachable!()
+    };
+    w.features = vec!["files".into()];
+    w.limits.files = Some(FilesLimits {
+        files_in_bytes: 1 << 20,
+        files_in_count: 10,
+        file_path_len: 1024,
+        files_out_bytes: 100,
+        files_out_count: 10,
+    });
+    Frame::Welcome(w)
+}
+
+fn file_out(name: &str, content: &[u8]) -> Vec<Frame> {
+    let mut frames = vec![Frame::FileOut(FileHeader {
+        name: name.into(),
+        size: content.len() as u64,
+    })];
+    if !content.is_empty() {
+        frames.push(Frame::FileOutData(bytes::Bytes::copy_from_slice(content)));
+    }
+    frames
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.strip_prefix(dir).unwrap().display().to_string();
+        if path.is_dir() {
+            out.extend(tree(&path).into_iter().map(|n| format!("{name}/{n}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A hostile server that sends `../x` or `/etc/x` as a result file: refused with a clear
+/// error (125), and not a byte is written anywhere, inside the output directory or out.
+#[test]
+fn a_hostile_servers_traversal_names_are_refused_and_nothing_is_written() {
+    for name in ["../x", "/etc/x", "a/../../x", "ok/../../../x"] {
+        let base = tempfile::tempdir().unwrap();
+        let out_dir = base.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let mut frames = vec![welcome_with_files(), started()];
+        frames.extend(file_out(name, b"pwned"));
+        frames.push(end(EndReason::Exited, 0, None, ""));
+        let out = ScriptedServer::start(encode(&frames)).run_with(&[
+            "--get",
+            "x",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(125), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("refused") && stderr(&out).contains(name),
+            "{name}: {}",
+            stderr(&out)
+        );
+        assert_eq!(tree(base.path()), Vec::<String>::new(), "{name}");
+    }
+}
+
+/// Files the server sends are saved inside --out-dir, one line each on stderr; a pattern
+/// that matched nothing and a skipped name are said once, and are not errors.
+#[test]
+fn result_files_are_saved_and_reported() {
+    let base = tempfile::tempdir().unwrap();
+    let mut frames = vec![welcome_with_files(), started()];
+    frames.extend(file_out("plot.png", b"PNG"));
+    frames.extend(file_out("results/a.csv", b"1,2\n"));
+    frames.push(Frame::FilesOutEnd(FilesOutEnd {
+        unmatched: vec!["*.svg".into()],
+        skipped: vec![Skipped {
+            name: "link.png".into(),
+            reason: "a symbolic link (not followed)".into(),
+        }],
+        message: String::new(),
+    }));
+    frames.push(end(EndReason::Exited, 0, None, ""));
+    let out = ScriptedServer::start(encode(&frames)).run_with(&[
+        "--get",
+        "plot.png",
+        "--get",
+        "results/*.csv",
+        "--out-dir",
+        base.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(tree(base.path()), ["plot.png", "results/a.csv"]);
+    assert_eq!(std::fs::read(base.path().join("plot.png")).unwrap(), b"PNG");
+    let err = stderr(&out);
+    assert_eq!(err.matches("pyexec: saved ").count(), 2, "{err}");
+    assert!(err.contains("--get *.svg: no file matched"), "{err}");
+    assert!(
+        err.contains("link.png not brought back: a symbolic link"),
+        "{err}"
+    );
+
+    // -q: the same files, no lines.
+    let base = tempfile::tempdir().unwrap();
+    let out = ScriptedServer::start(encode(&frames)).run_with(&[
+        "-q",
+        "--get",
+        "plot.png",
+        "--out-dir",
+        base.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    assert_eq!(tree(base.path()), ["plot.png", "results/a.csv"]);
+}
+
+/// More bytes of files than WELCOME announced: a protocol error, and the partial file
+/// is not left behind.
+#[test]
+fn result_files_over_the_announced_cap_are_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let mut frames = vec![welcome_with_files(), started()];
+    frames.extend(file_out("big.bin", &[0u8; 101]));
+    frames.push(end(EndReason::Exited, 0, None, ""));
+    let out = ScriptedServer::start(encode(&frames)).run_with(&[
+        "--get",
+        "*.bin",
+        "--out-dir",
+        base.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("100 bytes"), "{}", stderr(&out));
+    assert_eq!(tree(base.path()), Vec::<String>::new());
+}
+
+/// A server that does not grant `files` (an older one): the client refuses to go on,
+/// says why, and cancels before a byte of the script was sent.
+#[test]
+fn a_server_without_files_is_refused_clearly() {
+    let out = ScriptedServer::start(encode(&[
+        welcome(),
+        end(EndReason::Cancelled, 130, None, "cancelled by the client"),
+    ]))
+    .run_with(&["--get", "plot.png"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this server does not take files"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn started() -> Frame {

@@ -181,6 +181,51 @@ mod tests {
         }
     }
 
+    /// The `files` feature's frames (§10.2), cut at every byte: each boundary decodes
+    /// the same, and a stream that ends inside any of them is a truncated frame.
+    #[test]
+    fn file_frames_split_at_every_byte_boundary_decode_the_same() {
+        use crate::files::{FileHeader, FilesOutEnd};
+        let frames = vec![
+            Frame::FileIn(FileHeader {
+                name: "data.csv".into(),
+                size: 5,
+            }),
+            Frame::FileInData(Bytes::from_static(b"1,2\n")),
+            Frame::FileInData(Bytes::from_static(b"x")),
+            Frame::FileOut(FileHeader {
+                name: "out/plot.png".into(),
+                size: 3,
+            }),
+            Frame::FileOutData(Bytes::from_static(b"\x89PN")),
+            Frame::FilesOutEnd(FilesOutEnd {
+                unmatched: vec!["*.svg".into()],
+                ..Default::default()
+            }),
+        ];
+        let wire = encode_all(&frames);
+        for cut in 0..wire.len() {
+            let mut codec = FrameCodec::new();
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut out = Vec::new();
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            if !buf.is_empty() {
+                let mut tail = buf.clone();
+                assert!(
+                    matches!(codec.decode_eof(&mut tail), Err(CodecError::Truncated(_))),
+                    "cut at {cut}"
+                );
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert_eq!(out, frames, "cut at {cut}");
+        }
+    }
+
     #[test]
     fn truncated_frame_at_eof_is_an_error() {
         let wire = encode_all(&[Frame::Stdout(Bytes::from_static(b"abcdef"))]);

@@ -10,6 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::files::{FileHeader, FilesHello, FilesLimits, FilesOutEnd};
 use crate::MAX_FRAME_PAYLOAD;
 
 /// Size of the length prefix plus the type byte.
@@ -26,6 +27,9 @@ pub enum FrameType {
     StdinEof = 0x04,
     Signal = 0x05,
     Cancel = 0x06,
+    /// Feature `files` (§10.2): a file's header, then its bytes.
+    FileIn = 0x07,
+    FileInData = 0x08,
     Welcome = 0x81,
     Queued = 0x82,
     Started = 0x83,
@@ -34,6 +38,10 @@ pub enum FrameType {
     StdinCredit = 0x86,
     End = 0x87,
     Error = 0x88,
+    /// Feature `files` (§10.2): a result file's header, its bytes, the end of them all.
+    FileOut = 0x89,
+    FileOutData = 0x8a,
+    FilesOutEnd = 0x8b,
 }
 
 impl FrameType {
@@ -46,6 +54,8 @@ impl FrameType {
             0x04 => StdinEof,
             0x05 => Signal,
             0x06 => Cancel,
+            0x07 => FileIn,
+            0x08 => FileInData,
             0x81 => Welcome,
             0x82 => Queued,
             0x83 => Started,
@@ -54,6 +64,9 @@ impl FrameType {
             0x86 => StdinCredit,
             0x87 => End,
             0x88 => Error,
+            0x89 => FileOut,
+            0x8a => FileOutData,
+            0x8b => FilesOutEnd,
             _ => return None,
         })
     }
@@ -68,6 +81,8 @@ impl FrameType {
             StdinEof => "STDIN_EOF",
             Signal => "SIGNAL",
             Cancel => "CANCEL",
+            FileIn => "FILE_IN",
+            FileInData => "FILE_IN_DATA",
             Welcome => "WELCOME",
             Queued => "QUEUED",
             Started => "STARTED",
@@ -76,6 +91,9 @@ impl FrameType {
             StdinCredit => "STDIN_CREDIT",
             End => "END",
             Error => "ERROR",
+            FileOut => "FILE_OUT",
+            FileOutData => "FILE_OUT_DATA",
+            FilesOutEnd => "FILES_OUT_END",
         }
     }
 }
@@ -111,6 +129,10 @@ pub struct Hello {
     /// client that asks for nothing never sees a frame type it does not know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// Feature `files` (§10.2): the files that follow the script, and the patterns of
+    /// those to send back. Read only when the feature is granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesHello>,
 }
 
 /// The server's limits for this session, announced in WELCOME.
@@ -121,6 +143,9 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Bytes of STDIN the client may have sent beyond those acknowledged by STDIN_CREDIT.
     pub stdin_window: u32,
+    /// Feature `files` (§10.2): present only when it is granted.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesLimits>,
 }
 
 /// The server accepted HELLO.
@@ -326,6 +351,11 @@ pub enum Frame {
     StdinCredit(u32),
     End(End),
     Error(ErrorMsg),
+    FileIn(FileHeader),
+    FileInData(Bytes),
+    FileOut(FileHeader),
+    FileOutData(Bytes),
+    FilesOutEnd(FilesOutEnd),
 }
 
 /// A frame that is well delimited but whose content is not acceptable.
@@ -380,6 +410,11 @@ impl Frame {
             Frame::StdinCredit(_) => FrameType::StdinCredit,
             Frame::End(_) => FrameType::End,
             Frame::Error(_) => FrameType::Error,
+            Frame::FileIn(_) => FrameType::FileIn,
+            Frame::FileInData(_) => FrameType::FileInData,
+            Frame::FileOut(_) => FrameType::FileOut,
+            Frame::FileOutData(_) => FrameType::FileOutData,
+            Frame::FilesOutEnd(_) => FrameType::FilesOutEnd,
         }
     }
 
@@ -432,6 +467,15 @@ impl Frame {
             },
             FrameType::End => Frame::End(json(ty, &payload)?),
             FrameType::Error => Frame::Error(json(ty, &payload)?),
+            FrameType::FileIn => Frame::FileIn(json(ty, &payload)?),
+            FrameType::FileOut => Frame::FileOut(json(ty, &payload)?),
+            FrameType::FilesOutEnd => Frame::FilesOutEnd(json(ty, &payload)?),
+            // Empty data frames would carry nothing and could be sent forever.
+            FrameType::FileInData | FrameType::FileOutData if payload.is_empty() => {
+                return Err(bad(ty, "empty data frame"))
+            }
+            FrameType::FileInData => Frame::FileInData(payload),
+            FrameType::FileOutData => Frame::FileOutData(payload),
         })
     }
 
@@ -443,7 +487,12 @@ impl Frame {
         let ty = self.frame_type() as u8;
         let raw = |dst: &mut BytesMut, payload: &[u8]| put_raw(dst, ty, &[payload]);
         match self {
-            Frame::Script(b) | Frame::Stdin(b) | Frame::Stdout(b) | Frame::Stderr(b) => raw(dst, b),
+            Frame::Script(b)
+            | Frame::Stdin(b)
+            | Frame::Stdout(b)
+            | Frame::Stderr(b)
+            | Frame::FileInData(b)
+            | Frame::FileOutData(b) => raw(dst, b),
             Frame::StdinEof | Frame::Cancel => raw(dst, &[]),
             Frame::Signal(sig) => raw(dst, &[*sig]),
             Frame::StdinCredit(n) => raw(dst, &n.to_be_bytes()),
@@ -453,6 +502,8 @@ impl Frame {
             Frame::Started(v) => encode_json(dst, ty, v),
             Frame::End(v) => encode_json(dst, ty, v),
             Frame::Error(v) => encode_json(dst, ty, v),
+            Frame::FileIn(v) | Frame::FileOut(v) => encode_json(dst, ty, v),
+            Frame::FilesOutEnd(v) => encode_json(dst, ty, v),
         }
     }
 }
@@ -514,7 +565,17 @@ mod tests {
                 timeout_ms: Some(5000),
                 probe: false,
                 features: vec!["files".into()],
+                files: Some(FilesHello {
+                    count: 2,
+                    bytes: 10,
+                    get: vec!["plot.png".into()],
+                }),
             }),
+            Frame::FileIn(FileHeader {
+                name: "data/a.csv".into(),
+                size: 3,
+            }),
+            Frame::FileInData(Bytes::from_static(b"1,2")),
             Frame::Script(Bytes::from_static(b"print('hi')\n")),
             Frame::Stdin(Bytes::from_static(b"\x00\xffline\n")),
             Frame::StdinEof,
@@ -529,8 +590,28 @@ mod tests {
                     timeout_ms: 60_000,
                     output_bytes: 1 << 30,
                     stdin_window: 1 << 18,
+                    files: Some(FilesLimits {
+                        files_in_bytes: 32 << 20,
+                        files_in_count: 1000,
+                        file_path_len: 1024,
+                        files_out_bytes: 64 << 20,
+                        files_out_count: 1000,
+                    }),
                 },
                 features: vec!["files".into()],
+            }),
+            Frame::FileOut(FileHeader {
+                name: "plot.png".into(),
+                size: 2,
+            }),
+            Frame::FileOutData(Bytes::from_static(b"\x89P")),
+            Frame::FilesOutEnd(FilesOutEnd {
+                unmatched: vec!["*.svg".into()],
+                skipped: vec![crate::files::Skipped {
+                    name: "link.png".into(),
+                    reason: "a symbolic link".into(),
+                }],
+                message: String::new(),
             }),
             Frame::Queued(Queued { position: 3 }),
             Frame::Started(Started {
@@ -590,6 +671,11 @@ mod tests {
             &[0x05, 2, 2],       // SIGNAL with two bytes
             &[0x86, 0, 1],       // short STDIN_CREDIT
             &[0x87, b'[', b']'], // END that is not an object
+            &[0x07, b'{', b'}'], // FILE_IN without name and size
+            &[0x08],             // empty FILE_IN_DATA
+            &[0x8a],             // empty FILE_OUT_DATA
+            &[0x89, b'{', b'}'], // FILE_OUT without name and size
+            &[0x8b, b'1'],       // FILES_OUT_END that is not an object
         ];
         for case in cases {
             let err = Frame::parse(Bytes::copy_from_slice(case)).unwrap_err();
@@ -632,6 +718,7 @@ mod tests {
             timeout_ms: None,
             probe: false,
             features: Vec::new(),
+            files: None,
         });
         assert!(matches!(
             hello.encode(&mut buf),
@@ -686,5 +773,17 @@ mod usage_tests {
         )
         .unwrap();
         assert!(w.features.is_empty());
+        assert_eq!(w.limits.files, None, "no files bounds from an old server");
+        // Without the feature, WELCOME carries no files bounds at all.
+        let json = serde_json::to_string(&w).unwrap();
+        assert!(!json.contains("files"), "{json}");
+        let with: Limits = serde_json::from_str(
+            r#"{"script_size":1,"timeout_ms":1,"output_bytes":1,"stdin_window":1,"files_in_bytes":5,"files_in_count":2,"file_path_len":1024,"files_out_bytes":7,"files_out_count":2}"#,
+        )
+        .unwrap();
+        assert_eq!(with.files.map(|f| f.files_out_bytes), Some(7));
+        // An old client's HELLO has no files: none are announced.
+        let h: Hello = serde_json::from_str(r#"{"version":1,"script_size":0}"#).unwrap();
+        assert_eq!(h.files, None);
     }
 }

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod codec;
 pub mod exit;
+pub mod files;
 pub mod frame;
 
 pub use args::{check_args, ArgsError, MAX_ARGS, MAX_ARGS_BYTES};

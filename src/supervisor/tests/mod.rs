@@ -311,7 +311,13 @@ impl TestSession {
         output_limit: u64,
     ) -> ScriptIo {
         let nonce = crate::bootstrap::new_nonce();
-        let request = crate::bootstrap::request(script.as_bytes(), "main.py", &[], &nonce);
+        let request = crate::bootstrap::request(
+            script.as_bytes(),
+            "main.py",
+            &[],
+            &nonce,
+            &Default::default(),
+        );
         let (output_tx, output) = mpsc::channel(64);
         let (control_tx, control) = mpsc::unbounded_channel();
         let stdin = Arc::new(StdinQueue::new());
@@ -326,6 +332,8 @@ impl TestSession {
             stdin_in_flight: Default::default(),
             output_limit,
             events: self.probe.clone().recipient(),
+            files_in: false,
+            files_out: None,
         });
         ScriptIo {
             output,

@@ -26,6 +26,9 @@ STDIN = 0x03
 STDIN_EOF = 0x04
 SIGNAL = 0x05
 CANCEL = 0x06
+# Feature `files` (§10.2), only once granted.
+FILE_IN = 0x07
+FILE_IN_DATA = 0x08
 
 # Server to client. Server types are 0x80 or above.
 WELCOME = 0x81
@@ -36,6 +39,12 @@ STDERR = 0x85
 STDIN_CREDIT = 0x86
 END = 0x87
 ERROR = 0x88
+FILE_OUT = 0x89
+FILE_OUT_DATA = 0x8A
+FILES_OUT_END = 0x8B
+
+#: Server frames of feature `files`: unknown types unless the feature was granted.
+FILE_TYPES = {FILE_OUT: "FILE_OUT", FILE_OUT_DATA: "FILE_OUT_DATA", FILES_OUT_END: "FILES_OUT_END"}
 
 SERVER_TYPES = {
     WELCOME: "WELCOME",

@@ -45,6 +45,11 @@ class ProtocolError(PyexecError):
     `code` None) or the server says we broke it (`ERROR protocol`, `ServerProtocolError`)."""
 
 
+class FilesRefused(PyexecError):
+    """Files could not be exchanged: the server does not take them (it did not grant
+    feature `files`; nothing was run), or a result file could not be written here."""
+
+
 class TimeoutExpired(PyexecError):
     """A client-side time limit passed (`wait(timeout)`, `run(timeout=)`).
 

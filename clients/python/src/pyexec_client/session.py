@@ -19,9 +19,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Union
 
+from . import _files
 from . import _wire as w
 from ._tls import TlsConnection, split_server
-from .errors import ConnectionLost, ProtocolError, PyexecError, TimeoutExpired, error_from_server
+from .errors import (
+    ConnectionLost,
+    FilesRefused,
+    ProtocolError,
+    PyexecError,
+    TimeoutExpired,
+    error_from_server,
+)
 
 __all__ = [
     "Session",
@@ -53,6 +61,8 @@ class Welcome:
     server: str
     session: str
     limits: Dict[str, int]
+    #: Features granted for this session (§10.1), e.g. ["files"].
+    features: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,11 @@ class Result:
     cpu_ms: Optional[int] = None
     peak_memory_bytes: Optional[int] = None
     output_bytes: Optional[int] = None
+    #: Result files saved (`get=`): name as sent -> path written, in arrival order.
+    files: dict = field(default_factory=dict)
+    #: Patterns that matched nothing, and names not sent with why (`get=`).
+    unmatched: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
 
     @property
     def ok(self):
@@ -160,6 +175,14 @@ class Session:
       queue_events  whether events are queued for `events()`/`next_event()`. Default: yes,
                   unless a callback is given (then nothing would drain the queue).
       connect_timeout  seconds for TCP connect plus TLS handshake, as the CLI's default.
+      files       files to put beside the script (feature `files`, §10.2): a dict name ->
+                  bytes (the content) or a path (str or os.PathLike), or a list of paths
+                  (each under its own file name). Names are checked as the server checks them.
+      get         glob patterns of result files to bring back after the script, e.g.
+                  ["plot.png", "results/*.csv"]; saved under `out_dir` (default: the
+                  current directory), never outside it, never through a symlink.
+                  With files or get, the script waits for WELCOME, and a server that does
+                  not grant the feature gets CANCEL: `wait()` raises FilesRefused.
 
     Raises ConnectionFailed/TlsError when no connection can be made. Everything the
     server says later, ERROR frames included, comes out of `wait()` (and ends `events()`).
@@ -183,6 +206,9 @@ class Session:
         capture=False,
         queue_events=None,
         connect_timeout=10.0,
+        files=None,
+        get=(),
+        out_dir=None,
     ):
         if isinstance(script, str):
             script = script.encode("utf-8")
@@ -192,6 +218,23 @@ class Session:
         args = [str(a) for a in args]
         server, ca = _resolve(server, ca)
         host, port = split_server(server, w.DEFAULT_PORT)
+        # Checked before connecting: nothing is sent for a set the server would refuse.
+        file_list = _files.collect(files) if files else []
+        get = list(get or ())
+        if isinstance(get, str):
+            raise TypeError("get must be a sequence of patterns, not a single string")
+        if len(get) > _files.MAX_PATTERNS:
+            raise ValueError("too many get patterns: %d, the limit is %d" % (len(get), _files.MAX_PATTERNS))
+        for pattern in get:
+            _files.check_name(pattern, "get pattern")
+        self._wants_files = bool(file_list or get)
+        self._out_dir = os.fspath(out_dir) if out_dir is not None else "."
+        self._files_granted = False
+        self._files_refused = False
+        self._incoming = None
+        self._out_total = 0
+        self._saved = {}
+        self._files_end = None
 
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
@@ -237,10 +280,31 @@ class Session:
         }
         if name is not None:
             hello["name"] = name
+        if self._wants_files:
+            hello["features"] = [_files.FEATURE]
+            hello["files"] = {
+                "count": len(file_list),
+                "bytes": sum(size for _, size, _ in file_list),
+                "get": get,
+            }
         self._send(w.encode_json(w.HELLO, hello))
+        if self._wants_files:
+            # No script byte before WELCOME says the files will come too (§10.2).
+            with self._cond:
+                while self.welcome is None and not self._ended:
+                    self._cond.wait()
+            if self._ended:
+                return
+            if not self._files_granted:
+                self._files_refused = True
+                self.cancel()
+                return
         view = memoryview(script)
         for i in range(0, len(script), w.DATA_CHUNK):
             if not self._send(w.encode_frame(w.SCRIPT, view[i : i + w.DATA_CHUNK])):
+                break
+        for fname, size, source in file_list:
+            if not self._send_file(fname, size, source):
                 break
 
         if stdin is not None:
@@ -302,6 +366,78 @@ class Session:
                     break
                 sent += n
         return sent
+
+    def _take_window(self, want):
+        """Up to `want` bytes of STDIN window (at least 1), waiting; 0 once ended."""
+        with self._cond:
+            while self._window == 0 and not self._ended:
+                self._cond.wait()
+            if self._ended:
+                return 0
+            n = min(self._window, want)
+            self._window -= n
+            self._unacked += n
+            return n
+
+    def _send_file(self, fname, size, source):
+        """FILE_IN, then the content in FILE_IN_DATA chunks within the STDIN window,
+        which file content shares (§10.2); a file is read a chunk at a time."""
+        if not self._send(w.encode_json(w.FILE_IN, {"name": fname, "size": size})):
+            return False
+        f = open(source, "rb") if isinstance(source, str) else None
+        try:
+            left, pos = size, 0
+            while left:
+                n = self._take_window(min(left, w.DATA_CHUNK))
+                if n == 0:
+                    return False
+                if f is None:
+                    chunk = source[pos : pos + n]
+                else:
+                    chunk = f.read(n)
+                    while len(chunk) < n:
+                        more = f.read(n - len(chunk))
+                        if not more:
+                            self.cancel()
+                            raise ValueError("%s shrank while being sent" % source)
+                        chunk += more
+                if not self._send(w.encode_frame(w.FILE_IN_DATA, chunk)):
+                    return False
+                left, pos = left - n, pos + n
+            return True
+        finally:
+            if f is not None:
+                f.close()
+
+    def _on_file_frame(self, ftype, payload):
+        """FILE_OUT, FILE_OUT_DATA, FILES_OUT_END: result files, written only inside
+        the output directory (§10.2)."""
+        if ftype == w.FILE_OUT:
+            if self._incoming is not None or self._files_end is not None:
+                raise ProtocolError("unexpected FILE_OUT")
+            obj = w.parse_json(payload, "FILE_OUT")
+            fname = w.field(obj, "name", "str", "FILE_OUT")
+            size = w.field(obj, "size", "int", "FILE_OUT")
+            why = _files.name_error(fname)
+            if why is not None:
+                raise ProtocolError("the server sent a file named %r, refused: %s" % (fname, why))
+            self._out_total += size
+            cap = self.welcome.limits.get("files_out_bytes", 0)
+            if size < 0 or self._out_total > cap:
+                raise ProtocolError("the server sent more than the %d bytes of files it announced" % cap)
+            self._incoming = _files.Incoming(self._out_dir, fname, size)
+        elif ftype == w.FILE_OUT_DATA:
+            if self._incoming is None or len(payload) > self._incoming.left or not payload:
+                raise ProtocolError("FILE_OUT_DATA beyond the file's announced size")
+            self._incoming.write(payload)
+        else:
+            if self._incoming is not None or self._files_end is not None:
+                raise ProtocolError("unexpected FILES_OUT_END")
+            obj = w.parse_json(payload, "FILES_OUT_END")
+            self._files_end = obj
+        if self._incoming is not None and self._incoming.left == 0:
+            self._saved[self._incoming.name] = self._incoming.finish()
+            self._incoming = None
 
     def close_stdin(self):
         """Sends STDIN_EOF: the script reads EOF after all stdin sent so far. Idempotent."""
@@ -408,6 +544,13 @@ class Session:
         return self.welcome.session if self.welcome is not None else None
 
     def _handle(self, ftype, payload):
+        if ftype in w.FILE_TYPES and self._files_granted and self.welcome is not None:
+            try:
+                return self._on_file_frame(ftype, payload)
+            except OSError as e:
+                raise FilesRefused("cannot write a result file: %s" % e, session=self._session_id())
+            except ValueError as e:
+                raise ProtocolError(str(e), session=self._session_id())
         name = w.SERVER_TYPES.get(ftype)
         if name is None:
             raise ProtocolError(
@@ -447,6 +590,7 @@ class Session:
             if self.welcome is not None:
                 raise ProtocolError("a second WELCOME")
             self.welcome = _parse_welcome(payload)
+            self._files_granted = self._wants_files and _files.FEATURE in self.welcome.features
             with self._cond:
                 self._window = self.welcome.limits["stdin_window"]
                 self._cond.notify_all()
@@ -469,9 +613,26 @@ class Session:
             )
             self.queue_position = None
             self._emit(self.started)
+        elif ftype == w.END and self._files_refused:
+            self._error = FilesRefused(
+                "this server does not take files (it did not grant the files feature); "
+                "nothing was run",
+                session=self._session_id(),
+            )
         elif ftype == w.END:
+            if self._incoming is not None:
+                self._incoming.discard()
+                raise ProtocolError("END in the middle of a result file")
+            end = self._files_end or {}
             self._result = _parse_end(
                 payload,
+                files=dict(self._saved),
+                unmatched=list(end.get("unmatched", [])),
+                skipped=[
+                    (s.get("name"), s.get("reason"))
+                    for s in end.get("skipped", [])
+                    if isinstance(s, dict)
+                ],
                 session=self._session_id(),
                 stdout=bytes(self._out),
                 stderr=bytes(self._err),
@@ -567,6 +728,9 @@ def run(
     name=None,
     timeout=None,
     connect_timeout=10.0,
+    files=None,
+    get=(),
+    out_dir=None,
 ):
     """Runs a script and returns its Result, with stdout and stderr captured.
 
@@ -587,6 +751,9 @@ def run(
         capture=True,
         queue_events=False,
         connect_timeout=connect_timeout,
+        files=files,
+        get=get,
+        out_dir=out_dir,
     ) as session:
         try:
             return session.wait(timeout)
@@ -642,9 +809,13 @@ def _parse_welcome(payload):
     limits = w.field(obj, "limits", "object", "WELCOME")
     for key in ("script_size", "timeout_ms", "output_bytes", "stdin_window"):
         w.field(limits, key, "int", "WELCOME.limits")
+    features = obj.get("features") or []
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ProtocolError("WELCOME field 'features' is not a list of strings")
     return Welcome(
         version=version,
         server=w.field(obj, "server", "str", "WELCOME"),
         session=w.field(obj, "session", "str", "WELCOME"),
         limits=dict(limits),
+        features=tuple(features),
     )

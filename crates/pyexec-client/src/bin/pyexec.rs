@@ -196,6 +196,21 @@ struct Args {
     /// it. Stdout is never touched.
     #[arg(long, verbatim_doc_comment)]
     stats: bool,
+    /// Put a file beside the script, in its working directory (repeatable); =NAME gives
+    /// it another name there (e.g. --file ~/data/2024.csv=data.csv).
+    #[arg(long = "file", value_name = "PATH[=NAME]", value_hint = ValueHint::FilePath)]
+    files: Vec<OsString>,
+    /// Put a whole directory tree beside the script, under the directory's own name
+    /// (`.`: its contents at the top). Symlinks, FIFOs and devices inside are refused.
+    #[arg(long = "dir", value_name = "DIR", value_hint = ValueHint::DirPath)]
+    dirs: Vec<PathBuf>,
+    /// After the script, bring back the files matching PATTERN (repeatable): a glob
+    /// relative to the script's working directory, e.g. plot.png or 'results/*.csv'.
+    #[arg(long = "get", value_name = "PATTERN")]
+    get: Vec<String>,
+    /// Where --get writes the files it brings back (default: the current directory).
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    out_dir: Option<PathBuf>,
     /// Print pyexec's version, then ask the server for its own.
     ///
     /// Prints `pyexec <version>`, then on a second line
@@ -519,7 +534,25 @@ fn main() {
         .collect();
     let from_stdin = path == Path::new("-");
     let (script, name) = read_script(&path, &messages);
+    let mut files = Vec::new();
+    for arg in &args.files {
+        files.push(client::files::file_arg(arg).unwrap_or_else(|e| fail(e)));
+    }
+    let script_name = name.clone().unwrap_or_else(|| "main.py".into());
+    for dir in &args.dirs {
+        let tree = client::files::dir_files(dir).unwrap_or_else(|e| fail(e));
+        // `--dir .` beside `main.py` holds the script itself: it is there already.
+        files.extend(tree.into_iter().filter(|f| f.name != script_name));
+    }
+    if let Some(out) = &args.out_dir {
+        if !out.is_dir() {
+            fail(format!("--out-dir {}: not a directory", out.display()));
+        }
+    }
     let request = Request {
+        files,
+        get: args.get,
+        out_dir: args.out_dir,
         script,
         name,
         args: script_args,
@@ -654,6 +687,24 @@ async fn session(
     messages.over();
     match result {
         Ok(outcome) => {
+            for f in &outcome.saved {
+                messages.note(format_args!(
+                    "saved {} ({})",
+                    f.path.display(),
+                    format_size(f.size)
+                ));
+            }
+            if let Some(files_end) = &outcome.files_end {
+                for pattern in &files_end.unmatched {
+                    messages.note(format_args!("--get {pattern}: no file matched"));
+                }
+                for s in &files_end.skipped {
+                    messages.note(format_args!("{} not brought back: {}", s.name, s.reason));
+                }
+                if !files_end.message.is_empty() {
+                    messages.note(&files_end.message);
+                }
+            }
             let end = &outcome.end;
             let self_evident = match end.reason {
                 EndReason::Exited => true,

@@ -1,0 +1,327 @@
+//! The bootstrap's files-out stream (feature `files`, protocol §10.2), parsed into the
+//! frames that carry it to the client; pure. The bootstrap writes it on stdout right
+//! after its trailer, once the script has ended:
+//!
+//! ```text
+//! b"F" u32 name_len u64 size name content[size]   a file
+//! b"U" u32 len pattern                            a pattern that matched nothing
+//! b"K" u32 name_len u32 reason_len name reason    a match that was not sent, and why
+//! b"Z"                                            the end
+//! ```
+//!
+//! The container is the script's: everything here is checked as hostile input. Names go
+//! through the protocol's `check_name`, totals through the announced caps, and every
+//! length is bounded before anything is buffered; content is sliced, never gathered.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::protocol::files::{check_name, FileHeader, FilesOutEnd, Skipped, MAX_PATH_LEN};
+use crate::protocol::{Frame, DATA_CHUNK};
+
+/// Longest reason text for a skipped file.
+const MAX_REASON: usize = 256;
+
+/// What the bootstrap's stream broke.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilesOutError {
+    #[error("unknown record tag 0x{0:02x}")]
+    Tag(u8),
+    #[error("a name or text of {0} bytes")]
+    Length(usize),
+    #[error("name refused: {0}")]
+    Name(String),
+    #[error("files out over the cap of {0} bytes")]
+    OverBytes(u64),
+    #[error("more files out than the cap of {0}")]
+    OverCount(u32),
+    #[error("bytes after the end")]
+    AfterEnd,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Gathering a record's head (tag included) in `head`.
+    Head,
+    /// Content of the current file: this many bytes still to come.
+    Content(u64),
+    /// `Z` seen.
+    Done,
+}
+
+/// Turns the stream into `FILE_OUT`, `FILE_OUT_DATA` and, at its end, `FILES_OUT_END`.
+#[derive(Debug)]
+pub struct FilesOut {
+    state: State,
+    head: BytesMut,
+    end: FilesOutEnd,
+    bytes: u64,
+    count: u32,
+    cap_bytes: u64,
+    cap_count: u32,
+}
+
+impl FilesOut {
+    pub fn new(cap_bytes: u64, cap_count: u32) -> Self {
+        FilesOut {
+            state: State::Head,
+            head: BytesMut::new(),
+            end: FilesOutEnd::default(),
+            bytes: 0,
+            count: 0,
+            cap_bytes,
+            cap_count,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// The frames that `data` completes, in order. Content is cut into frames of at most
+    /// `DATA_CHUNK`, each a slice of `data`.
+    pub fn feed(&mut self, mut data: Bytes) -> Result<Vec<Frame>, FilesOutError> {
+        let mut frames = Vec::new();
+        while !data.is_empty() {
+            match self.state {
+                State::Done => return Err(FilesOutError::AfterEnd),
+                State::Content(left) => {
+                    let n = (left.min(DATA_CHUNK as u64) as usize).min(data.len());
+                    frames.push(Frame::FileOutData(data.split_to(n)));
+                    self.state = match left - n as u64 {
+                        0 => State::Head,
+                        rest => State::Content(rest),
+                    };
+                }
+                State::Head => {
+                    // Take one byte at a time into the head until it is whole: heads are
+                    // small, and a head cut anywhere by a pipe read parses the same.
+                    self.head.extend_from_slice(&data.split_to(1));
+                    if let Some(frame) = self.parse_head()? {
+                        frames.push(frame);
+                    }
+                }
+            }
+        }
+        Ok(frames)
+    }
+
+    /// A whole head in `self.head` gives its frame (or none, for the records that only
+    /// add to `FILES_OUT_END`); `Ok(None)` too while more bytes are needed.
+    fn parse_head(&mut self) -> Result<Option<Frame>, FilesOutError> {
+        let h = &self.head[..];
+        let need = |n: usize| h.len() < n;
+        let len_at = |at: usize| -> Result<usize, FilesOutError> {
+            let n = u32::from_be_bytes(h[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if n > MAX_PATH_LEN.max(MAX_REASON) {
+                return Err(FilesOutError::Length(n));
+            }
+            Ok(n)
+        };
+        let text = |bytes: &[u8]| -> Result<String, FilesOutError> {
+            String::from_utf8(bytes.to_vec()).map_err(|_| FilesOutError::Name("not UTF-8".into()))
+        };
+        let name = |bytes: &[u8]| -> Result<String, FilesOutError> {
+            let name = text(bytes)?;
+            check_name(&name).map_err(|e| FilesOutError::Name(format!("{name:?}: {e}")))?;
+            Ok(name)
+        };
+        let frame = match h[0] {
+            b'Z' => {
+                self.state = State::Done;
+                Some(Frame::FilesOutEnd(std::mem::take(&mut self.end)))
+            }
+            b'F' => {
+                if need(5) {
+                    return Ok(None);
+                }
+                // Refused from its four bytes, before anything more is buffered.
+                let n = len_at(1)?;
+                if need(13 + n) {
+                    return Ok(None);
+                }
+                let size = (&h[5..13]).get_u64();
+                let name = name(&h[13..13 + n])?;
+                self.count += 1;
+                if self.count > self.cap_count {
+                    return Err(FilesOutError::OverCount(self.cap_count));
+                }
+                self.bytes = self.bytes.saturating_add(size);
+                if self.bytes > self.cap_bytes {
+                    return Err(FilesOutError::OverBytes(self.cap_bytes));
+                }
+                self.state = if size == 0 {
+                    State::Head
+                } else {
+                    State::Content(size)
+                };
+                Some(Frame::FileOut(FileHeader { name, size }))
+            }
+            b'U' => {
+                if need(5) {
+                    return Ok(None);
+                }
+                let n = len_at(1)?;
+                if need(5 + n) {
+                    return Ok(None);
+                }
+                let pattern = name(&h[5..5 + n])?;
+                self.end.unmatched.push(pattern);
+                None
+            }
+            b'K' => {
+                if need(9) {
+                    return Ok(None);
+                }
+                let (n, r) = (len_at(1)?, len_at(5)?);
+                if need(9 + n + r) {
+                    return Ok(None);
+                }
+                let skipped = Skipped {
+                    name: name(&h[9..9 + n])?,
+                    reason: text(&h[9 + n..9 + n + r])?,
+                };
+                // As many as there are files allowed: the list cannot grow without bound.
+                if self.end.skipped.len() >= self.cap_count as usize {
+                    return Err(FilesOutError::OverCount(self.cap_count));
+                }
+                self.end.skipped.push(skipped);
+                None
+            }
+            tag => return Err(FilesOutError::Tag(tag)),
+        };
+        self.head.clear();
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, content: &[u8]) -> Vec<u8> {
+        let mut v = vec![b'F'];
+        v.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        v.extend_from_slice(&(content.len() as u64).to_be_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(content);
+        v
+    }
+
+    fn text_record(tag: u8, parts: &[&str]) -> Vec<u8> {
+        let mut v = vec![tag];
+        for p in parts {
+            v.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        }
+        for p in parts {
+            v.extend_from_slice(p.as_bytes());
+        }
+        v
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut s = file("plot.png", b"\x89PNG");
+        s.extend(file("r/empty.csv", b""));
+        s.extend(text_record(b'U', &["*.svg"]));
+        s.extend(text_record(b'K', &["link.png", "a symbolic link"]));
+        s.push(b'Z');
+        s
+    }
+
+    fn expected() -> Vec<Frame> {
+        vec![
+            Frame::FileOut(FileHeader {
+                name: "plot.png".into(),
+                size: 4,
+            }),
+            Frame::FileOutData(Bytes::from_static(b"\x89PNG")),
+            Frame::FileOut(FileHeader {
+                name: "r/empty.csv".into(),
+                size: 0,
+            }),
+            Frame::FilesOutEnd(FilesOutEnd {
+                unmatched: vec!["*.svg".into()],
+                skipped: vec![Skipped {
+                    name: "link.png".into(),
+                    reason: "a symbolic link".into(),
+                }],
+                message: String::new(),
+            }),
+        ]
+    }
+
+    /// Merges data frames that a cut split, so that streams cut differently compare.
+    fn merged(frames: Vec<Frame>) -> Vec<Frame> {
+        let mut out: Vec<Frame> = Vec::new();
+        for f in frames {
+            match (out.last_mut(), f) {
+                (Some(Frame::FileOutData(a)), Frame::FileOutData(b)) => {
+                    let mut joined = BytesMut::from(&a[..]);
+                    joined.extend_from_slice(&b);
+                    *a = joined.freeze();
+                }
+                (_, f) => out.push(f),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_stream_cut_at_every_byte_parses_the_same() {
+        let s = stream();
+        for cut in 0..=s.len() {
+            let mut p = FilesOut::new(100, 10);
+            let mut frames = p.feed(Bytes::copy_from_slice(&s[..cut])).unwrap();
+            frames.extend(p.feed(Bytes::copy_from_slice(&s[cut..])).unwrap());
+            assert_eq!(merged(frames), expected(), "cut at {cut}");
+            assert!(p.done());
+        }
+    }
+
+    #[test]
+    fn content_comes_in_chunks_of_at_most_data_chunk() {
+        let big = vec![7u8; DATA_CHUNK * 2 + 5];
+        let mut s = file("big.bin", &big);
+        s.push(b'Z');
+        let frames = FilesOut::new(1 << 20, 1).feed(Bytes::from(s)).unwrap();
+        let sizes: Vec<usize> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::FileOutData(b) => Some(b.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, [DATA_CHUNK, DATA_CHUNK, 5]);
+    }
+
+    #[test]
+    fn a_hostile_stream_is_refused() {
+        let over = |s: Vec<u8>, bytes, count| FilesOut::new(bytes, count).feed(Bytes::from(s));
+        assert_eq!(
+            over(file("../etc/passwd", b"x"), 10, 10).unwrap_err(),
+            FilesOutError::Name("\"../etc/passwd\": a '..' component".into())
+        );
+        assert!(matches!(
+            over(file("/etc/x", b""), 10, 10),
+            Err(FilesOutError::Name(_))
+        ));
+        assert_eq!(
+            over(file("a", b"12345"), 4, 10).unwrap_err(),
+            FilesOutError::OverBytes(4)
+        );
+        let mut two = file("a", b"");
+        two.extend(file("b", b""));
+        assert_eq!(over(two, 4, 1).unwrap_err(), FilesOutError::OverCount(1));
+        // A length that would make us buffer: refused from its four bytes.
+        let mut huge = vec![b'F'];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(over(huge, 10, 10), Err(FilesOutError::Length(_))));
+        assert_eq!(
+            over(vec![b'?'], 1, 1).unwrap_err(),
+            FilesOutError::Tag(b'?')
+        );
+        assert_eq!(
+            over(vec![b'Z', b'F'], 1, 1).unwrap_err(),
+            FilesOutError::AfterEnd
+        );
+    }
+}
