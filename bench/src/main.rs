@@ -215,10 +215,11 @@ async fn run(opts: &Opts, docker: Docker, report: &mut Report) -> Result<Machine
     Ok(machine)
 }
 
-/// Notes containers a stopped daemon (or a baseline) left behind: after a clean SIGTERM
-/// there should be none.
+/// Notes containers a stopped daemon (or a baseline) left behind, its lease included:
+/// after a clean SIGTERM there should be none.
 async fn left_behind(b: &Bench, instance: &str, report: &mut Report) {
-    if let Ok((all, _)) = engine::count(&b.docker, instance).await {
+    if let Ok(ids) = pyexec::docker::list_instance(&b.docker, instance).await {
+        let all = ids.len();
         if all > 0 {
             report.note(format!(
                 "{all} containers of {instance} were still there after it finished"
