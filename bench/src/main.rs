@@ -3,13 +3,16 @@
 //!
 //! It builds and starts its own `pyexecd` (127.0.0.1:0, temporary certificates, instance
 //! `bench-<pid>`), measures hello-world latency, throughput, echo round trips, stdout
-//! throughput and the daemon's memory against `docker run` and the Engine API, prints one
-//! table, and removes every container it caused, also on error or Ctrl-C.
+//! throughput and the daemon's memory against `docker run` and the Engine API, and what
+//! several Docker Engines (extra dockerds in network namespaces, over TLS) cost and give;
+//! prints one table, and removes every container and engine it caused, also on error or
+//! Ctrl-C.
 
 mod ctx;
 mod daemon;
 mod echo;
 mod engine;
+mod engines;
 mod flood;
 mod hello;
 mod machine;
@@ -203,6 +206,9 @@ async fn run(opts: &Opts, docker: Docker, report: &mut Report) -> Result<Machine
     }
     if opts.runs(Part::Memory) {
         memory::run(&b, report).await;
+    }
+    if opts.runs(Part::Engines) {
+        engines::run(&b, report).await;
     }
     // Every daemon has been stopped with SIGTERM by now, and every baseline has ended.
     for instance in ctx::all_instances(pid) {
