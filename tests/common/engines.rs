@@ -4,4 +4,6 @@
 //! `RemoteEngine::start(EngineOptions::new(PYEXECD))`: the daemon under test makes the
 //! certificates (`pyexecd gen-certs`).
 
+// Only the multi-engine tests use it; every test binary compiles `common` (see its docs).
+#[allow(unused_imports)]
 pub use pyexec_testbed::*;
