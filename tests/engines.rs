@@ -83,8 +83,8 @@ fn has_image(engine: &RemoteEngine) -> bool {
 fn the_image_is_copied_and_sessions_spread_over_every_engine() {
     ensure_image();
     let (a, b) = thread::scope(|s| {
-        let a = s.spawn(|| RemoteEngine::start(EngineOptions::new()));
-        let b = s.spawn(|| RemoteEngine::start(EngineOptions::new()));
+        let a = s.spawn(|| RemoteEngine::start(EngineOptions::new(PYEXECD)));
+        let b = s.spawn(|| RemoteEngine::start(EngineOptions::new(PYEXECD)));
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(
@@ -142,7 +142,7 @@ fn the_image_is_copied_and_sessions_spread_over_every_engine() {
 #[test]
 fn an_engine_killed_under_load_fails_over_and_is_used_again_when_back() {
     ensure_image();
-    let mut remote = RemoteEngine::start(EngineOptions::new().with_image(IMAGE));
+    let mut remote = RemoteEngine::start(EngineOptions::new(PYEXECD).with_image(IMAGE));
     let tables = table("local", "unix:///var/run/docker.sock", None, 2)
         + &table("remote", &remote.url(), Some(&remote.cert_path()), 4);
     let d = daemon_over(&tables, &["--max-sessions", "6", "--warm", "6"]);
@@ -261,7 +261,7 @@ fn pyexecd(args: &[&str]) -> std::process::Output {
 /// start (exit 64, naming the engine), and check-config says so too.
 #[test]
 fn an_engine_with_a_certificate_from_another_ca_is_refused() {
-    let engine = RemoteEngine::start(EngineOptions::new().foreign_ca());
+    let engine = RemoteEngine::start(EngineOptions::new(PYEXECD).foreign_ca());
     let url = engine.url();
     let certs = engine.cert_path().display().to_string();
     let args = [
@@ -295,7 +295,7 @@ fn an_engine_with_a_certificate_from_another_ca_is_refused() {
 /// check-config contacts each engine: reachable, TLS accepted, its version, the image.
 #[test]
 fn check_config_probes_every_engine() {
-    let engine = RemoteEngine::start(EngineOptions::new());
+    let engine = RemoteEngine::start(EngineOptions::new(PYEXECD));
     let url = engine.url();
     let certs = engine.cert_path().display().to_string();
     let out = Command::new(PYEXECD)

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::daemon::ensure_image;
 use common::engines::{EngineOptions, Footprint, RemoteEngine};
 use common::processes::wait_until;
+use common::PYEXECD;
 
 fn text(out: &Output) -> String {
     format!(
@@ -35,8 +36,8 @@ fn processes(footprint: &Footprint) -> Vec<String> {
 fn two_engines_answer_over_tls_die_like_a_host_come_back_and_leave_nothing() {
     let started = Instant::now();
     let (mut a, b) = thread::scope(|s| {
-        let a = s.spawn(|| RemoteEngine::start(EngineOptions::new()));
-        let b = s.spawn(|| RemoteEngine::start(EngineOptions::new()));
+        let a = s.spawn(|| RemoteEngine::start(EngineOptions::new(PYEXECD)));
+        let b = s.spawn(|| RemoteEngine::start(EngineOptions::new(PYEXECD)));
         (a.join().unwrap(), b.join().unwrap())
     });
     eprintln!(
@@ -110,7 +111,7 @@ fn two_engines_answer_over_tls_die_like_a_host_come_back_and_leave_nothing() {
 
 #[test]
 fn an_engine_with_a_foreign_ca_is_refused_by_the_client_it_was_given() {
-    let engine = RemoteEngine::start(EngineOptions::new().foreign_ca());
+    let engine = RemoteEngine::start(EngineOptions::new(PYEXECD).foreign_ca());
     // What the daemon under test gets: a ca.pem that did not sign the engine's
     // certificate (and a client certificate the engine does not know).
     let refused = engine.ping_with(&engine.cert_path()).unwrap_err();
@@ -127,7 +128,7 @@ fn an_engine_with_a_foreign_ca_is_refused_by_the_client_it_was_given() {
 fn a_container_dies_with_its_engine_and_shows_exited_after_the_restart() {
     ensure_image();
     let image = pyexec::config::DEFAULT_IMAGE;
-    let mut engine = RemoteEngine::start(EngineOptions::new().with_image(image));
+    let mut engine = RemoteEngine::start(EngineOptions::new(PYEXECD).with_image(image));
     // The imported image has no config: the command names its binary by path.
     let out = engine
         .docker_tls()

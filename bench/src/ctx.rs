@@ -27,15 +27,34 @@ pub enum Role {
     Pool,
     /// Containers of the baselines (`docker run`, Engine API).
     Baseline,
+    /// Several engines: a daemon on `--engine unix:///var/run/docker.sock`, warm pool.
+    Local,
+    /// Several engines: a daemon on one remote engine over TLS, warm pool.
+    Remote,
+    /// `Local` with `--warm 0`.
+    LocalCold,
+    /// `Remote` with `--warm 0`.
+    RemoteCold,
+    /// Several engines: daemons over the local engine and 1, 2 or 3 engines in all.
+    Engines1,
+    Engines2,
+    Engines3,
 }
 
 impl Role {
-    const ALL: [Role; 5] = [
+    const ALL: [Role; 12] = [
         Role::Main,
         Role::Cold,
         Role::Memory,
         Role::Pool,
         Role::Baseline,
+        Role::Local,
+        Role::Remote,
+        Role::LocalCold,
+        Role::RemoteCold,
+        Role::Engines1,
+        Role::Engines2,
+        Role::Engines3,
     ];
 
     fn suffix(self) -> &'static str {
@@ -45,6 +64,13 @@ impl Role {
             Role::Memory => "-mem",
             Role::Pool => "-pool",
             Role::Baseline => "-base",
+            Role::Local => "-local",
+            Role::Remote => "-remote",
+            Role::LocalCold => "-local-cold",
+            Role::RemoteCold => "-remote-cold",
+            Role::Engines1 => "-engines1",
+            Role::Engines2 => "-engines2",
+            Role::Engines3 => "-engines3",
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum};
+use bollard::models::{ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
@@ -92,9 +92,14 @@ impl Engine {
     }
 }
 
-/// Containers of `instance`: (all of them, the running ones).
+/// Containers of `instance` but its lease (the daemon's claim on the instance name,
+/// which lives as long as the daemon): (all of them, the running ones).
 pub async fn count(docker: &Docker, instance: &str) -> Result<(usize, usize)> {
-    let list = pyexec::docker::instance_containers(docker, instance).await?;
+    let list: Vec<_> = pyexec::docker::instance_containers(docker, instance)
+        .await?
+        .into_iter()
+        .filter(|c| !is_lease(c))
+        .collect();
     let running = list
         .iter()
         .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
@@ -127,13 +132,29 @@ pub async fn settle(
     }
 }
 
-/// Removes every container of these instances; returns how many there were.
+fn is_lease(c: &ContainerSummary) -> bool {
+    c.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(pyexec::sandbox::LABEL_LEASE))
+}
+
+/// Removes every container of these instances, leases included (their daemons are gone
+/// by then: a killed daemon leaves its lease behind); returns how many there were.
 pub async fn sweep(docker: &Docker, instances: &[String]) -> usize {
     let mut removed = 0;
     for instance in instances {
-        match pyexec::docker::sweep(docker, instance).await {
-            Ok(n) => removed += n,
-            Err(e) => eprintln!("bench: cannot remove the containers of {instance}: {e}"),
+        let ids = match pyexec::docker::list_instance(docker, instance).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!("bench: cannot list the containers of {instance}: {e}");
+                continue;
+            }
+        };
+        for id in ids {
+            match pyexec::docker::remove(docker, &id).await {
+                Ok(()) => removed += 1,
+                Err(e) => eprintln!("bench: cannot remove container {id} of {instance}: {e}"),
+            }
         }
     }
     removed

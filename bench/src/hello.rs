@@ -171,7 +171,7 @@ pub async fn run(b: &Bench, main: &Result<Served, String>, report: &mut Report) 
         ("--warm 0", cold.as_ref().ok()),
     ] {
         let Some(served) = served else { continue };
-        match started_frame(served).await {
+        match started_frame(&served.daemon.client_config()).await {
             Ok(st) => report.note(format!(
                 "hello-world: a session on the {name} daemon got STARTED with warm={}, \
                  start_ms={}, queued_ms={}",
@@ -199,7 +199,7 @@ async fn pyexec_once(served: &Served, script: &std::path::Path) -> Result<Durati
 
 /// Runs one hello-world through the client library to read the STARTED frame, which says
 /// whether the container came from the pool: a check that the pool is really used.
-async fn started_frame(served: &Served) -> Result<Started, String> {
+pub async fn started_frame(config: &client::ClientConfig) -> Result<Started, String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let io = Io {
         stdin: None::<tokio::io::Empty>,
@@ -213,7 +213,7 @@ async fn started_frame(served: &Served) -> Result<Started, String> {
         name: Some("hello.py".into()),
         ..Default::default()
     };
-    let outcome = client::run(&served.daemon.client_config(), req, io)
+    let outcome = client::run(config, req, io)
         .await
         .map_err(|e| e.to_string())?;
     if outcome.exit_code() != 0 {

@@ -3,13 +3,16 @@
 //!
 //! It builds and starts its own `pyexecd` (127.0.0.1:0, temporary certificates, instance
 //! `bench-<pid>`), measures hello-world latency, throughput, echo round trips, stdout
-//! throughput and the daemon's memory against `docker run` and the Engine API, prints one
-//! table, and removes every container it caused, also on error or Ctrl-C.
+//! throughput and the daemon's memory against `docker run` and the Engine API, and what
+//! several Docker Engines (extra dockerds in network namespaces, over TLS) cost and give;
+//! prints one table, and removes every container and engine it caused, also on error or
+//! Ctrl-C.
 
 mod ctx;
 mod daemon;
 mod echo;
 mod engine;
+mod engines;
 mod flood;
 mod hello;
 mod machine;
@@ -204,6 +207,9 @@ async fn run(opts: &Opts, docker: Docker, report: &mut Report) -> Result<Machine
     if opts.runs(Part::Memory) {
         memory::run(&b, report).await;
     }
+    if opts.runs(Part::Engines) {
+        engines::run(&b, report).await;
+    }
     // Every daemon has been stopped with SIGTERM by now, and every baseline has ended.
     for instance in ctx::all_instances(pid) {
         left_behind(&b, &instance, report).await;
@@ -215,10 +221,11 @@ async fn run(opts: &Opts, docker: Docker, report: &mut Report) -> Result<Machine
     Ok(machine)
 }
 
-/// Notes containers a stopped daemon (or a baseline) left behind: after a clean SIGTERM
-/// there should be none.
+/// Notes containers a stopped daemon (or a baseline) left behind, its lease included:
+/// after a clean SIGTERM there should be none.
 async fn left_behind(b: &Bench, instance: &str, report: &mut Report) {
-    if let Ok((all, _)) = engine::count(&b.docker, instance).await {
+    if let Ok(ids) = pyexec::docker::list_instance(&b.docker, instance).await {
+        let all = ids.len();
         if all > 0 {
             report.note(format!(
                 "{all} containers of {instance} were still there after it finished"

@@ -18,6 +18,10 @@ pub enum Part {
     Stdout,
     /// pyexecd's memory: idle, per running session, under a slow reader
     Memory,
+    /// several Docker Engines: a remote engine over TLS against the local socket, and
+    /// sessions per second with 1, 2 and 3 engines (needs root: it starts dockerds in
+    /// network namespaces)
+    Engines,
 }
 
 #[derive(Debug, Parser)]
@@ -54,13 +58,14 @@ pub struct Opts {
     /// Ignored, with a note, when pyexecd has no --warm flag.
     #[arg(long)]
     pub warm: Option<u32>,
-    /// Timed hello-world runs per variant [full 20, quick 5].
+    /// Timed hello-world runs per variant, in the hello and engines parts [full 20, quick 5].
     #[arg(long)]
     pub hello_reps: Option<usize>,
     /// Concurrency of the throughput loops.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// pyexec sessions in the throughput loop [full 200, quick 40].
+    /// pyexec sessions in the throughput loop, and per engine count in the engines part
+    /// [full 200, quick 40].
     #[arg(long)]
     pub sessions: Option<usize>,
     /// Engine API create-start-wait-remove cycles in the throughput loop [full 200, quick 40].

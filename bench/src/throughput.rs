@@ -26,7 +26,7 @@ use crate::scripts::HELLO;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Blocks per variant in the interleaved pyexec / Engine loop comparison.
-const BLOCKS: usize = 4;
+pub const BLOCKS: usize = 4;
 
 pub async fn run(b: &Bench, main: &Result<Served, String>, report: &mut Report) {
     let p = &b.params;
@@ -58,19 +58,20 @@ pub async fn run(b: &Bench, main: &Result<Served, String>, report: &mut Report) 
             for block in 0..BLOCKS {
                 let py_n = share(p.sessions, block);
                 let en_n = share(p.engine_sessions, block);
+                let refill = || served.settle(&b.docker);
                 if block % 2 == 0 {
-                    pyexec.block(py_n, c, pyexec_job, Some((served, b))).await;
-                    engine.block(en_n, c, engine_job, None).await;
+                    pyexec.block(py_n, c, pyexec_job, refill).await;
+                    engine.block(en_n, c, engine_job, idle).await;
                 } else {
-                    engine.block(en_n, c, engine_job, None).await;
-                    pyexec.block(py_n, c, pyexec_job, Some((served, b))).await;
+                    engine.block(en_n, c, engine_job, idle).await;
+                    pyexec.block(py_n, c, pyexec_job, refill).await;
                 }
             }
         }
         (Err(e), _) | (_, Err(e)) => {
             pyexec.first_error = Some(e.clone());
             engine.warm_up(engine_job).await;
-            engine.block(p.engine_sessions, c, engine_job, None).await;
+            engine.block(p.engine_sessions, c, engine_job, idle).await;
         }
     }
     pyexec.done();
@@ -85,7 +86,7 @@ pub async fn run(b: &Bench, main: &Result<Served, String>, report: &mut Report) 
                 expect_output(&out, b"hello\n")
             };
             t.warm_up(job).await;
-            t.block(p.docker_sessions, c, job, None).await;
+            t.block(p.docker_sessions, c, job, idle).await;
             t.done();
             t.rate()
         }
@@ -111,13 +112,18 @@ pub async fn run(b: &Bench, main: &Result<Served, String>, report: &mut Report) 
 }
 
 /// Block `i`'s part of `n` sessions (the first blocks take the remainder).
-fn share(n: usize, i: usize) -> usize {
+pub fn share(n: usize, i: usize) -> usize {
     n / BLOCKS + usize::from(i < n % BLOCKS)
+}
+
+/// The end of a block that leaves nothing to wait for.
+pub async fn idle() -> Result<(), String> {
+    Ok(())
 }
 
 /// One variant's sessions and time over its blocks. Any failure makes the figure n/a,
 /// with the count and the first error.
-struct Tally {
+pub struct Tally {
     name: &'static str,
     done: usize,
     failed: usize,
@@ -126,7 +132,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(name: &'static str) -> Self {
+    pub fn new(name: &'static str) -> Self {
         Tally {
             name,
             done: 0,
@@ -137,7 +143,7 @@ impl Tally {
     }
 
     /// One untimed job, so that the first block does not pay for cold caches.
-    async fn warm_up<F, Fut>(&mut self, job: F)
+    pub async fn warm_up<F, Fut>(&mut self, job: F)
     where
         F: Fn(usize) -> Fut,
         Fut: Future<Output = Result<()>>,
@@ -148,12 +154,14 @@ impl Tally {
         }
     }
 
-    /// Runs `n` jobs, `c` at a time, timed; with `settle`, until the daemon's pool is
-    /// full again too.
-    async fn block<F, Fut>(&mut self, n: usize, c: usize, job: F, settle: Option<(&Served, &Bench)>)
+    /// Runs `n` jobs, `c` at a time, timed, and then `settle` on the clock too: for a
+    /// daemon, until its pool is full again (`idle` when there is nothing to wait for).
+    pub async fn block<F, Fut, S, SFut>(&mut self, n: usize, c: usize, job: F, settle: S)
     where
         F: Fn(usize) -> Fut,
         Fut: Future<Output = Result<()>>,
+        S: Fn() -> SFut,
+        SFut: Future<Output = Result<(), String>>,
     {
         if self.first_error.is_some() {
             return;
@@ -168,16 +176,14 @@ impl Tally {
             }
             crate::progress(&format!("bench: throughput, {}: {}", self.name, self.done));
         }
-        if let Some((served, b)) = settle {
-            if let Err(e) = served.settle(&b.docker).await {
-                self.first_error
-                    .get_or_insert_with(|| format!("the pool did not refill: {e}"));
-            }
+        if let Err(e) = settle().await {
+            self.first_error
+                .get_or_insert_with(|| format!("the pool did not refill: {e}"));
         }
         self.elapsed += t0.elapsed();
     }
 
-    fn done(&self) {
+    pub fn done(&self) {
         crate::progress_done(&format!(
             "bench: throughput, {}: {} in {:.1} s",
             self.name,
@@ -186,7 +192,12 @@ impl Tally {
         ));
     }
 
-    fn rate(&self) -> Measured {
+    /// Sessions run so far, failed ones included.
+    pub fn sessions(&self) -> usize {
+        self.done
+    }
+
+    pub fn rate(&self) -> Measured {
         match &self.first_error {
             Some(e) if self.failed > 0 => Err(format!(
                 "{} of {} failed, first: {e}",
