@@ -202,7 +202,7 @@ pub fn resolve(
 
     let count = chosen.len();
     let mut specs: Vec<EngineSpec> = Vec::with_capacity(count);
-    for (url, table, origin) in chosen {
+    for (index, (url, table, origin)) in chosen.into_iter().enumerate() {
         // Errors about a table's own keys name the table; the rest name the flag.
         let table_err = |key: &str, reason: String| match table {
             Some((i, _)) => ConfigError {
@@ -290,8 +290,9 @@ pub fn resolve(
             Some(n) => n as usize,
             None => args.max_sessions,
         };
-        // The global pool is split evenly by default; spares count toward the engine's
-        // own cap, so never more than it.
+        // The global pool is split evenly by default, the first engines taking one more
+        // when it does not divide (so the parts add up to --warm, never past it); spares
+        // count toward the engine's own cap, so never more than it.
         let warm = match t.and_then(|t| t.warm) {
             Some(w) if w as usize > max_sessions => {
                 return Err(table_err(
@@ -300,7 +301,7 @@ pub fn resolve(
                 ))
             }
             Some(w) => w as usize,
-            None => args.warm.div_ceil(count).min(max_sessions),
+            None => (args.warm / count + usize::from(index < args.warm % count)).min(max_sessions),
         };
         specs.push(EngineSpec {
             name,
@@ -402,7 +403,8 @@ mod tests {
         assert_eq!(names, ["local", "10.9.0.2:2376", "10.9.0.6:2376"]);
         assert_eq!(specs[0].cert_path, None, "a socket needs no certificate");
         assert_eq!(specs[1].cert_path.as_deref(), Some(dir.path()));
-        assert!(specs.iter().all(|s| s.warm == 3), "8 spares over 3 engines");
+        let warm: Vec<_> = specs.iter().map(|s| s.warm).collect();
+        assert_eq!(warm, [3, 3, 2], "8 spares over 3 engines, no more");
     }
 
     #[test]
