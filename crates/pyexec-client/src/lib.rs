@@ -70,6 +70,8 @@ pub struct Request {
     pub args: Vec<String>,
     /// A time limit shorter than the server's, enforced by the server.
     pub timeout: Option<Duration>,
+    /// The server's image to run in, by name; `None` is its default.
+    pub image: Option<String>,
 }
 
 /// Requests from the user while the script runs.
@@ -249,6 +251,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             timeout_ms: None,
             probe: true,
             features: Vec::new(),
+            image: None,
         }))
         .await?;
     let mut welcome = None;
@@ -291,6 +294,7 @@ where
         timeout_ms: req.timeout.map(|t| t.as_millis() as u64),
         probe: false,
         features: Vec::new(),
+        image: req.image,
     };
     check_hello(&hello)?;
     let stream = connect(cfg).await?;

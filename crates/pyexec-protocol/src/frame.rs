@@ -111,6 +111,10 @@ pub struct Hello {
     /// client that asks for nothing never sees a frame type it does not know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// The image to run in, by the name the server gives it (`science`); none is the
+    /// server's default image. An unknown name is `ERROR image`, listing the names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The server's limits for this session, announced in WELCOME.
@@ -271,6 +275,8 @@ pub enum ErrorCode {
     Limited,
     /// A bug or an unexpected condition in the server.
     Internal,
+    /// `HELLO.image` names no image this server offers.
+    Image,
     #[serde(other)]
     Unknown,
 }
@@ -287,6 +293,7 @@ impl ErrorCode {
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Limited => "limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Image => "image",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -514,6 +521,7 @@ mod tests {
                 timeout_ms: Some(5000),
                 probe: false,
                 features: vec!["files".into()],
+                image: Some("science".into()),
             }),
             Frame::Script(Bytes::from_static(b"print('hi')\n")),
             Frame::Stdin(Bytes::from_static(b"\x00\xffline\n")),
@@ -632,6 +640,7 @@ mod tests {
             timeout_ms: None,
             probe: false,
             features: Vec::new(),
+            image: None,
         });
         assert!(matches!(
             hello.encode(&mut buf),
