@@ -16,7 +16,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::io::ReaderStream;
 use tracing::info;
 
-use crate::config::DEFAULT_IMAGE;
+use crate::config::{BuildImageArgs, ConfigError, DEFAULT_IMAGE};
 use crate::docker::is_not_found;
 
 /// Debian packages in the default image. `python3` (not `python3-minimal`) brings the
@@ -231,6 +231,62 @@ fn split_tag(image: &str) -> (&str, &str) {
     }
 }
 
+impl Recipe {
+    /// The recipe `build-image`'s arguments ask for, or why they cannot make one.
+    pub fn from_args(args: &BuildImageArgs) -> Result<Recipe, ConfigError> {
+        let err = |flag, reason: String| ConfigError {
+            flag,
+            reason,
+            at: None,
+        };
+        let custom = !args.packages.is_empty() || args.pip.is_some();
+        if custom && args.tag == DEFAULT_IMAGE {
+            return Err(err(
+                "tag",
+                format!(
+                    "an image with more packages needs a tag of its own (e.g. \
+                     pyexec/sandbox:science), not the default {DEFAULT_IMAGE}"
+                ),
+            ));
+        }
+        // A Debian package name: what apt accepts, and nothing a shell would read.
+        if let Some(bad) = args.packages.iter().find(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        }) {
+            return Err(err(
+                "packages",
+                format!("`{bad}` is not a Debian package name"),
+            ));
+        }
+        if let Some(pip) = &args.pip {
+            if !pip.is_file() {
+                return Err(err("pip", format!("{} is not a file", pip.display())));
+            }
+            let name = pip.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.is_some_and(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            }) {
+                return Err(err(
+                    "pip",
+                    format!(
+                        "{}: use a plain file name (letters, digits, . _ -)",
+                        pip.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Recipe {
+            suite: args.suite.clone(),
+            packages: args.packages.clone(),
+            pip: args.pip.clone(),
+        })
+    }
+}
+
 /// Holds an exclusive lock so that two builds (two daemons, two test processes) never run
 /// at once; the second waits, then finds the image and does nothing.
 struct BuildLock {
@@ -431,6 +487,28 @@ mod tests {
         assert!(hooks[2].contains("-r '/tmp/requirements.txt'"));
         assert!(hooks[3].contains("step 3/4: matplotlib font cache"));
         assert!(hooks[4].contains(&format!("HOME={PREPARED_HOME}")));
+    }
+
+    #[test]
+    fn build_image_arguments_are_checked_before_anything_runs() {
+        let args = |tag: &str, packages: &[&str]| BuildImageArgs {
+            tag: tag.into(),
+            suite: "bookworm".into(),
+            packages: packages.iter().map(|p| p.to_string()).collect(),
+            pip: None,
+        };
+        let err = Recipe::from_args(&args(DEFAULT_IMAGE, &["python3-numpy"])).unwrap_err();
+        assert_eq!(err.flag, "tag");
+        let err = Recipe::from_args(&args("x:1", &["python3-numpy; rm -rf /"])).unwrap_err();
+        assert_eq!(err.flag, "packages");
+        let recipe = Recipe::from_args(&args("x:1", &["python3-numpy", "python3-pandas"])).unwrap();
+        assert_eq!(recipe.packages.len(), 2);
+        assert!(Recipe::from_args(&args(DEFAULT_IMAGE, &[]))
+            .unwrap()
+            .plain());
+        let mut missing = args("x:1", &[]);
+        missing.pip = Some("/nonexistent/requirements.txt".into());
+        assert_eq!(Recipe::from_args(&missing).unwrap_err().flag, "pip");
     }
 
     #[test]

@@ -106,7 +106,8 @@ fn run(loaded: &Loaded) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::BuildImage(args)) => {
-            let recipe = args.recipe().map_err(|e| Failure::Config(e.to_string()))?;
+            let recipe =
+                image::Recipe::from_args(args).map_err(|e| Failure::Config(e.to_string()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

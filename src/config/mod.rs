@@ -297,62 +297,6 @@ pub struct BuildImageArgs {
     pub pip: Option<PathBuf>,
 }
 
-impl BuildImageArgs {
-    /// The recipe, or why these arguments cannot make one.
-    pub fn recipe(&self) -> Result<crate::image::Recipe, ConfigError> {
-        let err = |flag, reason: String| ConfigError {
-            flag,
-            reason,
-            at: None,
-        };
-        let custom = !self.packages.is_empty() || self.pip.is_some();
-        if custom && self.tag == DEFAULT_IMAGE {
-            return Err(err(
-                "tag",
-                format!(
-                    "an image with more packages needs a tag of its own (e.g. \
-                     pyexec/sandbox:science), not the default {DEFAULT_IMAGE}"
-                ),
-            ));
-        }
-        // A Debian package name: what apt accepts, and nothing a shell would read.
-        if let Some(bad) = self.packages.iter().find(|p| {
-            p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-        }) {
-            return Err(err(
-                "packages",
-                format!("`{bad}` is not a Debian package name"),
-            ));
-        }
-        if let Some(pip) = &self.pip {
-            if !pip.is_file() {
-                return Err(err("pip", format!("{} is not a file", pip.display())));
-            }
-            let name = pip.file_name().map(|n| n.to_string_lossy().into_owned());
-            if !name.is_some_and(|n| {
-                n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            }) {
-                return Err(err(
-                    "pip",
-                    format!(
-                        "{}: use a plain file name (letters, digits, . _ -)",
-                        pip.display()
-                    ),
-                ));
-            }
-        }
-        Ok(crate::image::Recipe {
-            suite: self.suite.clone(),
-            packages: self.packages.clone(),
-            pip: self.pip.clone(),
-        })
-    }
-}
-
 /// The daemon's effective settings, resolved from `ServeArgs`.
 #[derive(Debug, Clone)]
 pub struct Config {
