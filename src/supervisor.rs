@@ -186,12 +186,17 @@ impl Supervisor {
             running: self.running(),
             queued: self.queue.len(),
             warm: self.engines.iter().map(EngineEntry::ready).sum(),
+            // What the pools can hold at once: the spares of all images on an engine
+            // share its slots, and all engines the daemon's. Counting what they want
+            // instead (a full default pool plus an extra image's spare is one more than
+            // the slots) would keep /readyz at "warming" for ever.
             warm_target: self
                 .engines
                 .iter()
                 .filter(|e| e.is_up())
-                .map(EngineEntry::warm)
-                .sum(),
+                .map(|e| e.warm().min(e.max_sessions))
+                .sum::<usize>()
+                .min(self.cfg.max_sessions),
             clients: self.clients.active(),
         });
         self.status.do_send(EngineGauges(
