@@ -300,9 +300,9 @@ impl std::fmt::Display for Probe {
                 self.url,
                 if *tls { ", TLS accepted" } else { "" },
                 match missing.len() {
-                    0 => "every image present".to_string(),
+                    0 => "sandbox image present".to_string(),
                     _ => format!(
-                        "absent (built, pulled or copied at start): {}",
+                        "sandbox image absent (built or copied at start): {}",
                         missing.join(", ")
                     ),
                 }
