@@ -40,7 +40,12 @@ pub struct Recipe {
     pub packages: Vec<String>,
     /// A pip requirements file, installed from the package index at build time.
     pub pip: Option<PathBuf>,
+    /// The host's CA bundle, which pip uses in the new root (see `mmdebstrap_args`).
+    pub host_ca: Option<PathBuf>,
 }
+
+/// Debian's bundle of the CAs the host trusts, local additions included.
+const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Recipe {
     /// The default image's recipe.
@@ -105,25 +110,45 @@ impl Recipe {
         };
         if let Some(pip) = &self.pip {
             announce(&mut hooks);
-            let mut copy = OsString::from("copy-in ");
-            copy.push(pip.as_os_str());
-            copy.push(" /tmp");
-            hooks.push(copy);
+            let copy_in = |file: &Path| {
+                let mut copy = OsString::from("copy-in ");
+                copy.push(file.as_os_str());
+                copy.push(" /tmp");
+                copy
+            };
+            hooks.push(copy_in(pip));
             let name = pip
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // pip in the new root trusts what this host trusts: a host behind a proxy
+            // that re-signs TLS (or with a private index) has its CA in its own bundle,
+            // not in the Debian bundle of the new root, and pip would fail to verify.
+            let cert = match &self.host_ca {
+                Some(ca) => {
+                    hooks.push(copy_in(ca));
+                    let file = ca.file_name().map(|n| n.to_string_lossy().into_owned());
+                    format!(" --cert '/tmp/{}'", file.unwrap_or_default())
+                }
+                None => String::new(),
+            };
             // Debian marks its python3 as externally managed; the image is ours. No
-            // cache: it would only make the image bigger.
+            // cache: it would only make the image bigger. The host's certificate
+            // variables name host paths, which in the new root are its own Debian
+            // bundle, and requests lets REQUESTS_CA_BUNDLE win over --cert: unset.
             hooks.push(
                 format!(
-                    "chroot \"$1\" python3 -m pip install --no-cache-dir \
+                    "chroot \"$1\" env -u REQUESTS_CA_BUNDLE -u CURL_CA_BUNDLE -u SSL_CERT_FILE \
+                     -u SSL_CERT_DIR -u PIP_CERT python3 -m pip install --no-cache-dir \
                      --break-system-packages --root-user-action=ignore \
-                     --disable-pip-version-check --progress-bar off -r '/tmp/{name}' >&2 \
+                     --disable-pip-version-check --progress-bar off{cert} -r '/tmp/{name}' >&2 \
                      && rm -f \"$1/tmp/{name}\""
                 )
                 .into(),
             );
+            if let Some(file) = self.host_ca.as_deref().and_then(Path::file_name) {
+                hooks.push(format!("rm -f \"$1/tmp/{}\"", file.to_string_lossy()).into());
+            }
         }
         if !self.plain() {
             announce(&mut hooks);
@@ -283,6 +308,7 @@ impl Recipe {
             suite: args.suite.clone(),
             packages: args.packages.clone(),
             pip: args.pip.clone(),
+            host_ca: Some(PathBuf::from(HOST_CA)).filter(|ca| ca.is_file()),
         })
     }
 }
@@ -465,6 +491,7 @@ mod tests {
         let science = Recipe {
             packages: vec!["python3-pandas".into()],
             pip: Some("/r/requirements.txt".into()),
+            host_ca: Some("/etc/ssl/certs/ca-certificates.crt".into()),
             ..plain
         };
         assert_eq!(science.steps().len(), 4);
@@ -484,9 +511,11 @@ mod tests {
             .collect();
         assert!(hooks[0].contains("step 2/4: pip requirements"));
         assert!(hooks[1].ends_with("copy-in /r/requirements.txt /tmp"));
-        assert!(hooks[2].contains("-r '/tmp/requirements.txt'"));
-        assert!(hooks[3].contains("step 3/4: matplotlib font cache"));
-        assert!(hooks[4].contains(&format!("HOME={PREPARED_HOME}")));
+        assert!(hooks[2].ends_with("copy-in /etc/ssl/certs/ca-certificates.crt /tmp"));
+        assert!(hooks[3].contains("--cert '/tmp/ca-certificates.crt' -r '/tmp/requirements.txt'"));
+        assert!(hooks[4].contains("rm -f \"$1/tmp/ca-certificates.crt\""));
+        assert!(hooks[5].contains("step 3/4: matplotlib font cache"));
+        assert!(hooks[6].contains(&format!("HOME={PREPARED_HOME}")));
     }
 
     #[test]
