@@ -1,5 +1,5 @@
 //! The engines at start-up: a client for each configured engine, the first contact (a
-//! TLS failure is configuration and stops the start), the sandbox image on one engine
+//! TLS failure is configuration and stops the start), every served image on one engine
 //! (found, built or pulled) and then on every other (copied over the Engine API, no
 //! registry), and each engine's first join. Also the image sync the Supervisor runs when
 //! an engine comes back.
@@ -90,21 +90,35 @@ pub(crate) fn members(cfg: &Config) -> Result<Vec<Member>, FleetError> {
         .collect()
 }
 
-/// The image sync the Supervisor runs for engine `i` when it joins: the image is taken
-/// from the first other engine that has it, and copied when `i` lacks it or has another
-/// build under the same tag. With no other engine to copy from, `i` makes it itself.
-pub(crate) fn image_sync(members: &[Member], image: &str) -> ImageSync {
+/// The image sync the Supervisor runs for engine `i` when it joins, for every served
+/// image in turn: each is taken from the first other engine that has it, and copied when
+/// `i` lacks it or has another build under the same tag. With no other engine to copy
+/// from, `i` makes it itself. A session may ask for any served image on any engine, so an
+/// engine without one of them must not take sessions.
+pub(crate) fn image_sync(members: &[Member], images: &[String]) -> ImageSync {
     let members: Arc<Vec<(String, Docker)>> = Arc::new(
         members
             .iter()
             .map(|m| (m.spec.name.clone(), m.docker.clone()))
             .collect(),
     );
-    let image = image.to_string();
+    let images: Arc<Vec<String>> = Arc::new(images.to_vec());
     Arc::new(move |i| {
-        let (members, image) = (members.clone(), image.clone());
-        async move { sync_one(&members, i, &image).await }.boxed()
+        let (members, images) = (members.clone(), images.clone());
+        async move {
+            for image in images.iter() {
+                sync_one(&members, i, image).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     })
+}
+
+/// Spares of one image for engine `i` of `count`: the image's pool split evenly, the
+/// first engines taking one more when it does not divide.
+fn share(warm: usize, i: usize, count: usize) -> usize {
+    warm / count + usize::from(i < warm % count)
 }
 
 async fn sync_one(members: &[(String, Docker)], i: usize, image: &str) -> Result<(), String> {
@@ -175,17 +189,24 @@ pub(crate) async fn start(
     let Some(home) = reachable.iter().position(|r| *r) else {
         return Err(FleetError::NoneReachable(first_error.unwrap_or_default()));
     };
-    // The image on one engine first: one that has it, else the first that answers
-    // builds (or pulls) it.
-    let mut source = None;
-    for (i, m) in members.iter().enumerate().filter(|(i, _)| reachable[*i]) {
-        if matches!(image::exists(&m.docker, &cfg.sandbox.image).await, Ok(true)) {
-            source = Some(i);
-            break;
+    // Each image on one engine first: one that has it, else the first that answers
+    // builds (or pulls) it. The joins below copy it to the others.
+    for served in &cfg.images {
+        let mut found = false;
+        for m in members
+            .iter()
+            .zip(&reachable)
+            .filter(|(_, r)| **r)
+            .map(|(m, _)| m)
+        {
+            if matches!(image::exists(&m.docker, &served.tag).await, Ok(true)) {
+                found = true;
+                break;
+            }
         }
-    }
-    if source.is_none() {
-        image::ensure(&members[home].docker, &cfg.sandbox.image).await?;
+        if !found {
+            image::ensure(&members[home].docker, &served.tag).await?;
+        }
     }
 
     let mut started = Vec::new();
@@ -213,10 +234,18 @@ pub(crate) async fn start(
                 }
             },
         };
+        // The default image's spares are the engine's own setting; an extra image's
+        // pool is split among the engines.
+        let mut warm = vec![m.spec.warm];
+        warm.extend(
+            cfg.images[1..]
+                .iter()
+                .map(|image| share(image.warm, i, members.len()).min(m.spec.max_sessions)),
+        );
         started.push(EngineStart {
             engine: m.engine.clone(),
             max_sessions: m.spec.max_sessions,
-            warm: m.spec.warm,
+            warm,
             joined,
         });
     }
@@ -238,11 +267,11 @@ pub struct Probe {
 
 #[derive(Debug)]
 pub enum ProbeOutcome {
-    /// It answered: its version, and whether the sandbox image is there.
+    /// It answered: its version, and the served images it lacks (by tag).
     Answered {
         version: String,
         tls: bool,
-        image: bool,
+        missing: Vec<String>,
     },
     /// Configuration: its TLS does not work with the given certificates.
     Tls(String),
@@ -266,17 +295,19 @@ impl std::fmt::Display for Probe {
             ProbeOutcome::Answered {
                 version,
                 tls,
-                image,
+                missing,
             } => write!(
                 f,
-                "engine {} ({}): reachable{}, Docker Engine {version}, sandbox image {}",
+                "engine {} ({}): reachable{}, Docker Engine {version}, {}",
                 self.name,
                 self.url,
                 if *tls { ", TLS accepted" } else { "" },
-                if *image {
-                    "present"
-                } else {
-                    "absent (built or copied at start)"
+                match missing.len() {
+                    0 => "sandbox image present".to_string(),
+                    _ => format!(
+                        "sandbox image absent (built or copied at start): {}",
+                        missing.join(", ")
+                    ),
                 }
             ),
             ProbeOutcome::Tls(why) => {
@@ -328,7 +359,33 @@ async fn probe(cfg: &Config, spec: &EngineSpec) -> ProbeOutcome {
                 Err(e) => format!("? ({e})"),
             },
             tls: spec.url.is_tcp(),
-            image: matches!(image::exists(&client, &cfg.sandbox.image).await, Ok(true)),
+            missing: {
+                let mut missing = Vec::new();
+                for served in &cfg.images {
+                    if !matches!(image::exists(&client, &served.tag).await, Ok(true)) {
+                        missing.push(served.tag.clone());
+                    }
+                }
+                missing
+            },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn an_image_s_pool_is_split_over_the_engines() {
+        let split = |warm, count| {
+            (0..count)
+                .map(|i| share(warm, i, count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(split(1, 3), [1, 0, 0]);
+        assert_eq!(split(4, 3), [2, 1, 1]);
+        assert_eq!(split(0, 2), [0, 0]);
+        assert_eq!(split(2, 1), [2]);
     }
 }

@@ -136,6 +136,8 @@ pub struct Unregister {
 #[rtype(result = "Admission")]
 pub struct Admit {
     pub id: u64,
+    /// The image to run in: an index into `Config::images` (0 is the default).
+    pub image: usize,
 }
 
 #[derive(Debug, MessageResponse)]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 
+use crate::config::images::ImageConfig;
 use crate::config::{BootstrapMode, SandboxConfig};
 
 /// Label carried by every container this project creates.
@@ -28,16 +29,36 @@ pub const DEFAULT_SCRIPT_NAME: &str = "main.py";
 /// The limits on the arguments are the protocol's (§4.1): the client checks them too.
 pub use crate::protocol::check_args;
 
-/// A complete specification for sandbox containers of one daemon.
+/// A complete specification for sandbox containers of one daemon and one image.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
+    /// `config.image` is this spec's image tag.
     pub config: SandboxConfig,
     pub instance: String,
+    /// Modules the waiting interpreter imports before its script (in-process mode).
+    pub preload: Vec<String>,
 }
 
 impl SandboxSpec {
+    /// The spec of the default image (`--image`), without preloading.
     pub fn new(config: SandboxConfig, instance: String) -> Self {
-        SandboxSpec { config, instance }
+        SandboxSpec {
+            config,
+            instance,
+            preload: Vec::new(),
+        }
+    }
+
+    /// The spec of one served image: the same isolation, that image and its preload.
+    pub fn for_image(config: &SandboxConfig, instance: &str, image: &ImageConfig) -> Self {
+        SandboxSpec {
+            config: SandboxConfig {
+                image: image.tag.clone(),
+                ..config.clone()
+            },
+            instance: instance.to_string(),
+            preload: image.preload.clone(),
+        }
     }
 
     /// The container's command. In-process mode starts the interpreter exactly as
@@ -46,7 +67,13 @@ impl SandboxSpec {
     pub fn command(&self) -> Vec<String> {
         let mut cmd: Vec<String> = vec!["python3".into()];
         match self.config.bootstrap {
-            BootstrapMode::Inprocess => cmd.extend(["-u".into(), "-c".into(), BOOTSTRAP.into()]),
+            BootstrapMode::Inprocess => {
+                cmd.extend(["-u".into(), "-c".into(), BOOTSTRAP.into()]);
+                // Checked module names only (`config::images`): the bootstrap imports them.
+                if !self.preload.is_empty() {
+                    cmd.extend(["preload".into(), self.preload.join(",")]);
+                }
+            }
             BootstrapMode::Exec => cmd.extend([
                 "-I".into(),
                 "-S".into(),
@@ -208,6 +235,26 @@ mod tests {
             host.security_opt.as_deref(),
             Some(&["no-new-privileges".to_string()][..])
         );
+    }
+
+    #[test]
+    fn preloading_is_an_argument_of_the_in_process_bootstrap() {
+        let image = ImageConfig {
+            name: "science".into(),
+            tag: "sci:1".into(),
+            warm: 1,
+            preload: vec!["pandas".into(), "matplotlib.pyplot".into()],
+        };
+        let s = SandboxSpec::for_image(&spec().config, "test", &image);
+        assert_eq!(s.create_body().image.as_deref(), Some("sci:1"));
+        assert_eq!(
+            s.command()[4..],
+            [
+                "preload".to_string(),
+                "pandas,matplotlib.pyplot".to_string()
+            ]
+        );
+        assert_eq!(spec().command().len(), 4, "nothing to preload, no argument");
     }
 
     #[test]

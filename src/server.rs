@@ -85,7 +85,10 @@ async fn prepare(cfg: &Config) -> Result<Ready, ServeError> {
             .map(|b| format!("{b:02x}"))
             .collect(),
         image: cfg.sandbox.image.clone(),
-        sync: fleet::image_sync(&members, &cfg.sandbox.image),
+        sync: fleet::image_sync(
+            &members,
+            &cfg.images.iter().map(|i| i.tag.clone()).collect::<Vec<_>>(),
+        ),
     };
 
     if let Some(dir) = cfg.certs_to_generate() {
@@ -174,11 +177,16 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let bytes = Arc::new(ByteCounters::default());
     let capacity = Capacity {
         max_sessions: cfg.max_sessions,
-        warm: cfg.warm,
+        warm: cfg.warm_total(),
         max_queue: cfg.max_queue,
     };
     let status = Status::new(bytes.clone(), capacity).start();
-    let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
+    // One spec per served image, indexed as `Config::images`.
+    let specs: Vec<Arc<SandboxSpec>> = cfg
+        .images
+        .iter()
+        .map(|image| Arc::new(SandboxSpec::for_image(&cfg.sandbox, &cfg.instance, image)))
+        .collect();
     for m in &ready.members {
         let name = m.spec.name.as_str();
         info!(engine = name, url = %m.spec.url, max_sessions = m.spec.max_sessions, warm = m.spec.warm, "engine configured");
@@ -195,7 +203,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             ready: ctx.address().recipient(),
             orphaned: ctx.address().recipient(),
         };
-        let spawn = Box::new(container::spawner(&engines, spec, bytes.clone(), owner));
+        let spawn = Box::new(container::spawner(&engines, specs, bytes.clone(), owner));
         Supervisor::new(
             cfg.clone(),
             ready.engines,
@@ -262,6 +270,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     info!(
         addr = %local,
         image = %cfg.sandbox.image,
+        images = %cfg.images.iter().map(|i| format!("{}={}", i.name, i.tag)).collect::<Vec<_>>().join(" "),
         max_sessions = cfg.max_sessions,
         warm = cfg.warm,
         max_queue = cfg.max_queue,

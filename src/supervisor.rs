@@ -60,14 +60,30 @@ struct Entry {
     /// resets right after HELLO): then only this copy is left to give the slot back.
     container: Option<(u64, ContainerHandle)>,
     relocation: Relocation,
+    /// The image it asked for (index into `Config::images`); set by `Admit`.
+    image: usize,
+}
+
+/// What a slot's container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Waiting in its image's pool.
+    Spare,
+    /// Serving (or about to serve) a session.
+    Serving,
+    /// A spare of an image nobody queued wants, being removed to free its slot for a
+    /// queued session of another image: without this, slots full of one image's spares
+    /// would keep a session of another image queued forever.
+    Evicted,
 }
 
 struct Slot {
     /// Index into `Supervisor::engines`.
     engine: usize,
+    /// Index into `Config::images`.
+    image: usize,
     container: ContainerHandle,
-    /// Serving (or about to serve) a session, as opposed to waiting in the pool.
-    assigned: bool,
+    role: Role,
 }
 
 /// How often each engine in service is pinged. A dead engine's broken lease connection
@@ -77,17 +93,18 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 /// on a loaded host must not end every session on it. A refused connection counts at once.
 const MAX_SLOW_PINGS: u32 = 2;
 
-/// Starts a container actor for slot `key` on engine `engine` (`warm`: ahead of demand).
-/// The server wires this to `container::spawn`; the unit tests to the same actor on
-/// in-memory engines.
-pub type SpawnContainer = Box<dyn Fn(u64, usize, bool) -> ContainerHandle>;
+/// Starts a container actor for slot `key` on engine `engine`, of image `image` (an index
+/// into `Config::images`; `warm`: ahead of demand). The server wires this to
+/// `container::spawn`; the unit tests to the same actor on in-memory engines.
+pub type SpawnContainer = Box<dyn Fn(u64, usize, usize, bool) -> ContainerHandle>;
 
 /// An engine as the daemon starts with it: joined already (`Ok`: its lease), or not
 /// (`Err`: why; it is tried again from the start).
 pub struct EngineStart {
     pub engine: SharedEngine,
     pub max_sessions: usize,
-    pub warm: usize,
+    /// Spares to keep on this engine, per image (as `Config::images`).
+    pub warm: Vec<usize>,
     pub joined: Result<Lease, EngineError>,
 }
 
@@ -135,7 +152,7 @@ impl Supervisor {
                         retry: REJOIN,
                     },
                 };
-                EngineEntry::new(start.engine, start.max_sessions, start.warm, health)
+                EngineEntry::new(start.engine, start.max_sessions, &start.warm, health)
             })
             .collect();
         Supervisor {
@@ -168,13 +185,18 @@ impl Supervisor {
         self.status.do_send(Gauges {
             running: self.running(),
             queued: self.queue.len(),
-            warm: self.engines.iter().map(|e| e.pool.len()).sum(),
+            warm: self.engines.iter().map(EngineEntry::ready).sum(),
+            // What the pools can hold at once: the spares of all images on an engine
+            // share its slots, and all engines the daemon's. Counting what they want
+            // instead (a full default pool plus an extra image's spare is one more than
+            // the slots) would keep /readyz at "warming" for ever.
             warm_target: self
                 .engines
                 .iter()
                 .filter(|e| e.is_up())
-                .map(|e| e.warm)
-                .sum(),
+                .map(|e| e.warm().min(e.max_sessions))
+                .sum::<usize>()
+                .min(self.cfg.max_sessions),
             clients: self.clients.active(),
         });
         self.status.do_send(EngineGauges(
@@ -184,7 +206,7 @@ impl Supervisor {
                     name: e.name().to_string(),
                     up: e.is_up(),
                     running: e.assigned,
-                    warm: e.pool.len(),
+                    warm: e.ready(),
                     state: match &e.health {
                         Health::Up { .. } => "up".to_string(),
                         Health::Joining => "joining".to_string(),
@@ -195,19 +217,20 @@ impl Supervisor {
         ));
     }
 
-    fn launch(&mut self, engine: usize, assigned: bool) -> (u64, ContainerHandle) {
+    fn launch(&mut self, engine: usize, image: usize, role: Role) -> (u64, ContainerHandle) {
         self.next_key += 1;
         let key = self.next_key;
-        let container = (self.spawn)(key, engine, !assigned);
+        let container = (self.spawn)(key, engine, image, role == Role::Spare);
         let e = &mut self.engines[engine];
         e.containers += 1;
-        e.assigned += assigned as usize;
+        e.assigned += (role == Role::Serving) as usize;
         self.slots.insert(
             key,
             Slot {
                 engine,
+                image,
                 container: container.clone(),
-                assigned,
+                role,
             },
         );
         (key, container)
@@ -217,17 +240,22 @@ impl Supervisor {
         self.slots.len() < self.cfg.max_sessions
     }
 
-    /// A container for a session on an engine other than `avoid`, by the placement
-    /// policy (`engines::pick`).
-    fn take_container(&mut self, avoid: Option<usize>) -> Option<(u64, ContainerHandle)> {
-        let key = match pick(&self.engines, avoid, self.has_room())? {
+    /// A container of `image` for a session on an engine other than `avoid`, by the
+    /// placement policy (`engines::pick`); a cold start only if `cold` allows it.
+    fn take_container(
+        &mut self,
+        image: usize,
+        avoid: Option<usize>,
+        cold: bool,
+    ) -> Option<(u64, ContainerHandle)> {
+        let key = match pick(&self.engines, image, avoid, cold && self.has_room())? {
             Pick::Cold(i) => {
-                let launched = self.launch(i, true);
+                let launched = self.launch(i, image, Role::Serving);
                 self.status.do_send(PoolUse { hit: false });
                 return Some(launched);
             }
-            Pick::Spare(i) => self.engines[i].pool.pop_front(),
-            Pick::Warming(i) => self.engines[i].warming.pop_front(),
+            Pick::Spare(i) => self.engines[i].pools[image].ready.pop_front(),
+            Pick::Warming(i) => self.engines[i].pools[image].warming.pop_front(),
         }
         .expect("pick chose a non-empty pool");
         self.status.do_send(PoolUse { hit: true });
@@ -235,9 +263,50 @@ impl Supervisor {
             .slots
             .get_mut(&key)
             .expect("pooled containers have slots");
-        slot.assigned = true;
+        slot.role = Role::Serving;
         self.engines[slot.engine].assigned += 1;
         Some((key, slot.container.clone()))
+    }
+
+    /// With sessions queued and every slot taken, the spares left serve none of them
+    /// (a spare of a queued session's image is taken at once): remove as many as there
+    /// are queued sessions not yet given a slot being freed, from the fullest pools
+    /// first. Their slots go to the queue when their removal is done.
+    fn evict_for_queue(&mut self) {
+        if self.draining || self.has_room() {
+            return;
+        }
+        let evicting = self
+            .slots
+            .values()
+            .filter(|s| s.role == Role::Evicted)
+            .count();
+        for _ in evicting..self.queue.len() {
+            let fullest = self
+                .engines
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| {
+                    e.pools
+                        .iter()
+                        .enumerate()
+                        .map(move |(p, pool)| (i, p, pool))
+                })
+                .filter(|(_, _, pool)| !pool.is_empty())
+                .max_by_key(|(_, _, pool)| pool.len())
+                .map(|(i, p, _)| (i, p));
+            let Some((i, p)) = fullest else { return };
+            let pool = &mut self.engines[i].pools[p];
+            let key = pool
+                .ready
+                .pop_front()
+                .or_else(|| pool.warming.pop_front())
+                .expect("a non-empty pool");
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.role = Role::Evicted;
+                slot.container.kill.do_send(Kill(KillCause::Discarded));
+            }
+        }
     }
 
     /// Takes engine `i` out of service: its spares and running containers are given up at
@@ -257,8 +326,10 @@ impl Supervisor {
             retry: e.rejoin,
         };
         e.rejoin = (e.rejoin * 2).min(MAX_REJOIN);
-        e.pool.clear();
-        e.warming.clear();
+        for pool in &mut e.pools {
+            pool.ready.clear();
+            pool.warming.clear();
+        }
         e.slow_pings = 0;
         for slot in self.slots.values().filter(|s| s.engine == i) {
             slot.container.kill.do_send(Kill(KillCause::EngineLost));
@@ -406,30 +477,40 @@ impl Supervisor {
         if self.draining || !self.queue.is_empty() {
             return;
         }
+        let images = self.cfg.images.len();
         loop {
-            let Some(i) = (0..self.engines.len())
-                .filter(|i| self.engines[*i].wants_spare())
-                .min_by_key(|i| self.engines[*i].pool.len() + self.engines[*i].warming.len())
+            // The emptiest pool first, over engines and images, so that with fewer slots
+            // than spares wanted every image gets its share; the default image on a tie.
+            let Some((i, image)) = (0..images)
+                .flat_map(|image| (0..self.engines.len()).map(move |i| (i, image)))
+                .filter(|(i, image)| self.engines[*i].wants_spare(*image))
+                .min_by_key(|(i, image)| self.engines[*i].pools[*image].len())
             else {
                 return;
             };
             if !self.has_room() {
                 return;
             }
-            let (key, _) = self.launch(i, false);
-            self.engines[i].warming.push_back(key);
+            let (key, _) = self.launch(i, image, Role::Spare);
+            self.engines[i].pools[image].warming.push_back(key);
         }
     }
 
     /// Admits queued sessions while containers are available, then tells the rest their
-    /// place.
+    /// place. In queue order; one whose image has no spare and finds no room is passed
+    /// over by those behind it only for a spare of their own image, which it could not
+    /// have used.
     fn advance_queue(&mut self) {
         let mut moved = false;
-        while !self.draining && !self.queue.is_empty() {
-            let Some((key, container)) = self.take_container(None) else {
-                break;
+        let mut at = 0;
+        while !self.draining && at < self.queue.len() {
+            let id = self.queue[at];
+            let image = self.sessions.get(&id).map_or(0, |e| e.image);
+            let Some((key, container)) = self.take_container(image, None, true) else {
+                at += 1;
+                continue;
             };
-            let id = self.queue.pop_front().expect("queue is not empty");
+            self.queue.remove(at);
             moved = true;
             match self.sessions.get_mut(&id) {
                 Some(entry) => {
@@ -444,6 +525,7 @@ impl Supervisor {
         if moved {
             self.tell_positions(0);
         }
+        self.evict_for_queue();
         self.fill_pool();
         self.gauges();
     }
@@ -472,8 +554,8 @@ impl Supervisor {
             }
         }
         // Spares serve nobody now.
-        for e in &mut self.engines {
-            for key in e.pool.drain(..).chain(e.warming.drain(..)) {
+        for pool in self.engines.iter_mut().flat_map(|e| e.pools.iter_mut()) {
+            for key in pool.ready.drain(..).chain(pool.warming.drain(..)) {
                 if let Some(slot) = self.slots.get(&key) {
                     slot.container.kill.do_send(Kill(KillCause::Discarded));
                 }
@@ -540,8 +622,9 @@ impl Supervisor {
             return; // its session is gone: nobody to serve
         };
         let allowed = self.sessions[&id].relocation == Relocation::Allowed && !self.draining;
+        let image = self.sessions[&id].image;
         let replacement = match allowed {
-            true => self.take_container(Some(failed_on)),
+            true => self.take_container(image, Some(failed_on), true),
             false => None,
         };
         let entry = self.sessions.get_mut(&id).expect("found above");
@@ -616,6 +699,7 @@ impl Handler<Register> for Supervisor {
                 client: msg.client,
                 container: None,
                 relocation: Relocation::Allowed,
+                image: 0,
             },
         );
     }
@@ -652,7 +736,7 @@ impl Handler<Unregister> for Supervisor {
 impl Handler<Admit> for Supervisor {
     type Result = Admission;
 
-    fn handle(&mut self, Admit { id }: Admit, _: &mut Context<Self>) -> Admission {
+    fn handle(&mut self, Admit { id, image }: Admit, _: &mut Context<Self>) -> Admission {
         if self.draining {
             return Admission::ShuttingDown;
         }
@@ -674,11 +758,18 @@ impl Handler<Admit> for Supervisor {
         if let Err(refusal) = self.clients.admit(&client, Instant::now()) {
             return Admission::Limited(refusal);
         }
-        let container = match self.queue.is_empty() {
-            true => self.take_container(None),
-            false => None,
+        // A bad index is the Session's bug; the default image is the safe reading of it.
+        let image = if image < self.cfg.images.len() {
+            image
+        } else {
+            0
         };
+        // With a queue, only a spare of this image (which nobody queued could use): the
+        // next free slot is the queue's.
+        let cold = self.queue.is_empty();
+        let container = self.take_container(image, None, cold);
         let entry = self.sessions.get_mut(&id).expect("checked above");
+        entry.image = image;
         if let Some((key, container)) = container {
             entry.state = SessionState::Running;
             entry.container = Some((key, container.clone()));
@@ -688,6 +779,7 @@ impl Handler<Admit> for Supervisor {
         } else if self.queue.len() < self.cfg.max_queue {
             entry.state = SessionState::Queued;
             self.queue.push_back(id);
+            self.evict_for_queue();
             self.gauges();
             Admission::Queued(self.queue.len() as u32)
         } else {
@@ -710,8 +802,8 @@ impl Handler<ContainerGone> for Supervisor {
         let i = slot.engine;
         let e = &mut self.engines[i];
         e.containers -= 1;
-        e.assigned -= slot.assigned as usize;
-        e.pool.retain(|k| *k != gone.key);
+        e.assigned -= (slot.role == Role::Serving) as usize;
+        e.pools[slot.image].ready.retain(|k| *k != gone.key);
         if let Some(id) = gone.leaked {
             e.orphans.push(id);
         }
@@ -724,10 +816,11 @@ impl Handler<ContainerGone> for Supervisor {
         if start_failed {
             e.start_failures += 1;
         }
-        if let Some(pos) = e.warming.iter().position(|k| *k == gone.key) {
+        let warming = &mut e.pools[slot.image].warming;
+        if let Some(pos) = warming.iter().position(|k| *k == gone.key) {
             // A spare that never became ready: its start failed. Back off before the
             // next refill instead of hammering an engine that is failing.
-            e.warming.remove(pos);
+            warming.remove(pos);
             if let Refill::Open { backoff } = e.refill {
                 if !self.draining && e.is_up() {
                     e.refill = Refill::Paused { backoff };
@@ -766,7 +859,7 @@ impl Handler<ContainerGone> for Supervisor {
             );
         }
         if let Some(failure) = gone.unreported {
-            if slot.assigned {
+            if slot.role == Role::Serving {
                 self.relocate(gone.key, i, failure);
             }
         }
@@ -783,15 +876,16 @@ impl Handler<ContainerReady> for Supervisor {
             return;
         };
         let e = &mut self.engines[slot.engine];
+        let pool = &mut e.pools[slot.image];
         let (from, to) = if msg.ready {
             e.refill = Refill::Open {
                 backoff: REFILL_BACKOFF,
             };
             e.start_failures = 0;
             e.rejoin = REJOIN;
-            (&mut e.warming, &mut e.pool)
+            (&mut pool.warming, &mut pool.ready)
         } else {
-            (&mut e.pool, &mut e.warming)
+            (&mut pool.ready, &mut pool.warming)
         };
         if let Some(pos) = from.iter().position(|k| *k == msg.key) {
             from.remove(pos);

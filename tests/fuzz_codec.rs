@@ -214,6 +214,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         ErrorCode::Shutdown,
         ErrorCode::Limited,
         ErrorCode::Internal,
+        ErrorCode::Image,
         ErrorCode::Unknown,
     ])
 }
@@ -226,9 +227,9 @@ fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..6), proptest::option::of(text()), text())
-            .prop_map(|(version, script_size, args, name, client)| Frame::Hello(from_json(
-                serde_json::json!({"version": version, "script_size": script_size, "args": args, "name": name, "client": client})
+        (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..6), proptest::option::of(text()), text(), proptest::option::of(text()))
+            .prop_map(|(version, script_size, args, name, client, image)| Frame::Hello(from_json(
+                serde_json::json!({"version": version, "script_size": script_size, "args": args, "name": name, "client": client, "image": image})
             ))),
         small_bytes().prop_map(Frame::Script),
         small_bytes()

@@ -106,12 +106,14 @@ fn run(loaded: &Loaded) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::BuildImage(args)) => {
+            let recipe =
+                image::Recipe::from_args(args).map_err(|e| Failure::Config(e.to_string()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
                 let docker = docker::connect().await?;
-                image::build(&docker, &args.tag, &args.suite).await?;
+                image::build(&docker, &args.tag, &recipe).await?;
                 anyhow::Ok(())
             })?;
             println!("{}", args.tag);

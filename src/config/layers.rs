@@ -15,6 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches};
 
 use super::engines::{EngineTable, EngineTables};
+use super::images::{ImageTable, ImageTables};
 use super::{Cli, Command, ConfigError, ServeArgs, DEFAULT_CONFIG};
 
 /// Where a setting's value came from.
@@ -125,21 +126,31 @@ fn words_for(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<String>, String
     Ok(vec![flag, scalar])
 }
 
-/// Reads `[[engine]]` tables: each a table of its own keys, not a flag's value.
-fn engine_tables(path: &Path, items: &[toml::Value]) -> Result<Vec<EngineTable>, LoadError> {
+/// Reads `[[engine]]` or `[[extra_image]]` tables: each a table of its own keys, not a flag's
+/// value.
+fn tables_of<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+    items: &[toml::Value],
+) -> Result<Vec<T>, LoadError> {
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.clone()
-                .try_into::<EngineTable>()
-                .map_err(|e| LoadError::Key {
-                    file: path.to_owned(),
-                    key: format!("engine #{}", i + 1),
-                    reason: e.to_string().trim().replace('\n', " "),
-                })
+            item.clone().try_into::<T>().map_err(|e| LoadError::Key {
+                file: path.to_owned(),
+                key: format!("{kind} #{}", i + 1),
+                reason: e.to_string().trim().replace('\n', " "),
+            })
         })
         .collect()
+}
+
+/// The file's tables, which are not flags.
+#[derive(Default)]
+struct Tables {
+    engines: EngineTables,
+    images: ImageTables,
 }
 
 /// Reads the file and returns the words to append for the keys no higher layer set.
@@ -147,7 +158,7 @@ fn file_words(
     path: &Path,
     given: &ArgMatches,
     from_file: &mut HashSet<String>,
-    tables: &mut EngineTables,
+    tables: &mut Tables,
 ) -> Result<Vec<String>, LoadError> {
     let file_err = |reason: String| LoadError::File {
         file: path.to_owned(),
@@ -160,12 +171,23 @@ fn file_words(
     let parser = file_parser();
     let mut words = Vec::new();
     for (key, value) in &table {
-        if let ("engine", toml::Value::Array(items)) = (key.as_str(), value) {
+        if let toml::Value::Array(items) = value {
             if items.iter().any(toml::Value::is_table) {
-                tables.file = Some(path.to_owned());
-                tables.tables = engine_tables(path, items)?;
-                from_file.insert(key.clone());
-                continue;
+                match key.as_str() {
+                    "engine" => {
+                        tables.engines.file = Some(path.to_owned());
+                        tables.engines.tables = tables_of::<EngineTable>(path, key, items)?;
+                    }
+                    "extra_image" => {
+                        tables.images.file = Some(path.to_owned());
+                        tables.images.tables = tables_of::<ImageTable>(path, key, items)?;
+                    }
+                    _ => {}
+                }
+                if matches!(key.as_str(), "engine" | "extra_image") {
+                    from_file.insert(key.clone());
+                    continue;
+                }
             }
         }
         let key_err = |reason: String| LoadError::Key {
@@ -231,7 +253,7 @@ pub fn load(argv: impl IntoIterator<Item = OsString>) -> Result<Loaded, LoadErro
         None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
     };
     let mut from_file = HashSet::new();
-    let mut tables = EngineTables::default();
+    let mut tables = Tables::default();
     let words = match &file {
         Some(path) => file_words(path, given, &mut from_file, &mut tables)?,
         None => Vec::new(),
@@ -242,10 +264,14 @@ pub fn load(argv: impl IntoIterator<Item = OsString>) -> Result<Loaded, LoadErro
     let mut cli = Cli::from_arg_matches(&matches)?;
     match &mut cli.command {
         Some(Command::Serve(args)) | Some(Command::CheckConfig(args)) => {
-            args.engine_tables = tables
+            args.engine_tables = tables.engines;
+            args.image_tables = tables.images;
         }
         Some(_) => {}
-        None => cli.serve.engine_tables = tables,
+        None => {
+            cli.serve.engine_tables = tables.engines;
+            cli.serve.image_tables = tables.images;
+        }
     }
     let serve = serve_matches(&matches).expect("same subcommand as before");
     let settings = Cli::command()
@@ -324,9 +350,38 @@ impl Loaded {
                 "cert" => Some(cfg.cert.display().to_string()),
                 "key" => Some(cfg.key.display().to_string()),
                 "warm" => Some(cfg.warm.to_string()),
+                // The images as resolved, `[[extra_image]]` tables included.
+                "extra_image" => Some(
+                    cfg.images[1..]
+                        .iter()
+                        .map(|i| format!("{}={}", i.name, i.tag))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                "image_warm" => Some(
+                    cfg.images
+                        .iter()
+                        .map(|i| format!("{}={}", i.name, i.warm))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                "preload" => Some(
+                    cfg.images
+                        .iter()
+                        .filter(|i| !i.preload.is_empty())
+                        .map(|i| format!("{}={}", i.name, i.preload.join(",")))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
                 _ => None,
             };
+            // The images are shown as resolved wherever they were set: a table of the
+            // file has no flag value to show.
+            let resolved = matches!(s.key.as_str(), "extra_image" | "image_warm" | "preload");
             let (value, origin) = match (&s.origin, derived) {
+                (origin, Some(v)) if resolved && *origin != Origin::Unset => {
+                    (format!("{v:?}"), origin.to_string())
+                }
                 (Origin::Unset, Some(v)) => (format!("{v:?}"), "default".to_string()),
                 (Origin::Unset, None) => ("-".to_string(), s.origin.to_string()),
                 (origin, _) => (format!("{:?}", s.value), origin.to_string()),
@@ -492,6 +547,44 @@ mod tests {
             "{}",
             loaded.explain(&err)
         );
+    }
+
+    #[test]
+    fn image_tables_and_keys_come_from_the_file() {
+        let loaded = load_with(
+            "image = \"pyexec/sandbox:bookworm-1\"\n[[extra_image]]\nname = \"science\"\ntag = \"pyexec/sandbox:science\"\nwarm = 2\npreload = [\"pandas\", \"matplotlib.pyplot\"]\n",
+            &[],
+        )
+        .unwrap();
+        let cfg = loaded.cli.serve.clone().resolve().unwrap();
+        assert_eq!(cfg.images.len(), 2);
+        assert_eq!(
+            (cfg.images[1].name.as_str(), cfg.images[1].warm),
+            ("science", 2)
+        );
+        assert_eq!(cfg.images[1].preload, ["pandas", "matplotlib.pyplot"]);
+        let shown = loaded.render(&cfg);
+        assert!(
+            shown.contains("\"science=pyexec/sandbox:science\"")
+                && shown.contains("\"default=8 science=2\""),
+            "{shown}"
+        );
+        let loaded =
+            load_with("extra_image = [\"science=pyexec/sandbox:science\"]\n", &[]).unwrap();
+        let cfg = loaded.cli.serve.clone().resolve().unwrap();
+        assert_eq!(cfg.images[1].tag, "pyexec/sandbox:science");
+        assert_eq!(cfg.warm_total(), 8, "the pools within the slots");
+        let loaded = load_with("extra_image = [\"science\"]\n", &[]).unwrap();
+        let err = loaded.cli.serve.clone().resolve().unwrap_err();
+        assert!(
+            loaded
+                .explain(&err)
+                .contains("pyexecd.toml: key `extra_image`: `science`: expected NAME=TAG"),
+            "{}",
+            loaded.explain(&err)
+        );
+        let err = load_with("[[extra_image]]\nname = \"x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("key `extra_image #1`"), "{err}");
     }
 
     #[test]

@@ -19,9 +19,11 @@ use clap::{Args, Parser, Subcommand};
 pub use pyexec_client::units::{format_duration, format_size, parse_duration, parse_size};
 
 pub mod engines;
+pub mod images;
 pub mod layers;
 
 use engines::{EngineArgs, EngineSpec, EngineTables};
+use images::{ImageArgs, ImageConfig, ImageTables};
 
 /// The sandbox image `build-image` makes and `pyexecd` uses unless told otherwise. The
 /// suffix is the recipe's version: a changed recipe gets a new tag, so an old image is
@@ -55,7 +57,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a CA and a server certificate signed by it.
     GenCerts(GenCertsArgs),
-    /// Build the default sandbox image from Debian packages, without any registry.
+    /// Build a sandbox image from Debian packages, without any registry (the default
+    /// image, or one with more packages: --packages, --pip, --tag).
     BuildImage(BuildImageArgs),
     /// Validate the configuration and print every value with where it came from.
     CheckConfig(Box<ServeArgs>),
@@ -96,6 +99,29 @@ pub struct ServeArgs {
     /// Sandbox image. The default is built on first use; others are pulled if absent.
     #[arg(long, env = "PYEXECD_IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
+    /// Another image sessions may ask for by name (`pyexec --image NAME`): NAME=TAG,
+    /// repeatable. Put on every engine at start (copied, never pulled when present).
+    #[arg(
+        long = "extra-image",
+        env = "PYEXECD_EXTRA_IMAGE",
+        value_name = "NAME=TAG",
+        value_delimiter = ','
+    )]
+    pub extra_images: Vec<String>,
+    /// Warm spares of one image, NAME=N (repeatable; `default` is --image's, as --warm).
+    /// Default: 1 for an extra image (0 with --warm 0).
+    #[arg(
+        long = "image-warm",
+        env = "PYEXECD_IMAGE_WARM",
+        value_name = "NAME=N",
+        value_delimiter = ','
+    )]
+    pub image_warm: Vec<String>,
+    /// Modules a warm container of an image imports before its script arrives, so that
+    /// the script's own import costs nothing: [NAME=]MODULE,MODULE (repeatable, one per
+    /// image; no NAME is the default image). Only with --bootstrap inprocess.
+    #[arg(long, env = "PYEXECD_PRELOAD", value_name = "[NAME=]MODULES")]
+    pub preload: Vec<String>,
     /// Scripts running at once; further sessions queue.
     #[arg(long, env = "PYEXECD_MAX_SESSIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_sessions: u32,
@@ -226,6 +252,9 @@ pub struct ServeArgs {
     /// The config file's `[[engine]]` tables (not a flag).
     #[arg(skip)]
     pub engine_tables: EngineTables,
+    /// The config file's `[[extra_image]]` tables (not a flag).
+    #[arg(skip)]
+    pub image_tables: ImageTables,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -265,12 +294,21 @@ pub struct GenCertsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BuildImageArgs {
-    /// Tag of the image to build.
+    /// Tag of the image to build. Nothing is done when it exists already (a changed
+    /// recipe needs a new tag).
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub tag: String,
     /// Debian suite to build from.
     #[arg(long, default_value = "bookworm")]
     pub suite: String,
+    /// More Debian packages, e.g. python3-numpy,python3-pandas,python3-matplotlib
+    /// (repeatable or comma-separated). Needs a --tag of its own.
+    #[arg(long, value_name = "PKG,PKG", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// A pip requirements file, installed from the Python package index at build time
+    /// (sessions still have no network). Needs a --tag of its own.
+    #[arg(long, value_name = "FILE")]
+    pub pip: Option<PathBuf>,
 }
 
 /// The daemon's effective settings, resolved from `ServeArgs`.
@@ -307,6 +345,9 @@ pub struct Config {
     pub instance: String,
     /// The engines to run sandboxes on, at least one.
     pub engines: Vec<EngineSpec>,
+    /// The images served, `--image` first (named `images::DEFAULT_NAME`); its `warm` is
+    /// `warm` above.
+    pub images: Vec<ImageConfig>,
 }
 
 /// Limits and isolation applied to every sandbox container.
@@ -355,6 +396,16 @@ impl Config {
     pub fn certs_to_generate(&self) -> Option<&Path> {
         (self.default_certs && !self.cert.exists() && !self.key.exists())
             .then(|| self.cert.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The spares of every image together, within the slots: what the pools hold when
+    /// full (`/metrics`' warm capacity).
+    pub fn warm_total(&self) -> usize {
+        self.images
+            .iter()
+            .map(|i| i.warm)
+            .sum::<usize>()
+            .min(self.max_sessions)
     }
 }
 
@@ -408,7 +459,15 @@ impl ServeArgs {
                 "use letters, digits, '-', '_' and '.' only",
             ));
         }
-        let warm = warm_pool_size(self.warm, self.max_sessions) as usize;
+        // `--image-warm default=N` is `--warm N` by another name.
+        let default_warm = self
+            .image_warm
+            .iter()
+            .filter_map(|w| w.split_once('='))
+            .find(|(name, _)| name.trim() == images::DEFAULT_NAME)
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .or(self.warm);
+        let warm = warm_pool_size(default_warm, self.max_sessions) as usize;
         let engines = engines::resolve(
             EngineArgs {
                 urls: &self.engines,
@@ -425,6 +484,30 @@ impl ServeArgs {
             .map(|e| e.warm)
             .sum::<usize>()
             .min(self.max_sessions as usize);
+        let mut images = images::resolve(
+            ImageArgs {
+                image: &self.image,
+                extra: &self.extra_images,
+                warm: &self.image_warm,
+                preload: &self.preload,
+                default_warm: warm,
+                max_sessions: self.max_sessions as usize,
+            },
+            &self.image_tables,
+        )?;
+        images[0].warm = warm;
+        if self.bootstrap == BootstrapMode::Exec {
+            if let Some(image) = images.iter().find(|i| !i.preload.is_empty()) {
+                return Err(err(
+                    "preload",
+                    &format!(
+                        "image `{}`: preloading needs --bootstrap inprocess (exec starts a \
+                         fresh interpreter for the script)",
+                        image.name
+                    ),
+                ));
+            }
+        }
         let default_certs = self.cert.is_none() && self.key.is_none();
         let defaults = crate::certs::CertPaths::in_dir(Path::new(DEFAULT_CERT_DIR));
         Ok(Config {
@@ -471,6 +554,7 @@ impl ServeArgs {
             },
             instance: self.instance,
             engines,
+            images,
         })
     }
 }

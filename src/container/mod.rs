@@ -69,25 +69,31 @@ pub struct Owner {
 }
 
 /// The Supervisor's spawner: a container of slot `key` on engine number `engine` of
-/// `engines`, started ahead of demand when `warm`.
+/// `engines`, of image number `image` of `specs`, started ahead of demand when `warm`.
 pub fn spawner(
     engines: &[SharedEngine],
-    spec: Arc<SandboxSpec>,
+    specs: Vec<Arc<SandboxSpec>>,
     bytes: Arc<ByteCounters>,
     owner: Owner,
-) -> impl Fn(u64, usize, bool) -> ContainerHandle {
+) -> impl Fn(u64, usize, usize, bool) -> ContainerHandle {
     let deps: Vec<ContainerDeps> = engines
         .iter()
         .map(|engine| ContainerDeps {
             engine: engine.clone(),
-            spec: spec.clone(),
+            spec: specs[0].clone(),
             bytes: bytes.clone(),
             gone: owner.gone.clone(),
             ready: owner.ready.clone(),
             orphaned: owner.orphaned.clone(),
         })
         .collect();
-    move |key, engine, warm| spawn(deps[engine].clone(), key, warm)
+    move |key, engine, image, warm| {
+        let deps = ContainerDeps {
+            spec: specs[image].clone(),
+            ..deps[engine].clone()
+        };
+        spawn(deps, key, warm)
+    }
 }
 
 /// Starts a container actor; what the Supervisor's spawner calls.

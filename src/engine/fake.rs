@@ -55,6 +55,18 @@ pub(crate) struct FakeState {
     pub present: Vec<String>,
     /// Of those, the ones whose bootstrap waits for its script.
     pub idle: Vec<String>,
+    /// The image of every container created, by ID.
+    pub images: BTreeMap<String, String>,
+}
+
+impl FakeState {
+    /// Idle containers of `image`: the spares of that image's pool.
+    pub fn idle_of(&self, image: &str) -> usize {
+        self.idle
+            .iter()
+            .filter(|id| self.images.get(*id).is_some_and(|i| i == image))
+            .count()
+    }
 }
 
 struct Container {
@@ -231,7 +243,7 @@ impl FakeEngine {
             .ok_or_else(|| not_found(id))
     }
 
-    fn launch_now(&self) -> Result<Launched, LaunchFailed> {
+    fn launch_now(&self, image: &str) -> Result<Launched, LaunchFailed> {
         let mut inner = self.inner();
         inner.state.launches.push(Instant::now());
         if !inner.up {
@@ -244,6 +256,7 @@ impl FakeEngine {
         }
         inner.next_id += 1;
         let id = format!("fake{:04}", inner.next_id);
+        inner.state.images.insert(id.clone(), image.to_string());
         let (signals, signals_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit) = watch::channel(None);
         let mut container = Container {
@@ -291,9 +304,9 @@ impl Engine for FakeEngine {
         &self.0.name
     }
 
-    fn launch(&self, _: Arc<SandboxSpec>) -> BoxFuture<'static, Result<Launched, LaunchFailed>> {
+    fn launch(&self, spec: Arc<SandboxSpec>) -> BoxFuture<'static, Result<Launched, LaunchFailed>> {
         let delay = self.inner().launch_delay;
-        let result = self.launch_now();
+        let result = self.launch_now(&spec.config.image);
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

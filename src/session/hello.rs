@@ -81,7 +81,28 @@ impl Session {
         if hello.probe && hello.script_size != 0 {
             return Err((ErrorCode::Protocol, "a probe carries no script".into()));
         }
+        self.image_index(hello)?;
         Ok(())
+    }
+
+    /// The image HELLO names, as an index into `Config::images`; no name is the default.
+    fn image_index(&self, hello: &Hello) -> Result<usize, (ErrorCode, String)> {
+        let images = &self.cfg().images;
+        let Some(name) = hello.image.as_deref() else {
+            return Ok(0);
+        };
+        images.iter().position(|i| i.name == name).ok_or_else(|| {
+            let offered: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+            // The name is the client's: shown escaped and cut, never as raw bytes.
+            let shown: String = name.chars().take(64).collect();
+            (
+                ErrorCode::Image,
+                format!(
+                    "unknown image {shown:?}; this server offers: {}",
+                    offered.join(", ")
+                ),
+            )
+        })
     }
 
     /// WELCOME, with the limits that apply and the features granted (protocol §10.1);
@@ -118,7 +139,15 @@ impl Session {
     /// Asks the Supervisor for a slot. The reply may come after the session has stopped
     /// (then it is never read: the Supervisor takes the container back on Unregister).
     fn ask_admission(&mut self, ctx: &mut Context<Self>) {
-        let admit = self.deps.supervisor.admit.send(Admit { id: self.id });
+        let image = match &self.hello {
+            Some(hello) => self.image_index(hello).unwrap_or(0),
+            None => 0,
+        };
+        let admit = self
+            .deps
+            .supervisor
+            .admit
+            .send(Admit { id: self.id, image });
         ctx.spawn(admit.into_actor(self).map(|res, act, ctx| match res {
             Ok(Admission::Granted(container)) => act.admitted(container, ctx),
             // `Admitted` may overtake this reply: then the session is no longer queued.

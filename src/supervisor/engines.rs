@@ -1,6 +1,6 @@
-//! The Supervisor's view of each engine: its health, its warm pool, its share of the
-//! slots, and the placement policy that picks an engine for a session. Pure state, no
-//! actor: the policy is unit-tested on its own.
+//! The Supervisor's view of each engine: its health, its warm pools (one per image), its
+//! share of the slots, and the placement policy that picks an engine for a session. Pure
+//! state, no actor: the policy is unit-tested on its own.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -49,21 +49,47 @@ pub enum Refill {
     },
 }
 
+/// One image's spares on one engine. Slots are the engine's and the daemon's; only the
+/// spares are per image, since a spare of one image cannot serve a session of another.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Warm containers of this image to keep here.
+    pub warm: usize,
+    /// Ready for a script, oldest first.
+    pub ready: VecDeque<u64>,
+    /// Still starting.
+    pub warming: VecDeque<u64>,
+}
+
+impl Pool {
+    pub fn new(warm: usize) -> Self {
+        Pool {
+            warm,
+            ..Default::default()
+        }
+    }
+
+    /// Spares, ready or starting.
+    pub fn len(&self) -> usize {
+        self.ready.len() + self.warming.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One engine, as the Supervisor drives it.
 pub struct EngineEntry {
     pub engine: SharedEngine,
     /// Containers (running or warm) on this engine at most.
     pub max_sessions: usize,
-    /// Warm containers to keep here.
-    pub warm: usize,
+    /// The spares of each image (by index into `Config::images`).
+    pub pools: Vec<Pool>,
     pub health: Health,
     /// Bumped each time the engine leaves service, so that the answer of a join, a ping
     /// or a lease watch started before that is recognised as stale and ignored.
     pub generation: u64,
-    /// Warm containers ready for a script, oldest first.
-    pub pool: VecDeque<u64>,
-    /// Warm containers still starting.
-    pub warming: VecDeque<u64>,
     pub refill: Refill,
     /// Consecutive launches this engine answered with an error.
     pub start_failures: u32,
@@ -81,15 +107,14 @@ pub struct EngineEntry {
 }
 
 impl EngineEntry {
-    pub fn new(engine: SharedEngine, max_sessions: usize, warm: usize, health: Health) -> Self {
+    /// `warm`: the spares to keep here of each image.
+    pub fn new(engine: SharedEngine, max_sessions: usize, warm: &[usize], health: Health) -> Self {
         EngineEntry {
             engine,
             max_sessions,
-            warm,
+            pools: warm.iter().map(|w| Pool::new(*w)).collect(),
             health,
             generation: 0,
-            pool: VecDeque::new(),
-            warming: VecDeque::new(),
             refill: Refill::Open {
                 backoff: REFILL_BACKOFF,
             },
@@ -114,12 +139,22 @@ impl EngineEntry {
         self.containers < self.max_sessions
     }
 
-    /// Wants another warm container (room and the pool permitting).
-    pub fn wants_spare(&self) -> bool {
+    /// Wants another warm container of `image` (room and the pool permitting).
+    pub fn wants_spare(&self, image: usize) -> bool {
         self.is_up()
             && matches!(self.refill, Refill::Open { .. })
             && self.has_room()
-            && self.pool.len() + self.warming.len() < self.warm
+            && self.pools[image].len() < self.pools[image].warm
+    }
+
+    /// Ready spares, of every image.
+    pub fn ready(&self) -> usize {
+        self.pools.iter().map(|p| p.ready.len()).sum()
+    }
+
+    /// Spares to keep here, of every image.
+    pub fn warm(&self) -> usize {
+        self.pools.iter().map(|p| p.warm).sum()
     }
 
     /// Sessions served per slot: what "least loaded" compares, so that engines of
@@ -141,14 +176,20 @@ pub enum Pick {
     Cold(usize),
 }
 
-/// The placement policy (docs/scaling.md): among the engines in service, other than
-/// `avoid`, a ready spare first, then one still starting, then a cold start where there
-/// is room; within each, the least loaded engine (sessions per slot), the first listed on
-/// a tie. A warm spare wins over load because it is a session started in milliseconds
-/// instead of hundreds; load decides among equals so that a failing engine's share of
-/// sessions is small and every engine's pool is drawn on. `room` says whether the
-/// daemon-wide cap allows one more container.
-pub fn pick(engines: &[EngineEntry], avoid: Option<usize>, room: bool) -> Option<Pick> {
+/// The placement policy (docs/scaling.md) for a session of `image`: among the engines in
+/// service, other than `avoid`, a ready spare of that image first, then one still
+/// starting, then a cold start where there is room; within each, the least loaded engine
+/// (sessions per slot), the first listed on a tie. A warm spare wins over load because it
+/// is a session started in milliseconds instead of hundreds; load decides among equals so
+/// that a failing engine's share of sessions is small and every engine's pool is drawn
+/// on. `room` says whether the daemon-wide cap allows one more container (and the
+/// session may have it).
+pub fn pick(
+    engines: &[EngineEntry],
+    image: usize,
+    avoid: Option<usize>,
+    room: bool,
+) -> Option<Pick> {
     let candidates = || {
         engines
             .iter()
@@ -159,10 +200,10 @@ pub fn pick(engines: &[EngineEntry], avoid: Option<usize>, room: bool) -> Option
         it.min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()))
             .map(|(i, _)| i)
     };
-    if let Some(i) = least(&mut candidates().filter(|(_, e)| !e.pool.is_empty())) {
+    if let Some(i) = least(&mut candidates().filter(|(_, e)| !e.pools[image].ready.is_empty())) {
         return Some(Pick::Spare(i));
     }
-    if let Some(i) = least(&mut candidates().filter(|(_, e)| !e.warming.is_empty())) {
+    if let Some(i) = least(&mut candidates().filter(|(_, e)| !e.pools[image].warming.is_empty())) {
         return Some(Pick::Warming(i));
     }
     if !room {
@@ -189,17 +230,17 @@ mod tests {
                 retry: Duration::from_secs(1),
             },
         };
-        let mut e = EngineEntry::new(Arc::new(FakeEngine::named(name)), max, max, health);
+        let mut e = EngineEntry::new(Arc::new(FakeEngine::named(name)), max, &[max, 1], health);
         e.assigned = assigned;
         e.containers = assigned + pool;
-        e.pool = (0..pool as u64).collect();
+        e.pools[0].ready = (0..pool as u64).collect();
         e
     }
 
     #[test]
     fn a_warm_spare_beats_a_less_loaded_engine() {
         let engines = [entry("a", 4, 0, 0, true), entry("b", 4, 3, 1, true)];
-        assert_eq!(pick(&engines, None, true), Some(Pick::Spare(1)));
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Spare(1)));
     }
 
     #[test]
@@ -210,9 +251,9 @@ mod tests {
             entry("c", 4, 1, 0, true),
         ];
         // b: 2/8 = 0.25, c: 1/4 = 0.25, a: 0.5; the first listed wins a tie.
-        assert_eq!(pick(&engines, None, true), Some(Pick::Cold(1)));
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Cold(1)));
         let engines = [entry("a", 4, 1, 1, true), entry("b", 4, 0, 1, true)];
-        assert_eq!(pick(&engines, None, true), Some(Pick::Spare(1)));
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Spare(1)));
     }
 
     #[test]
@@ -222,12 +263,25 @@ mod tests {
             entry("full", 2, 2, 0, true),
             entry("ok", 4, 3, 0, true),
         ];
-        assert_eq!(pick(&engines, None, true), Some(Pick::Cold(2)));
-        assert_eq!(pick(&engines, Some(2), true), None);
-        assert_eq!(pick(&engines, None, false), None, "no daemon-wide room");
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Cold(2)));
+        assert_eq!(pick(&engines, 0, Some(2), true), None);
+        assert_eq!(pick(&engines, 0, None, false), None, "no daemon-wide room");
         let mut warming = entry("w", 4, 0, 0, true);
-        warming.warming.push_back(9);
+        warming.pools[0].warming.push_back(9);
         let engines = [entry("ok", 4, 0, 0, true), warming];
-        assert_eq!(pick(&engines, None, true), Some(Pick::Warming(1)));
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Warming(1)));
+    }
+
+    #[test]
+    fn only_a_spare_of_the_session_s_image_is_taken() {
+        let mut science = entry("b", 4, 3, 0, true);
+        science.pools[1].ready.push_back(7);
+        let engines = [entry("a", 4, 0, 2, true), science];
+        // Image 1: b's spare though b is busier; image 0: a's spares, not b's of image 1.
+        assert_eq!(pick(&engines, 1, None, true), Some(Pick::Spare(1)));
+        assert_eq!(pick(&engines, 0, None, true), Some(Pick::Spare(0)));
+        let engines = [entry("a", 4, 0, 2, true)];
+        assert_eq!(pick(&engines, 1, None, true), Some(Pick::Cold(0)));
+        assert_eq!(pick(&engines, 1, None, false), None, "no room, no spare");
     }
 }

@@ -78,6 +78,8 @@ pub struct Request {
     pub get: Vec<String>,
     /// Where result files are written (default: the current directory).
     pub out_dir: Option<PathBuf>,
+    /// The server's image to run in, by name; `None` is its default.
+    pub image: Option<String>,
 }
 
 /// Requests from the user while the script runs.
@@ -265,6 +267,7 @@ pub async fn probe(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
             probe: true,
             features: Vec::new(),
             files: None,
+            image: None,
         }))
         .await?;
     let mut welcome = None;
@@ -331,6 +334,7 @@ where
             Vec::new()
         },
         files: files_hello,
+        image: req.image,
     };
     check_hello(&hello)?;
     let out_dir = files::OutDir::new(req.out_dir.clone().unwrap_or_else(|| PathBuf::from(".")));

@@ -133,6 +133,10 @@ pub struct Hello {
     /// those to send back. Read only when the feature is granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesHello>,
+    /// The image to run in, by the name the server gives it (`science`); none is the
+    /// server's default image. An unknown name is `ERROR image`, listing the names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The server's limits for this session, announced in WELCOME.
@@ -296,6 +300,8 @@ pub enum ErrorCode {
     Limited,
     /// A bug or an unexpected condition in the server.
     Internal,
+    /// `HELLO.image` names no image this server offers.
+    Image,
     #[serde(other)]
     Unknown,
 }
@@ -312,6 +318,7 @@ impl ErrorCode {
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Limited => "limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Image => "image",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -570,6 +577,7 @@ mod tests {
                     bytes: 10,
                     get: vec!["plot.png".into()],
                 }),
+                image: Some("science".into()),
             }),
             Frame::FileIn(FileHeader {
                 name: "data/a.csv".into(),
@@ -719,6 +727,7 @@ mod tests {
             probe: false,
             features: Vec::new(),
             files: None,
+            image: None,
         });
         assert!(matches!(
             hello.encode(&mut buf),

@@ -11,6 +11,7 @@ mod containers;
 mod drain;
 mod engine_down;
 mod engines;
+mod images;
 mod races;
 
 use std::sync::Arc;
@@ -91,10 +92,15 @@ impl Harness {
                     &join.image,
                 ));
                 let max_sessions = max.unwrap_or(cfg.max_sessions);
+                // The default image's pool split as `config::engines` splits it; each
+                // extra image's whole pool on every engine (the tests of several images
+                // run on one engine).
+                let mut warm = vec![cfg.warm.div_ceil(engines.len()).min(max_sessions)];
+                warm.extend(cfg.images[1..].iter().map(|i| i.warm.min(max_sessions)));
                 EngineStart {
                     engine: Arc::new(fake.clone()),
                     max_sessions,
-                    warm: cfg.warm.div_ceil(engines.len()).min(max_sessions),
+                    warm,
                     joined: lease.map_err(|e| crate::engine::EngineError::Api(e.to_string())),
                 }
             })
@@ -105,14 +111,18 @@ impl Harness {
             .collect();
         let bytes = Arc::new(ByteCounters::default());
         let status = Status::new(bytes.clone(), Capacity::default()).start();
-        let spec = Arc::new(SandboxSpec::new(cfg.sandbox.clone(), cfg.instance.clone()));
+        let specs: Vec<Arc<SandboxSpec>> = cfg
+            .images
+            .iter()
+            .map(|i| Arc::new(SandboxSpec::for_image(&cfg.sandbox, &cfg.instance, i)))
+            .collect();
         let supervisor = Supervisor::create(|ctx| {
             let owner = container::Owner {
                 gone: ctx.address().recipient(),
                 ready: ctx.address().recipient(),
                 orphaned: ctx.address().recipient(),
             };
-            let spawn = Box::new(container::spawner(&shared, spec, bytes, owner));
+            let spawn = Box::new(container::spawner(&shared, specs, bytes, owner));
             Supervisor::new(cfg, starts, join, spawn, status)
         });
         Harness {
@@ -211,8 +221,13 @@ pub(super) struct TestSession {
 
 impl TestSession {
     pub async fn admit(&self) -> Admission {
+        self.admit_to(0).await
+    }
+
+    /// Asks to run in image `image` (an index into `Config::images`).
+    pub async fn admit_to(&self, image: usize) -> Admission {
         self.supervisor
-            .send(Admit { id: self.id })
+            .send(Admit { id: self.id, image })
             .await
             .expect("the Supervisor runs")
     }

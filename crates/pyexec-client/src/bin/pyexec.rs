@@ -36,6 +36,7 @@ Examples:
   echo 'print(2 + 2)' | pyexec -       read the script itself from stdin
   pyexec filter.py < in.csv > out.csv  stdin, stdout and stderr are the script's
   pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
+  pyexec --image science plot.py       run in the server's image named science
   pyexec --stats job.py                then one line on stderr: CPU time, peak memory, output
   pyexec --version                     this client's version and the server's
 
@@ -48,6 +49,8 @@ Examples:
   echo 'print(2 + 2)' | pyexec -       read the script itself from stdin
   pyexec filter.py < in.csv > out.csv  stdin, stdout and stderr are the script's
   pyexec --timeout 30s slow.py         stop the script after 30 s (exit status 124)
+  pyexec --image science plot.py       run in the server's image named science
+                                       (its names: pyexecd --extra-image NAME=TAG)
   pyexec -q job.py 2> job.err          job.err gets the script's stderr and nothing else
                                        (unless pyexec itself fails: exit status 125)
   pyexec --stats job.py                after the script, on stderr:
@@ -69,6 +72,7 @@ Environment (a flag wins over its variable):
   PYEXEC_KEY              its private key, as --key
   PYEXEC_TIMEOUT          time limit, as --timeout (--timeout 0 lifts it for one run)
   PYEXEC_CONNECT_TIMEOUT  as --connect-timeout
+  PYEXEC_IMAGE            the server's image to run in, as --image
 
 Interaction:
   Ctrl-C sends SIGINT to the script (Python raises KeyboardInterrupt); a second Ctrl-C
@@ -157,6 +161,12 @@ struct Args {
         verbatim_doc_comment
     )]
     timeout: Option<Duration>,
+    /// Run in the server's image of this name (e.g. `science`) instead of its default.
+    ///
+    /// The names are the server operator's (pyexecd --extra-image NAME=TAG); a name the
+    /// server does not offer is an error that lists the ones it does (exit status 125).
+    #[arg(long, env = "PYEXEC_IMAGE", value_name = "NAME", verbatim_doc_comment)]
+    image: Option<String>,
     /// Bound on connecting and the TLS handshake.
     #[arg(
         long,
@@ -561,6 +571,7 @@ fn main() {
             .timeout
             .filter(|t| !t.is_zero())
             .map(|t| t.max(Duration::from_millis(1))),
+        image: args.image.clone(),
     };
 
     // Kept alive until exit: dropping a runtime waits for its blocking tasks, and the
