@@ -8,8 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use common::{daemon::*, idle::*, processes::*, PYEXEC};
+use common::{daemon::*, idle::*, processes::*, raw::*, PYEXEC};
+use pyexec::protocol::files::FilesOutEnd;
+use pyexec::protocol::{EndReason, Frame};
 
 /// `pyexec OPTIONS SCRIPT` against `d`, stdin closed, from `cwd`.
 fn pyexec(d: &Daemon, cwd: &Path, options: &[&str], script: &str) -> Output {
@@ -213,5 +216,188 @@ fn a_file_at_the_size_bound_arrives_whole() {
         String::from_utf8(o.stdout).unwrap()[..64].to_string()
     };
     assert_eq!(stdout_str(&out).trim(), expected);
+    d.stop();
+}
+
+/// One raw session asking for `get` (feature `files`): HELLO with `extra` fields, the
+/// script, STDIN_EOF; `during` runs once the script printed `ready`. Returns the files
+/// that came back, FILES_OUT_END if it came, and the terminal frame.
+fn files_session(
+    d: &Daemon,
+    script: &str,
+    get: &[&str],
+    extra: serde_json::Value,
+    during: impl FnOnce(&mut Raw) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>,
+) -> Back {
+    runtime().block_on(async {
+        let mut raw = Raw::connect(d).await;
+        let mut hello = serde_json::json!({
+            "version": 1,
+            "script_size": script.len(),
+            "client": "files test",
+            "features": ["files"],
+            "files": {"get": get},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            hello[k] = v.clone();
+        }
+        raw.send_bytes(&raw_hello(&hello.to_string()))
+            .await
+            .unwrap();
+        raw.welcome().await;
+        raw.send(Frame::Script(bytes::Bytes::copy_from_slice(
+            script.as_bytes(),
+        )))
+        .await;
+        raw.send(Frame::StdinEof).await;
+        raw.stdout_until(b"ready", Duration::from_secs(20)).await;
+        during(&mut raw).await;
+        let (frames, terminal) = raw.until_end(Duration::from_secs(20)).await;
+        let (mut files, mut end) = (Vec::<(String, Vec<u8>)>::new(), None);
+        for f in frames {
+            match f {
+                Frame::FileOut(h) => files.push((h.name, Vec::new())),
+                Frame::FileOutData(b) => files.last_mut().unwrap().1.extend_from_slice(&b),
+                Frame::FilesOutEnd(e) => end = Some(e),
+                _ => {}
+            }
+        }
+        Back {
+            files,
+            end,
+            terminal,
+        }
+    })
+}
+
+/// What came back of a `files_session`.
+struct Back {
+    /// The files, name and content, in order.
+    files: Vec<(String, Vec<u8>)>,
+    end: Option<FilesOutEnd>,
+    terminal: Option<Frame>,
+}
+
+/// Writes the result, says `ready`, then outlives any limit (and a child process too).
+const STUCK: &str = "import os, subprocess, time\n\
+    open('result.txt', 'w').write('kept')\n\
+    subprocess.Popen(['sleep', '600'])\n\
+    print('ready', flush=True)\n\
+    time.sleep(600)\n";
+
+/// The files come back when the server stops the script for its time limit: the
+/// bootstrap kills the script's tree and sends them within the grace, then END timeout.
+#[test]
+fn files_come_back_after_a_timeout() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let started = std::time::Instant::now();
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(
+        &d,
+        STUCK,
+        &["result.txt", "none.*"],
+        serde_json::json!({"timeout_ms": 3000}),
+        |_| Box::pin(async {}),
+    );
+    assert_end(&terminal, EndReason::Timeout, 124, "timeout");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    let end = end.expect("FILES_OUT_END before END");
+    assert_eq!(end.unmatched, ["none.*"]);
+    assert_eq!(end.message, "");
+    // The time limit, plus at most the grace: a timeout still ends promptly.
+    assert!(
+        started.elapsed() < Duration::from_secs(3 + 2 + 3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_back_to_idle(&d, base, "after a timeout with files");
+
+    // The CLI saves it, and exits with the timeout's status.
+    let work = tempfile::tempdir().unwrap();
+    let out = pyexec(
+        &d,
+        work.path(),
+        &["--timeout", "2s", "--get", "result.txt"],
+        STUCK,
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
+    assert_eq!(
+        std::fs::read(work.path().join("result.txt")).unwrap(),
+        b"kept"
+    );
+    d.stop();
+}
+
+/// The same after the output limit: the rest of the flood is discarded, the files come.
+#[test]
+fn files_come_back_after_the_output_limit() {
+    let d = Daemon::start(&["--output-limit", "1m"]);
+    let script = "import sys\n\
+        open('result.txt', 'w').write('kept')\n\
+        print('ready', flush=True)\n\
+        while True:\n    sys.stdout.write('x' * 65536)\n";
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(&d, script, &["result.txt"], serde_json::json!({}), |_| {
+        Box::pin(async {})
+    });
+    assert_end(&terminal, EndReason::OutputLimit, 137, "output limit");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    assert!(end.is_some(), "FILES_OUT_END before END");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// A shutdown ends the script after its grace; the files still come back.
+#[test]
+fn files_come_back_after_a_shutdown() {
+    let d = Daemon::start(&["--shutdown-grace", "1"]);
+    let pid = d.pid();
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(
+        &d,
+        STUCK,
+        &["result.txt"],
+        serde_json::json!({}),
+        move |_| {
+            Box::pin(async move {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            })
+        },
+    );
+    assert_end(&terminal, EndReason::Shutdown, 143, "shutdown");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    assert!(end.is_some(), "FILES_OUT_END before END");
+    let exit = d.wait_exit(Duration::from_secs(20));
+    assert!(exit.success(), "pyexecd exits 0 after a drain: {exit:?}");
+}
+
+/// CANCEL is the one end that brings nothing back: no file, no FILES_OUT_END.
+#[test]
+fn a_cancelled_script_returns_no_files() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(&d, STUCK, &["result.txt"], serde_json::json!({}), |raw| {
+        Box::pin(async move { raw.send(Frame::Cancel).await })
+    });
+    assert!(
+        matches!(&terminal, Some(Frame::End(e)) if e.reason == EndReason::Cancelled),
+        "{terminal:?}"
+    );
+    assert!(files.is_empty() && end.is_none(), "{files:?} {end:?}");
+    assert_back_to_idle(&d, base, "after a cancel with files");
     d.stop();
 }
