@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{daemon::*, idle::*, processes::*, raw::*, PYEXEC};
+use common::{daemon::*, figures::*, idle::*, processes::*, raw::*, PYEXEC};
 use pyexec::protocol::files::FilesOutEnd;
 use pyexec::protocol::{EndReason, Frame};
 
@@ -399,5 +399,168 @@ fn a_cancelled_script_returns_no_files() {
     );
     assert!(files.is_empty() && end.is_none(), "{files:?} {end:?}");
     assert_back_to_idle(&d, base, "after a cancel with files");
+    d.stop();
+}
+
+/// `--dir` of 100,000 tiny files: refused by the count bound from HELLO alone, before
+/// any byte of them or of the script is sent; no script reached a container.
+#[test]
+fn a_hundred_thousand_files_in_are_refused_before_anything_runs() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let before = metrics(&d);
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("many");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(tree.join(i.to_string())).unwrap();
+    }
+    let out = pyexec(&d, work.path(), &["--dir", "many"], "print('ran')\n");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(
+        stderr_str(&out).contains("too many files: 100000, the limit is 1000"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(stdout_str(&out), "");
+    let after = metrics(&d);
+    for figure in [
+        "pyexec_container_start_seconds_count",
+        "pyexec_received_bytes_total",
+    ] {
+        assert_eq!(after.get(figure), before.get(figure), "{figure}");
+    }
+    assert_back_to_idle(&d, base, "after 100,000 files refused");
+    d.stop();
+}
+
+/// A script that makes 100,000 files, then `--get '*'`: at most the announced count come
+/// back, the rest is said to be over the cap, the session ends cleanly, and the daemon's
+/// memory stays bounded (the stream is parsed as it comes, never gathered).
+#[test]
+fn a_hundred_thousand_files_out_stay_within_the_caps() {
+    let d = Daemon::start(&["--max-files", "300"]);
+    let base = idle_baseline(&d);
+    let rss_before = vm_rss_kib(d.pid()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = "import os\n\
+        for i in range(100000):\n    os.close(os.open('f%06d' % i, os.O_CREAT | os.O_WRONLY))\n\
+        print('made', len(os.listdir('.')))\n";
+    let out = pyexec(&d, work.path(), &["-q", "--get", "*"], script);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // The script itself is in /tmp too: 100,001 names.
+    assert_eq!(stdout_str(&out), "made 100001\n");
+    let saved = std::fs::read_dir(work.path()).unwrap().count();
+    assert_eq!(saved, 300, "the announced count, no more");
+    let rss_after = vm_rss_kib(d.pid()).unwrap();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the daemon grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_back_to_idle(&d, base, "after 100,000 files out");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// A sparse 10 GiB file: skipped by the size cap from its `fstat`, never read (the
+/// session ends at once), nothing written.
+#[test]
+fn a_sparse_ten_gib_file_is_skipped_without_being_read() {
+    let d = Daemon::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let script = "f = open('big.bin', 'wb')\nf.truncate(10 << 30)\nf.close()\n\
+        open('small.txt', 'w').write('ok')\n";
+    let started = std::time::Instant::now();
+    let out = pyexec(
+        &d,
+        work.path(),
+        &["--get", "big.bin", "--get", "small.txt"],
+        script,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("big.bin not brought back: 10737418240 bytes, over the server's cap"),
+        "{err}"
+    );
+    assert!(!work.path().join("big.bin").exists());
+    assert_eq!(std::fs::read(work.path().join("small.txt")).unwrap(), b"ok");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// Odd Unicode (an emoji, a combining accent, right-to-left text, a non-BMP letter) goes
+/// in and comes back byte for byte; a newline in a name is refused going in (nothing
+/// runs) and is never sent coming out (nor echoed into the client's messages).
+#[test]
+fn odd_unicode_names_round_trip_and_newlines_never_pass() {
+    let d = Daemon::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let names = [
+        "données/résumé 📈.csv",
+        "e\u{301}te\u{301}.txt",
+        "עברית.txt",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    ];
+    std::fs::write(w.join("src.bin"), "content").unwrap();
+    let mut options = Vec::new();
+    for n in names {
+        options.push("--file".to_string());
+        options.push(format!("src.bin={n}"));
+        options.push("--get".to_string());
+        options.push(format!("{n}.out"));
+    }
+    let out_dir = w.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    options.extend(["--out-dir".to_string(), out_dir.display().to_string()]);
+    options.extend(["--get".to_string(), "*".to_string()]);
+    let script = "import os, sys\n\
+        for n in sys.argv[1:]:\n    open(n + '.out', 'w').write(open(n).read() + '!')\n\
+        open('bad\\nname.txt', 'w').write('x')\n";
+    let mut args: Vec<&str> = options.iter().map(String::as_str).collect();
+    let path = d.script_file(script);
+    args.push(path.to_str().unwrap());
+    args.extend(names);
+    let out = Command::new(PYEXEC)
+        .current_dir(w)
+        .arg("--server")
+        .arg(d_addr(&d))
+        .arg("--ca")
+        .arg(d.ca())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for n in names {
+        assert_eq!(
+            std::fs::read(out_dir.join(format!("{n}.out"))).unwrap(),
+            b"content!",
+            "{n}"
+        );
+    }
+    let err = stderr_str(&out);
+    assert!(
+        !err.contains("bad\nname"),
+        "a newline reached the messages: {err}"
+    );
+    assert!(!out_dir.join("bad\nname.txt").exists());
+
+    // Going in, a newline is refused by the client before anything runs.
+    let out = pyexec(&d, w, &["--file", "src.bin=a\nb.csv"], "print('ran')\n");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(
+        stderr_str(&out).contains("control character"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(stdout_str(&out), "");
+    assert_healthy(&d);
     d.stop();
 }
