@@ -28,7 +28,9 @@
 # writes the files-out stream that `src/files_out.rs` parses: the regular files matching
 # the patterns, found without following any symlink (lstat, then O_NOFOLLOW at every step
 # from /tmp down), within the caps; then the patterns that matched nothing and the names
-# that were not sent, with why; then b"Z".
+# that were not sent, with why; then b"Z". When the server stops the script itself
+# (timeout, output limit, shutdown) and files are wanted, it sends SIGPWR first: the
+# parent kills the script's tree and goes on as after any end (`_stop_for_files`).
 # Only modules a fresh interpreter has loaded already are used (os, sys, _signal,
 # _frozen_importlib_external, builtins): importing `signal` alone costs
 # ~10 ms (enum), and the script would find modules loaded that python3 had not loaded.
@@ -352,6 +354,21 @@ def _send_files(patterns, caps):
             _write_all(1, b"K" + len(n).to_bytes(4, "big") + len(w).to_bytes(4, "big") + n + w)
     _write_all(1, b"Z")
 
+def _stop_for_files(sig, frame):
+    # The server stops the script (timeout, output limit, shutdown) but wants its files
+    # first (feature `files`, protocol §10.2): SIGPWR, which is never forwarded, kills the
+    # script's whole tree here instead of the container dying under us; waitpid then
+    # returns and the trailer and files go out as after any end, within the server's
+    # grace (it sends SIGKILL after). kill(-1) spares init and us; repeated, it is a no-op.
+    try:
+        os.kill(-1, 9)
+    except OSError:
+        pass
+
+def _take_stop_signal():
+    # In the parent only: the script keeps the default disposition of SIGPWR.
+    _signal.signal(_signal.SIGPWR, _stop_for_files)
+
 _cpu_at_start = _cpu_ns()
 import gc
 gc.freeze()
@@ -364,6 +381,8 @@ if _child:
     # that Docker delivers glued to earlier output or split across two reads. (Waiting
     # for the pipes to drain first, through the fcntl extension module, cost ~1 ms.)
     del _script
+    if _get[0]:
+        _take_stop_signal()
     _, _status = os.waitpid(_child, 0)
     if os.WIFSIGNALED(_status):
         _kind, _value, _code = b"S", os.WTERMSIG(_status), 128 + os.WTERMSIG(_status)
@@ -433,4 +452,5 @@ _code = compile(_script, _path, "exec", dont_inherit=True)
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
 del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
+del _stop_for_files, _take_stop_signal
 exec(_code, _main.__dict__)

@@ -43,6 +43,17 @@ pub enum KillCause {
     EngineLost,
 }
 
+impl KillCause {
+    /// Whether the files the session asked for still come back (protocol §10.2): for
+    /// every stop of the server's own but a cancel, and those whose client is gone.
+    pub fn leaves_files(self) -> bool {
+        matches!(
+            self,
+            KillCause::Timeout | KillCause::OutputLimit | KillCause::Shutdown
+        )
+    }
+}
+
 /// How the script's process ended (defined with the trailer that reports it).
 pub use crate::bootstrap::ScriptExit;
 

@@ -8,8 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use common::{daemon::*, idle::*, processes::*, PYEXEC};
+use common::{daemon::*, figures::*, idle::*, processes::*, raw::*, PYEXEC};
+use pyexec::protocol::files::FilesOutEnd;
+use pyexec::protocol::{EndReason, Frame};
 
 /// `pyexec OPTIONS SCRIPT` against `d`, stdin closed, from `cwd`.
 fn pyexec(d: &Daemon, cwd: &Path, options: &[&str], script: &str) -> Output {
@@ -213,5 +216,351 @@ fn a_file_at_the_size_bound_arrives_whole() {
         String::from_utf8(o.stdout).unwrap()[..64].to_string()
     };
     assert_eq!(stdout_str(&out).trim(), expected);
+    d.stop();
+}
+
+/// One raw session asking for `get` (feature `files`): HELLO with `extra` fields, the
+/// script, STDIN_EOF; `during` runs once the script printed `ready`. Returns the files
+/// that came back, FILES_OUT_END if it came, and the terminal frame.
+fn files_session(
+    d: &Daemon,
+    script: &str,
+    get: &[&str],
+    extra: serde_json::Value,
+    during: impl FnOnce(&mut Raw) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>,
+) -> Back {
+    runtime().block_on(async {
+        let mut raw = Raw::connect(d).await;
+        let mut hello = serde_json::json!({
+            "version": 1,
+            "script_size": script.len(),
+            "client": "files test",
+            "features": ["files"],
+            "files": {"get": get},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            hello[k] = v.clone();
+        }
+        raw.send_bytes(&raw_hello(&hello.to_string()))
+            .await
+            .unwrap();
+        raw.welcome().await;
+        raw.send(Frame::Script(bytes::Bytes::copy_from_slice(
+            script.as_bytes(),
+        )))
+        .await;
+        raw.send(Frame::StdinEof).await;
+        raw.stdout_until(b"ready", Duration::from_secs(20)).await;
+        during(&mut raw).await;
+        let (frames, terminal) = raw.until_end(Duration::from_secs(20)).await;
+        let (mut files, mut end) = (Vec::<(String, Vec<u8>)>::new(), None);
+        for f in frames {
+            match f {
+                Frame::FileOut(h) => files.push((h.name, Vec::new())),
+                Frame::FileOutData(b) => files.last_mut().unwrap().1.extend_from_slice(&b),
+                Frame::FilesOutEnd(e) => end = Some(e),
+                _ => {}
+            }
+        }
+        Back {
+            files,
+            end,
+            terminal,
+        }
+    })
+}
+
+/// What came back of a `files_session`.
+struct Back {
+    /// The files, name and content, in order.
+    files: Vec<(String, Vec<u8>)>,
+    end: Option<FilesOutEnd>,
+    terminal: Option<Frame>,
+}
+
+/// Writes the result, says `ready`, then outlives any limit (and a child process too).
+const STUCK: &str = "import os, subprocess, time\n\
+    open('result.txt', 'w').write('kept')\n\
+    subprocess.Popen(['sleep', '600'])\n\
+    print('ready', flush=True)\n\
+    time.sleep(600)\n";
+
+/// The files come back when the server stops the script for its time limit: the
+/// bootstrap kills the script's tree and sends them within the grace, then END timeout.
+#[test]
+fn files_come_back_after_a_timeout() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let started = std::time::Instant::now();
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(
+        &d,
+        STUCK,
+        &["result.txt", "none.*"],
+        serde_json::json!({"timeout_ms": 3000}),
+        |_| Box::pin(async {}),
+    );
+    assert_end(&terminal, EndReason::Timeout, 124, "timeout");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    let end = end.expect("FILES_OUT_END before END");
+    assert_eq!(end.unmatched, ["none.*"]);
+    assert_eq!(end.message, "");
+    // The time limit, plus at most the grace: a timeout still ends promptly.
+    assert!(
+        started.elapsed() < Duration::from_secs(3 + 2 + 3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_back_to_idle(&d, base, "after a timeout with files");
+
+    // The CLI saves it, and exits with the timeout's status.
+    let work = tempfile::tempdir().unwrap();
+    let out = pyexec(
+        &d,
+        work.path(),
+        &["--timeout", "2s", "--get", "result.txt"],
+        STUCK,
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
+    assert_eq!(
+        std::fs::read(work.path().join("result.txt")).unwrap(),
+        b"kept"
+    );
+    d.stop();
+}
+
+/// The same after the output limit: the rest of the flood is discarded, the files come.
+#[test]
+fn files_come_back_after_the_output_limit() {
+    let d = Daemon::start(&["--output-limit", "1m"]);
+    let script = "import sys\n\
+        open('result.txt', 'w').write('kept')\n\
+        print('ready', flush=True)\n\
+        while True:\n    sys.stdout.write('x' * 65536)\n";
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(&d, script, &["result.txt"], serde_json::json!({}), |_| {
+        Box::pin(async {})
+    });
+    assert_end(&terminal, EndReason::OutputLimit, 137, "output limit");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    assert!(end.is_some(), "FILES_OUT_END before END");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// A shutdown ends the script after its grace; the files still come back.
+#[test]
+fn files_come_back_after_a_shutdown() {
+    let d = Daemon::start(&["--shutdown-grace", "1"]);
+    let pid = d.pid();
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(
+        &d,
+        STUCK,
+        &["result.txt"],
+        serde_json::json!({}),
+        move |_| {
+            Box::pin(async move {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            })
+        },
+    );
+    assert_end(&terminal, EndReason::Shutdown, 143, "shutdown");
+    assert_eq!(files, [("result.txt".to_string(), b"kept".to_vec())]);
+    assert!(end.is_some(), "FILES_OUT_END before END");
+    let exit = d.wait_exit(Duration::from_secs(20));
+    assert!(exit.success(), "pyexecd exits 0 after a drain: {exit:?}");
+}
+
+/// CANCEL is the one end that brings nothing back: no file, no FILES_OUT_END.
+#[test]
+fn a_cancelled_script_returns_no_files() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let Back {
+        files,
+        end,
+        terminal,
+    } = files_session(&d, STUCK, &["result.txt"], serde_json::json!({}), |raw| {
+        Box::pin(async move { raw.send(Frame::Cancel).await })
+    });
+    assert!(
+        matches!(&terminal, Some(Frame::End(e)) if e.reason == EndReason::Cancelled),
+        "{terminal:?}"
+    );
+    assert!(files.is_empty() && end.is_none(), "{files:?} {end:?}");
+    assert_back_to_idle(&d, base, "after a cancel with files");
+    d.stop();
+}
+
+/// `--dir` of 100,000 tiny files: refused by the count bound from HELLO alone, before
+/// any byte of them or of the script is sent; no script reached a container.
+#[test]
+fn a_hundred_thousand_files_in_are_refused_before_anything_runs() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let before = metrics(&d);
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("many");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(tree.join(i.to_string())).unwrap();
+    }
+    let out = pyexec(&d, work.path(), &["--dir", "many"], "print('ran')\n");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(
+        stderr_str(&out).contains("too many files: 100000, the limit is 1000"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(stdout_str(&out), "");
+    let after = metrics(&d);
+    for figure in [
+        "pyexec_container_start_seconds_count",
+        "pyexec_received_bytes_total",
+    ] {
+        assert_eq!(after.get(figure), before.get(figure), "{figure}");
+    }
+    assert_back_to_idle(&d, base, "after 100,000 files refused");
+    d.stop();
+}
+
+/// A script that makes 100,000 files, then `--get '*'`: at most the announced count come
+/// back, the rest is said to be over the cap, the session ends cleanly, and the daemon's
+/// memory stays bounded (the stream is parsed as it comes, never gathered).
+#[test]
+fn a_hundred_thousand_files_out_stay_within_the_caps() {
+    let d = Daemon::start(&["--max-files", "300"]);
+    let base = idle_baseline(&d);
+    let rss_before = vm_rss_kib(d.pid()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = "import os\n\
+        for i in range(100000):\n    os.close(os.open('f%06d' % i, os.O_CREAT | os.O_WRONLY))\n\
+        print('made', len(os.listdir('.')))\n";
+    let out = pyexec(&d, work.path(), &["-q", "--get", "*"], script);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // The script itself is in /tmp too: 100,001 names.
+    assert_eq!(stdout_str(&out), "made 100001\n");
+    let saved = std::fs::read_dir(work.path()).unwrap().count();
+    assert_eq!(saved, 300, "the announced count, no more");
+    let rss_after = vm_rss_kib(d.pid()).unwrap();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the daemon grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_back_to_idle(&d, base, "after 100,000 files out");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// A sparse 10 GiB file: skipped by the size cap from its `fstat`, never read (the
+/// session ends at once), nothing written.
+#[test]
+fn a_sparse_ten_gib_file_is_skipped_without_being_read() {
+    let d = Daemon::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let script = "f = open('big.bin', 'wb')\nf.truncate(10 << 30)\nf.close()\n\
+        open('small.txt', 'w').write('ok')\n";
+    let started = std::time::Instant::now();
+    let out = pyexec(
+        &d,
+        work.path(),
+        &["--get", "big.bin", "--get", "small.txt"],
+        script,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("big.bin not brought back: 10737418240 bytes, over the server's cap"),
+        "{err}"
+    );
+    assert!(!work.path().join("big.bin").exists());
+    assert_eq!(std::fs::read(work.path().join("small.txt")).unwrap(), b"ok");
+    assert_healthy(&d);
+    d.stop();
+}
+
+/// Odd Unicode (an emoji, a combining accent, right-to-left text, a non-BMP letter) goes
+/// in and comes back byte for byte; a newline in a name is refused going in (nothing
+/// runs) and is never sent coming out (nor echoed into the client's messages).
+#[test]
+fn odd_unicode_names_round_trip_and_newlines_never_pass() {
+    let d = Daemon::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let names = [
+        "données/résumé 📈.csv",
+        "e\u{301}te\u{301}.txt",
+        "עברית.txt",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    ];
+    std::fs::write(w.join("src.bin"), "content").unwrap();
+    let mut options = Vec::new();
+    for n in names {
+        options.push("--file".to_string());
+        options.push(format!("src.bin={n}"));
+        options.push("--get".to_string());
+        options.push(format!("{n}.out"));
+    }
+    let out_dir = w.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    options.extend(["--out-dir".to_string(), out_dir.display().to_string()]);
+    options.extend(["--get".to_string(), "*".to_string()]);
+    let script = "import os, sys\n\
+        for n in sys.argv[1:]:\n    open(n + '.out', 'w').write(open(n).read() + '!')\n\
+        open('bad\\nname.txt', 'w').write('x')\n";
+    let mut args: Vec<&str> = options.iter().map(String::as_str).collect();
+    let path = d.script_file(script);
+    args.push(path.to_str().unwrap());
+    args.extend(names);
+    let out = Command::new(PYEXEC)
+        .current_dir(w)
+        .arg("--server")
+        .arg(d_addr(&d))
+        .arg("--ca")
+        .arg(d.ca())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for n in names {
+        assert_eq!(
+            std::fs::read(out_dir.join(format!("{n}.out"))).unwrap(),
+            b"content!",
+            "{n}"
+        );
+    }
+    let err = stderr_str(&out);
+    assert!(
+        !err.contains("bad\nname"),
+        "a newline reached the messages: {err}"
+    );
+    assert!(!out_dir.join("bad\nname.txt").exists());
+
+    // Going in, a newline is refused by the client before anything runs.
+    let out = pyexec(&d, w, &["--file", "src.bin=a\nb.csv"], "print('ran')\n");
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert!(
+        stderr_str(&out).contains("control character"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(stdout_str(&out), "");
+    assert_healthy(&d);
     d.stop();
 }

@@ -39,10 +39,12 @@ pub enum Role {
     Engines1,
     Engines2,
     Engines3,
+    /// The files part: a daemon whose bounds take 50 MiB in.
+    Files,
 }
 
 impl Role {
-    const ALL: [Role; 12] = [
+    const ALL: [Role; 13] = [
         Role::Main,
         Role::Cold,
         Role::Memory,
@@ -55,6 +57,7 @@ impl Role {
         Role::Engines1,
         Role::Engines2,
         Role::Engines3,
+        Role::Files,
     ];
 
     fn suffix(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Role {
             Role::Engines1 => "-engines1",
             Role::Engines2 => "-engines2",
             Role::Engines3 => "-engines3",
+            Role::Files => "-files",
         }
     }
 }
@@ -150,7 +154,19 @@ impl Bench {
         max_sessions: u32,
         warm: Option<u32>,
     ) -> Result<Served, String> {
+        self.daemon_with(role, max_sessions, warm, &[]).await
+    }
+
+    /// `daemon`, with more flags of pyexecd's.
+    pub async fn daemon_with(
+        &self,
+        role: Role,
+        max_sessions: u32,
+        warm: Option<u32>,
+        flags: &[&str],
+    ) -> Result<Served, String> {
         let mut extra = vec!["--max-sessions".to_string(), max_sessions.to_string()];
+        extra.extend(flags.iter().map(|f| f.to_string()));
         extra.extend(["--image".to_string(), self.image.clone()]);
         let pool = match (warm, self.warm_supported) {
             (warm, true) => {

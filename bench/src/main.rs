@@ -4,7 +4,8 @@
 //! It builds and starts its own `pyexecd` (127.0.0.1:0, temporary certificates, instance
 //! `bench-<pid>`), measures hello-world latency, throughput, echo round trips, stdout
 //! throughput and the daemon's memory against `docker run` and the Engine API, and what
-//! several Docker Engines (extra dockerds in network namespaces, over TLS) cost and give;
+//! several Docker Engines (extra dockerds in network namespaces, over TLS) cost and give,
+//! and 50 MiB of files up and down against `docker cp`;
 //! prints one table, and removes every container and engine it caused, also on error or
 //! Ctrl-C.
 
@@ -13,6 +14,7 @@ mod daemon;
 mod echo;
 mod engine;
 mod engines;
+mod files;
 mod flood;
 mod hello;
 mod machine;
@@ -209,6 +211,9 @@ async fn run(opts: &Opts, docker: Docker, report: &mut Report) -> Result<Machine
     }
     if opts.runs(Part::Engines) {
         engines::run(&b, report).await;
+    }
+    if opts.runs(Part::Files) {
+        files::run(&b, report).await;
     }
     // Every daemon has been stopped with SIGTERM by now, and every baseline has ended.
     for instance in ctx::all_instances(pid) {

@@ -22,6 +22,8 @@ pub enum Part {
     /// sessions per second with 1, 2 and 3 engines (needs root: it starts dockerds in
     /// network namespaces)
     Engines,
+    /// 50 MiB up and down (feature `files`) vs `docker cp` into and out of a container
+    Files,
 }
 
 #[derive(Debug, Parser)]
@@ -90,6 +92,9 @@ pub struct Opts {
     /// figure [full 256, quick 32].
     #[arg(long)]
     pub flood_mib: Option<u64>,
+    /// Timed 50 MiB uploads and downloads per variant in the files part [full 5, quick 3].
+    #[arg(long)]
+    pub files_reps: Option<usize>,
 }
 
 /// The counts of one run, defaults resolved.
@@ -107,6 +112,7 @@ pub struct Params {
     pub stdout_reps: usize,
     pub mem_sessions: usize,
     pub flood_mib: u64,
+    pub files_reps: usize,
 }
 
 impl Opts {
@@ -134,6 +140,7 @@ impl Opts {
             stdout_reps: pick(self.stdout_reps, 3, 1),
             mem_sessions: pick(self.mem_sessions, 16, 16),
             flood_mib: pick_mib(self.flood_mib, 256, 32),
+            files_reps: pick(self.files_reps, 5, 3),
         }
     }
 

@@ -32,11 +32,18 @@ impl PyexecCli {
     }
 
     pub fn command(&self, script: &Path) -> Command {
+        self.command_with(&[], script)
+    }
+
+    /// `pyexec --server ADDR --ca CA OPTIONS SCRIPT`: options go before the script, as
+    /// whatever follows it is the script's own arguments.
+    pub fn command_with(&self, options: &[&str], script: &Path) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--server")
             .arg(&self.server)
             .arg("--ca")
             .arg(&self.ca)
+            .args(options)
             .arg(script)
             .kill_on_drop(true);
         cmd

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::bootstrap::{await_ack, hand_over, write_request, ScriptEnd, Trailers};
@@ -34,12 +34,17 @@ use crate::messages::{
 use crate::protocol::{Frame, Started, Usage};
 use crate::sandbox::SandboxSpec;
 use crate::status::ByteCounters;
-use pumps::{pump_output, pump_stdin, PumpEnd, Sent};
+use pumps::{pump_output, pump_stdin, AtLimit, PumpEnd, Sent};
 
 /// After a kill, output still on its way is forwarded for this long at most. Past it the
 /// attach connection is closed: Docker does not report a container's exit while its copy
 /// of the output is blocked on a client that does not read.
 const KILL_DRAIN: Duration = Duration::from_millis(500);
+
+/// With files wanted (feature `files`), how long the bootstrap has, once told to stop the
+/// script (timeout, output limit, shutdown), to send the files before the container is
+/// killed: bounded, so that a slow client or a huge file set cannot stretch a timeout.
+const FILES_GRACE: Duration = Duration::from_secs(2);
 
 /// How long after a first "no" the engine is asked again whether a SIGKILL was the OOM
 /// killer's.
@@ -152,6 +157,9 @@ enum Stop {
     Asked(KillCause),
     /// The server stopped (or is stopping) the script.
     Killed(KillCause),
+    /// The server is stopping the script, files wanted: the bootstrap was told (SIGPWR)
+    /// to kill the script and send the files; SIGKILL follows after `FILES_GRACE`.
+    Collecting(KillCause),
 }
 
 /// Signals on their way to the script. At most one engine kill request is in flight per
@@ -181,6 +189,9 @@ pub struct ContainerActor {
     events: Option<Recipient<ContainerEvent>>,
     launched_at: Instant,
     run_at: Option<Instant>,
+    /// The session asked for files out: a stop for a timeout, the output limit or a
+    /// shutdown lets the bootstrap send them first (`stop_for_files`).
+    files_wanted: bool,
     exited_tx: watch::Sender<bool>,
     /// The container's exit status, and the script's own end if the bootstrap told it.
     status: Option<i64>,
@@ -219,6 +230,7 @@ impl ContainerActor {
             events: None,
             launched_at: Instant::now(),
             run_at: None,
+            files_wanted: false,
             exited_tx: watch::channel(false).0,
             status: None,
             exact: None,
@@ -244,7 +256,7 @@ impl ContainerActor {
 
     fn killed(&self) -> Option<KillCause> {
         match self.stop {
-            Stop::Killed(cause) => Some(cause),
+            Stop::Killed(cause) | Stop::Collecting(cause) => Some(cause),
             _ => None,
         }
     }
@@ -439,18 +451,23 @@ impl ContainerActor {
             self.stdin_pump = Some(ctx.spawn(stdin.into_actor(self)));
         }
 
+        let mut sent = Sent::new(
+            run.output_limit,
+            self.events.clone(),
+            self.deps.bytes.clone(),
+            self.delivered.clone(),
+        );
+        self.files_wanted = run.files_out.is_some();
+        if self.files_wanted {
+            sent = sent.at_limit(self.limit_notice(ctx));
+        }
         let output = futures::stream::iter(first.into_iter().map(Ok)).chain(output);
         let pump = pump_output(
             Box::pin(output),
             run.output,
             self.exited_tx.subscribe(),
             Trailers::new(&run.nonce),
-            Sent::new(
-                run.output_limit,
-                self.events.clone(),
-                self.deps.bytes.clone(),
-                self.delivered.clone(),
-            ),
+            sent,
             run.files_out
                 .map(|(bytes, count)| FilesOut::new(bytes, count)),
         );
@@ -460,6 +477,17 @@ impl ContainerActor {
                     .map(|end, act, ctx| act.output_ended(end, ctx)),
             ),
         );
+    }
+
+    /// Files wanted: the pump goes on past the output limit, and says so through this.
+    fn limit_notice(&mut self, ctx: &mut Context<Self>) -> AtLimit {
+        let (tell, told) = oneshot::channel();
+        ctx.spawn(told.into_actor(self).map(|res, act, ctx| {
+            if res.is_ok() {
+                act.kill(KillCause::OutputLimit, ctx);
+            }
+        }));
+        AtLimit::Discard(Some(tell))
     }
 
     fn exited(&mut self, res: Result<i64, EngineError>, ctx: &mut Context<Self>) {
@@ -553,30 +581,15 @@ impl ContainerActor {
                 if self.killed().is_some() {
                     return;
                 }
-                self.stop = Stop::Killed(cause);
                 if matches!(self.phase, Phase::Handover(_)) {
                     // The script never started: nothing to wait for.
+                    self.stop = Stop::Killed(cause);
                     return self.finish(ctx);
                 }
-                let fut = self
-                    .deps
-                    .engine
-                    .kill(self.id.as_deref().unwrap_or_default(), "SIGKILL");
-                ctx.run_later(KILL_DRAIN, |act, ctx| act.close_attach(ctx));
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok(()) => {}
-                    // It had exited on its own just before: its own status stands.
-                    Err(e) if e.is_gone() => {
-                        if cause != KillCause::OutputLimit {
-                            act.stop = Stop::No;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot kill container");
-                        act.failure.get_or_insert(ContainerFailure::Kill(e));
-                        act.finish(ctx);
-                    }
-                }));
+                if self.files_wanted && cause.leaves_files() {
+                    return self.stop_for_files(cause, ctx);
+                }
+                self.hard_kill(cause, ctx);
             }
             Phase::Exited => {
                 // Output is stuck behind a client that does not read: stop waiting for it.
@@ -588,6 +601,77 @@ impl ContainerActor {
             }
             Phase::Finishing | Phase::Removing | Phase::Gone { .. } => {}
         }
+    }
+
+    /// SIGKILL to the container: the script and the bootstrap die at once.
+    fn hard_kill(&mut self, cause: KillCause, ctx: &mut Context<Self>) {
+        self.stop = Stop::Killed(cause);
+        let fut = self
+            .deps
+            .engine
+            .kill(self.id.as_deref().unwrap_or_default(), "SIGKILL");
+        ctx.run_later(KILL_DRAIN, |act, ctx| act.close_attach(ctx));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => {}
+            // It had exited on its own just before: its own status stands.
+            Err(e) if e.is_gone() => {
+                if cause != KillCause::OutputLimit {
+                    act.stop = Stop::No;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot kill container");
+                act.failure.get_or_insert(ContainerFailure::Kill(e));
+                act.finish(ctx);
+            }
+        }));
+    }
+
+    /// Files wanted: SIGPWR to the container, which docker-init hands to the bootstrap
+    /// alone (it does not forward it to the script); the bootstrap kills the script's
+    /// tree, writes its trailer and sends the files, and the pump carries them as after
+    /// any end. Whatever is not done after `FILES_GRACE` ends by SIGKILL, so a timeout
+    /// still ends within the grace.
+    fn stop_for_files(&mut self, cause: KillCause, ctx: &mut Context<Self>) {
+        self.stop = Stop::Collecting(cause);
+        debug!(
+            container = self.short_id(),
+            ?cause,
+            "stopping the script; files first"
+        );
+        let fut = self
+            .deps
+            .engine
+            .kill(self.id.as_deref().unwrap_or_default(), "SIGPWR");
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => {}
+            // It had exited on its own just before: as for a SIGKILL (`hard_kill`).
+            Err(e) if e.is_gone() => {
+                if cause != KillCause::OutputLimit {
+                    act.stop = Stop::No;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot tell the bootstrap to stop; killing");
+                act.hard_kill(cause, ctx);
+            }
+        }));
+        ctx.run_later(FILES_GRACE, move |act, ctx| {
+            let done = matches!(
+                act.phase,
+                Phase::Finishing | Phase::Removing | Phase::Gone { .. }
+            );
+            if !done && act.stop == Stop::Collecting(cause) {
+                debug!(
+                    container = act.short_id(),
+                    "files not all sent within the grace"
+                );
+                act.hard_kill(cause, ctx);
+                if matches!(act.phase, Phase::Exited) {
+                    act.close_attach(ctx);
+                }
+            }
+        });
     }
 
     /// Stops both pumps, which closes the attach connection.

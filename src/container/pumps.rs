@@ -10,7 +10,7 @@ use actix::Recipient;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bootstrap::{ScriptEnd, Trailers, TRAILER_LEN};
 use crate::engine::{EngineError, InputSink, Output, OutputStream};
@@ -114,10 +114,23 @@ async fn next_output(output: &mut OutputStream, exited: &mut watch::Receiver<boo
     }
 }
 
+/// What reaching the output limit does to the pump.
+#[derive(Debug)]
+pub enum AtLimit {
+    /// The pump ends with `PumpEnd::Limit`, and the container is killed.
+    Stop,
+    /// Files are wanted (feature `files`): the pump goes on, discarding the script's
+    /// output, to carry the files the bootstrap sends once told to stop (protocol
+    /// §10.2). The container is told through this, once; ending the pump here instead
+    /// lost every file of a script stopped by the limit.
+    Discard(Option<oneshot::Sender<()>>),
+}
+
 /// Where forwarded output stands against the session's limit, and who is told of it.
 pub struct Sent {
     total: u64,
     limit: u64,
+    at_limit: AtLimit,
     /// Told of the first byte, once: straight from here, so that the event is queued
     /// before the `Finished` that follows the pump's end, however short the script.
     first: Option<Recipient<ContainerEvent>>,
@@ -137,10 +150,17 @@ impl Sent {
         Sent {
             total: 0,
             limit,
+            at_limit: AtLimit::Stop,
             first,
             delivered,
             bytes,
         }
+    }
+
+    /// Reaching the limit does `at_limit` instead of ending the pump.
+    pub fn at_limit(mut self, at_limit: AtLimit) -> Self {
+        self.at_limit = at_limit;
+        self
     }
 }
 
@@ -176,10 +196,16 @@ async fn forward(
         sent.bytes.add_out(n);
         sent.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
-    if over {
-        return Err(PumpEnd::Limit);
+    match (&mut sent.at_limit, over) {
+        (_, false) => Ok(()),
+        (AtLimit::Stop, true) => Err(PumpEnd::Limit),
+        (AtLimit::Discard(tell), true) => {
+            if let Some(tell) = tell.take() {
+                let _ = tell.send(());
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Moves the container's output into the session's bounded channel, chunk by chunk, with
