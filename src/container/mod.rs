@@ -447,6 +447,7 @@ impl ContainerActor {
             ),
             run.files_out
                 .map(|(bytes, count)| FilesOut::new(bytes, count)),
+            run.input_wanted,
         );
         self.pump = Some(
             ctx.spawn(
