@@ -289,7 +289,10 @@ def _send_files(patterns, caps):
 # still seen). select/poll/epoll are not reads: a script that only polls stdin is not
 # reported. Both threads block the forwarded signals: those must reach the main thread,
 # which is in waitpid.
-_IW_PERIOD = 0.01
+# Each look costs ~60-90 µs of CPU (a timer wake-up ~30 µs on a VM, the /proc reads the
+# rest): every 25 ms that is ~0.3% of a CPU, and the frame comes at most ~25 ms after the
+# script blocks (docs/performance.md; the goals are 1% and 50 ms).
+_IW_PERIOD = 0.025
 _IW_READS = {"x86_64": (0, 17, 19, 275, 295, 327),  # read pread64 readv splice preadv preadv2
              "aarch64": (63, 65, 67, 69, 76, 286)}.get(os.uname().machine, ())
 

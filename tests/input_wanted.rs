@@ -236,3 +236,47 @@ fn the_signal_comes_within_the_latency_goal() {
     assert_back_to_idle(&d, base, "after the latency run");
     d.stop();
 }
+
+/// The watcher's cost (docs/performance.md): the container's CPU time (END `cpu_ms`, from
+/// its cgroup) for a script that sleeps and one that computes for 2 s, with and without
+/// the feature. A figure, not a check: `cargo test --test input_wanted -- --ignored`.
+#[test]
+#[ignore]
+fn cost_of_watching() {
+    let d = Daemon::start(&[]);
+    let cpu = |script: &str, ask: bool| -> u64 {
+        let seen = runtime().block_on(async {
+            let mut c = Raw::connect(&d).await;
+            let features: &[&str] = if ask { &[INPUT_WANTED] } else { &[] };
+            c.send(Frame::Hello(
+                serde_json::from_value(serde_json::json!({
+                    "version": 1, "script_size": script.len(), "features": features,
+                }))
+                .unwrap(),
+            ))
+            .await;
+            c.send(Frame::Script(Bytes::copy_from_slice(script.as_bytes())))
+                .await;
+            c.until_end(Duration::from_secs(30)).await
+        });
+        match seen.1 {
+            Some(Frame::End(end)) => end.usage.cpu_ms.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let sleep = "import time\ntime.sleep(2)\n";
+    let sleep6 = "import time\ntime.sleep(6)\n";
+    let busy = format!("{SPIN}spin(2)\n");
+    for round in 0..3 {
+        let (s0, s1) = (cpu(sleep, false), cpu(sleep, true));
+        let (b0, b1) = (cpu(&busy, false), cpu(&busy, true));
+        let (l0, l1) = (cpu(sleep6, false), cpu(sleep6, true));
+        let (p0, p1) = (cpu("pass\n", false), cpu("pass\n", true));
+        eprintln!("round {round}: sleep 6 s: {l0} ms without, {l1} ms with; pass: {p0} ms without, {p1} ms with");
+        eprintln!(
+            "round {round}: sleep 2 s: {s0} ms CPU without, {s1} ms with; \
+             busy 2 s: {b0} ms without, {b1} ms with"
+        );
+    }
+    d.stop();
+}
