@@ -3,8 +3,8 @@
 # Started before its script is known (that is what makes a warm pool possible), it reads
 # exactly one request from stdin, never a byte more, so that everything after it on stdin
 # belongs to the script:
-#   b"PYX3" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
-#   | u32 files | u32 get_len | u64 get_cap | u32 get_count
+#   b"PYX4" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
+#   | u32 files | u32 get_len | u64 get_cap | u32 get_count | u32 flags
 #   | script | name | args (NUL-separated) | get patterns (NUL-separated)
 #   then `files` records: u32 name_len | u64 size | name | content
 # It writes the script to /tmp/<name> (tracebacks and inspect read it from there) and the
@@ -31,6 +31,9 @@
 # that were not sent, with why; then b"Z". When the server stops the script itself
 # (timeout, output limit, shutdown) and files are wanted, it sends SIGPWR first: the
 # parent kills the script's tree and goes on as after any end (`_stop_for_files`).
+# With flag 1 (feature `input_wanted`, protocol §10.3), the script's stdin is a pipe of
+# ours that a thread fills from the container's stdin, and another thread writes the
+# nonce + b"W" marker to stdout each time the script blocks reading it (`_iw_*` below).
 # Only modules a fresh interpreter has loaded already are used (os, sys, _signal,
 # _frozen_importlib_external, builtins): importing `signal` alone costs
 # ~10 ms (enum), and the script would find modules loaded that python3 had not loaded.
@@ -170,8 +173,8 @@ def _receive_file():
         os._exit(125)
 
 def _receive():
-    head = _read_exact(52)
-    if head[:4] != b"PYX3":
+    head = _read_exact(56)
+    if head[:4] != b"PYX4":
         os.write(2, b"pyexec bootstrap: bad request header\n")
         os._exit(125)
     script = _read_exact(int.from_bytes(head[4:8], "big"))
@@ -189,9 +192,9 @@ def _receive():
         _receive_file()
     os.write(1, b"\x06")
     cap = (int.from_bytes(head[40:48], "big"), int.from_bytes(head[48:52], "big"))
-    return script, name, path, args, head[16:32], (get, cap)
+    return script, name, path, args, head[16:32], (get, cap), int.from_bytes(head[52:56], "big")
 
-_script, _name, _path, _args, _nonce, _get = _receive()
+_script, _name, _path, _args, _nonce, _get, _flags = _receive()
 
 import _signal
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
@@ -369,6 +372,107 @@ def _take_stop_signal():
     # In the parent only: the script keeps the default disposition of SIGPWR.
     _signal.signal(_signal.SIGPWR, _stop_for_files)
 
+# Feature `input_wanted` (protocol §10.3): "the script waits for input" is observed, not
+# guessed. The script's fd 0 is a pipe of ours; a forwarder thread copies the container's
+# stdin into it and counts what it wrote. A watcher thread looks every _IW_PERIOD at every
+# thread of every other process in the container: one sleeping in a read-family syscall
+# (its /proc/PID/task/TID/syscall) on a descriptor that is our pipe (/proc/PID/fd/N) is
+# waiting for input, and the pipe is then empty (a reader sleeps only in an empty pipe).
+# The marker goes out once per wait: again only once the forwarder has written more since
+# the last one (so a script that reads its line and blocks again between two looks is
+# still seen). select/poll/epoll are not reads: a script that only polls stdin is not
+# reported. Both threads block the forwarded signals: those must reach the main thread,
+# which is in waitpid.
+# Each look costs ~60-90 µs of CPU (a timer wake-up ~30 µs on a VM, the /proc reads the
+# rest): every 25 ms that is ~0.3% of a CPU, and the frame comes at most ~25 ms after the
+# script blocks (docs/performance.md; the goals are 1% and 50 ms).
+_IW_PERIOD = 0.025
+_IW_READS = {"x86_64": (0, 17, 19, 275, 295, 327),  # read pread64 readv splice preadv preadv2
+             "aarch64": (63, 65, 67, 69, 76, 286)}.get(os.uname().machine, ())
+
+def _iw_pipe(flags):
+    # Before the fork: the pipe for the script's stdin, or None without the flag.
+    return os.pipe() if flags & 1 else None
+
+def _iw_child(pipe):
+    # In the script's process: the pipe becomes its stdin; the write end is not its own,
+    # so EOF reaches it when the container's stdin ends.
+    if pipe:
+        os.dup2(pipe[0], 0)
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+def _iw_forward(w, state):
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _FORWARDED)
+    try:
+        while True:
+            data = os.read(0, 65536)
+            if not data:
+                break
+            _write_all(w, data)
+            state[0] += len(data)  # after the write: its reader is awake by then
+    except OSError:
+        pass  # the script closed its stdin, or died: nothing more to give it
+    os.close(w)
+
+def _iw_blocked(link, me):
+    # Whether a thread of another process sleeps reading the pipe named `link`.
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            tids = os.listdir("/proc/" + pid + "/task")
+        except OSError:
+            continue  # gone meanwhile
+        for tid in tids:
+            try:
+                fd = os.open("/proc/%s/task/%s/syscall" % (pid, tid), os.O_RDONLY)
+                try:
+                    words = os.read(fd, 128).split()
+                finally:
+                    os.close(fd)
+                # "running" (not int) and syscalls other than reads are not waiting.
+                if (len(words) > 1 and int(words[0]) in _IW_READS
+                        and os.readlink("/proc/%s/fd/%d" % (pid, int(words[1], 16))) == link):
+                    return True
+            except (OSError, ValueError):
+                pass  # gone, or not a descriptor: not waiting on us
+    return False
+
+def _iw_watch(link, nonce, state, stop, done):
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _FORWARDED)
+    me, told = str(os.getpid()), None
+    marker = nonce + b"W" + bytes(17)  # as long as a trailer (bootstrap.rs TRAILER_LEN)
+    try:
+        while not stop.acquire(True, _IW_PERIOD):
+            written = state[0]  # read before looking: input in flight is not a new wait
+            if written != told and _iw_blocked(link, me):
+                told = written
+                _write_all(1, marker)  # < PIPE_BUF: no script write lands inside it
+    except OSError:
+        pass
+    done.release()
+
+def _iw_parent(pipe, nonce):
+    # In the parent: starts both threads; returns what stops the watcher, which must run
+    # before the trailer (nothing may follow it on stdout but the files-out stream).
+    if not pipe:
+        return lambda: None
+    import _thread
+    r, w = pipe
+    state, stop, done = [0], _thread.allocate_lock(), _thread.allocate_lock()
+    stop.acquire()
+    done.acquire()
+    _thread.start_new_thread(_iw_forward, (w, state))
+    link = "pipe:[%d]" % os.fstat(r).st_ino
+    os.close(r)
+    _thread.start_new_thread(_iw_watch, (link, nonce, state, stop, done))
+    def _stop():
+        stop.release()
+        done.acquire()
+    return _stop
+
+_iw = _iw_pipe(_flags)
 _cpu_at_start = _cpu_ns()
 import gc
 gc.freeze()
@@ -383,7 +487,9 @@ if _child:
     del _script
     if _get[0]:
         _take_stop_signal()
+    _iw_stop = _iw_parent(_iw, _nonce)
     _, _status = os.waitpid(_child, 0)
+    _iw_stop()
     if os.WIFSIGNALED(_status):
         _kind, _value, _code = b"S", os.WTERMSIG(_status), 128 + os.WTERMSIG(_status)
     else:
@@ -414,6 +520,7 @@ if _child:
 
 # The child: the script's process, with a fresh interpreter's signal dispositions.
 _nonce = None
+_iw_child(_iw)
 _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 for _sig in _FORWARDED[1:]:
     _signal.signal(_sig, _signal.SIG_DFL)
@@ -453,4 +560,6 @@ del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _si
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
 del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 del _stop_for_files, _take_stop_signal
+del _flags, _iw, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_child, _iw_forward, _iw_blocked
+del _iw_watch, _iw_parent
 exec(_code, _main.__dict__)

@@ -1,8 +1,9 @@
 //! The bootstrap's wire format, both ways: the one request the in-container bootstrap
-//! (`src/bootstrap.py`) reads from stdin, the ACK byte it answers with, and the trailer
-//! (a per-session nonce, then `E` + status or `S` + signal, then the script's CPU time and
-//! peak memory) it writes on both streams when the script ends. Pure, but for `hand_over`,
-//! which speaks it over the attach streams.
+//! (`src/bootstrap.py`) reads from stdin, the ACK byte it answers with, and the markers it
+//! writes on its output, each a per-session nonce then a kind: the trailer (`E` + status
+//! or `S` + signal, then the script's CPU time and peak memory) on both streams when the
+//! script ends, and the input-wanted marker (`W`, feature `input_wanted`) on stdout.
+//! Pure, but for `hand_over`, which speaks it over the attach streams.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -30,7 +31,21 @@ pub struct ScriptEnd {
 }
 
 /// A whole trailer: the nonce, `E`/`S` and its byte, then two u64 (CPU µs, peak bytes).
+/// The input-wanted marker has the same length (`W` and 17 zero bytes), so that the
+/// search for a marker cut across two frames is one rule for both.
 pub const TRAILER_LEN: usize = NONCE_LEN + 2 + 8 + 8;
+
+/// What the bootstrap said with a nonce-tagged marker on an output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// The script ended (the trailer).
+    End(ScriptEnd),
+    /// The script is blocked reading an empty stdin (feature `input_wanted`, §10.3).
+    InputWanted,
+}
+
+/// Request flag: watch for the script blocking on stdin, and say so with a `W` marker.
+pub const FLAG_INPUT_WANTED: u32 = 1;
 
 /// Length of the nonce that marks the bootstrap's end-of-script trailer.
 pub const NONCE_LEN: usize = 16;
@@ -70,6 +85,7 @@ pub fn request(
     args: &[String],
     nonce: &[u8; NONCE_LEN],
     files: &FilesRequest,
+    flags: u32,
 ) -> Bytes {
     let joined = |items: &[String]| -> usize {
         items
@@ -81,7 +97,7 @@ pub fn request(
     let (args_len, get_len) = (joined(args), joined(&files.get));
     let mut buf =
         BytesMut::with_capacity(REQUEST_HEAD + script.len() + name.len() + args_len + get_len);
-    buf.put_slice(b"PYX3");
+    buf.put_slice(b"PYX4");
     // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
     buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
     buf.put_u32(name.len() as u32);
@@ -92,6 +108,7 @@ pub fn request(
     buf.put_u32(get_len as u32);
     buf.put_u64(files.get_cap);
     buf.put_u32(files.get_count);
+    buf.put_u32(flags);
     buf.put_slice(script);
     buf.put_slice(name.as_bytes());
     for list in [args, &files.get[..]] {
@@ -106,8 +123,8 @@ pub fn request(
 }
 
 /// Length of the request's fixed head: magic, three lengths, the nonce, the file count,
-/// the patterns' length, the cap of files out in bytes and in files.
-pub const REQUEST_HEAD: usize = 4 + 12 + NONCE_LEN + 4 + 4 + 8 + 4;
+/// the patterns' length, the cap of files out in bytes and in files, the flags.
+pub const REQUEST_HEAD: usize = 4 + 12 + NONCE_LEN + 4 + 4 + 8 + 4 + 4;
 
 /// The head of one file record on the bootstrap's stdin, after the request (feature
 /// `files`): `u32` name length, `u64` size, the name; `size` bytes of content follow.
@@ -185,9 +202,11 @@ pub async fn await_ack(mut output: OutputStream) -> Result<(OutputStream, Vec<Ou
     }
 }
 
-/// Finds the bootstrap's trailer (nonce, then `E` + status or `S` + signal) in each output
-/// stream. The bootstrap writes it with one write into drained pipes, so it arrives
-/// within one engine frame, but a frame boundary may still cut it (see `partial_tail`).
+/// Finds the bootstrap's markers in each output stream: the trailer (nonce, then `E` +
+/// status or `S` + signal) and the input-wanted marker (nonce, then `W`). Each is one
+/// write of fewer than PIPE_BUF bytes, so no other write lands inside it, but a frame
+/// boundary may still cut it (see `partial_tail`). The script cannot forge one: it never
+/// learns the nonce (the bootstrap drops it in the script's process before running it).
 pub struct Trailers {
     finder: memchr::memmem::Finder<'static>,
     stdout: Option<ScriptEnd>,
@@ -203,14 +222,15 @@ impl Trailers {
         }
     }
 
-    /// Where the trailer starts in `data`, and what it says; `None` until all of it is
-    /// there (a cut trailer's start is held back by the pump, see `partial_tail`).
-    pub fn find(&self, data: &[u8]) -> Option<(usize, ScriptEnd)> {
+    /// Where the first marker starts in `data`, and what it says; `None` until all of it
+    /// is there (a cut marker's start is held back by the pump, see `partial_tail`).
+    pub fn find(&self, data: &[u8]) -> Option<(usize, Marker)> {
         let at = self.finder.find(data)?;
         let body = data.get(at + NONCE_LEN..at + TRAILER_LEN)?;
         let exit = match body[..2] {
             [b'E', code] => ScriptExit::Code(code as i32),
             [b'S', sig] => ScriptExit::Signal(sig as i32),
+            [b'W', _] => return Some((at, Marker::InputWanted)),
             _ => return None,
         };
         let number = |bytes: &[u8]| match u64::from_be_bytes(bytes.try_into().expect("8 bytes")) {
@@ -219,12 +239,21 @@ impl Trailers {
         };
         Some((
             at,
-            ScriptEnd {
+            Marker::End(ScriptEnd {
                 exit,
                 cpu_us: number(&body[2..10]),
                 peak_memory: number(&body[10..18]),
-            },
+            }),
         ))
+    }
+
+    /// The trailer in `data` (the first marker, which must be one), for callers that
+    /// take no input-wanted marker.
+    pub fn find_end(&self, data: &[u8]) -> Option<(usize, ScriptEnd)> {
+        match self.find(data)? {
+            (at, Marker::End(end)) => Some((at, end)),
+            (_, Marker::InputWanted) => None,
+        }
     }
 
     /// How many bytes at the end of `data` could be the start of a trailer cut in two
@@ -238,7 +267,7 @@ impl Trailers {
                 let tail = &data[data.len() - k..];
                 let n = k.min(NONCE_LEN);
                 tail[..n] == nonce[..n]
-                    && (k <= NONCE_LEN || matches!(tail[NONCE_LEN], b'E' | b'S'))
+                    && (k <= NONCE_LEN || matches!(tail[NONCE_LEN], b'E' | b'S' | b'W'))
             })
             .unwrap_or(0)
     }
@@ -282,9 +311,10 @@ mod tests {
             &["x".into(), "".into(), "z".into()],
             &nonce,
             &files,
+            FLAG_INPUT_WANTED,
         );
         let u32_at = |at: usize| u32::from_be_bytes(req[at..at + 4].try_into().unwrap());
-        assert_eq!(&req[..4], b"PYX3");
+        assert_eq!(&req[..4], b"PYX4");
         assert_eq!(u32_at(4), 9);
         assert_eq!(u32_at(8), 4);
         assert_eq!(u32_at(12), 4);
@@ -293,14 +323,42 @@ mod tests {
         assert_eq!(u32_at(36), 13, "patterns' length");
         assert_eq!(u64::from_be_bytes(req[40..48].try_into().unwrap()), 1 << 20);
         assert_eq!(u32_at(48), 9);
-        assert_eq!(REQUEST_HEAD, 52);
-        assert_eq!(&req[52..], b"print(1)\na.pyx\0\0za.png\0r/*.csv");
+        assert_eq!(u32_at(52), FLAG_INPUT_WANTED, "flags");
+        assert_eq!(REQUEST_HEAD, 56);
+        assert_eq!(&req[56..], b"print(1)\na.pyx\0\0za.png\0r/*.csv");
         assert_ne!(new_nonce(), new_nonce());
-        let none = request(b"", "m.py", &[], &nonce, &FilesRequest::default());
+        let none = request(b"", "m.py", &[], &nonce, &FilesRequest::default(), 0);
         assert_eq!(none.len(), REQUEST_HEAD + 4);
         assert_eq!(&none[12..16], &[0, 0, 0, 0]);
+        assert_eq!(&none[52..56], &[0, 0, 0, 0], "no flags");
         let record = file_record("d/x.csv", 3);
         assert_eq!(&record[..], b"\0\0\0\x07\0\0\0\0\0\0\0\x03d/x.csv");
+    }
+
+    /// The input-wanted marker is found like the trailer, cut or whole, and told apart
+    /// from it; a `W` after something that is not the nonce is the script's output.
+    #[test]
+    fn the_input_wanted_marker_is_found_and_cut_like_the_trailer() {
+        let nonce = *b"0123456789abcdef";
+        let t = Trailers::new(&nonce);
+        let mut marker = nonce.to_vec();
+        marker.push(b'W');
+        marker.resize(TRAILER_LEN, 0);
+        let mut data = b"Name: ".to_vec();
+        data.extend_from_slice(&marker);
+        assert_eq!(t.find(&data), Some((6, Marker::InputWanted)));
+        assert_eq!(t.find_end(&data), None, "not a trailer");
+        for cut in 1..marker.len() {
+            assert_eq!(
+                t.partial_tail(&data[..6 + cut]),
+                cut,
+                "cut after {cut} bytes"
+            );
+            assert_eq!(t.find(&data[..6 + cut]), None);
+        }
+        let mut forged = b"0123456789abcdeX".to_vec();
+        forged.extend_from_slice(&marker[NONCE_LEN..]);
+        assert_eq!(t.find(&forged), None);
     }
 
     /// Docker copies stdout and stderr apart: the script's first stderr can come before the

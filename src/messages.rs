@@ -235,6 +235,8 @@ pub struct Run {
     /// Feature `files`: the caps (bytes, count) of the files-out stream that follows the
     /// stdout trailer; `None` when no file is asked for.
     pub files_out: Option<(u64, u32)>,
+    /// Feature `input_wanted` granted: INPUT_WANTED frames go to the client (§10.3).
+    pub input_wanted: bool,
 }
 
 impl std::fmt::Debug for Run {

@@ -117,14 +117,17 @@
     send(message) { if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message)); }
     start() {
       this.send({ type: "hello", version: 1, script_size: this.script.length, name: "main.py",
-                  client: "pyexec-playground", features: [] });
+                  client: "pyexec-playground", features: ["input_wanted"] });
       for (let i = 0; i < this.script.length; i += CHUNK) {
         this.send({ type: "script", data: toB64(this.script.subarray(i, i + CHUNK)) });
       }
       queue.hidden = false; queue.textContent = "starting…";
     }
-    queueStdin(bytes) { if (bytes.length) this.pending.push(bytes); this.flush(); }
-    eof() { this.eofWanted = true; this.flush(); }
+    // The input line is highlighted only while the script waits (protocol §10.3): from
+    // input_wanted until a line or EOF is sent, or the session ends.
+    waiting(on) { if (this === session) input.classList.toggle("waiting", on); }
+    queueStdin(bytes) { if (bytes.length) this.pending.push(bytes); this.waiting(false); this.flush(); }
+    eof() { this.eofWanted = true; this.waiting(false); this.flush(); }
     flush() {
       while (this.window > 0 && this.pending.length) {
         const head = this.pending[0];
@@ -156,6 +159,9 @@
         case "stdout": case "stderr":
           append(m.type, decoders[m.type].decode(fromB64(m.data), { stream: true }));
           break;
+        case "input_wanted":
+          if (!this.eofSent) this.waiting(true);
+          break;
         case "stdin_credit":
           this.window = Math.min(this.windowSize, this.window + m.bytes);
           this.flush();
@@ -173,6 +179,7 @@
     }
     finish(status, detail) {
       if (this.done) return;
+      this.waiting(false);
       this.done = true;
       if (this !== session) return;
       for (const k of ["stdout", "stderr"]) append(k, decoders[k].decode());

@@ -470,6 +470,7 @@ impl ContainerActor {
             sent,
             run.files_out
                 .map(|(bytes, count)| FilesOut::new(bytes, count)),
+            run.input_wanted,
         );
         self.pump = Some(
             ctx.spawn(

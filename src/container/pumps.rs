@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::bootstrap::{ScriptEnd, Trailers, TRAILER_LEN};
+use crate::bootstrap::{Marker, ScriptEnd, Trailers, TRAILER_LEN};
 use crate::engine::{EngineError, InputSink, Output, OutputStream};
 use crate::files_out::FilesOut;
 use crate::messages::ContainerEvent;
@@ -215,6 +215,10 @@ async fn forward(
 /// With `files` (feature `files`), stdout after its trailer is the bootstrap's files-out
 /// stream: parsed into frames for the same channel (so it has the same backpressure), and
 /// the pump ends only once that stream has ended too.
+///
+/// With `input_wanted` (feature `input_wanted`), each input-wanted marker on stdout
+/// becomes an INPUT_WANTED frame, in its place among the output (after the prompt the
+/// script wrote before blocking); without it the marker is cut out and dropped.
 pub async fn pump_output(
     mut output: OutputStream,
     tx: mpsc::Sender<Frame>,
@@ -222,6 +226,7 @@ pub async fn pump_output(
     mut trailers: Trailers,
     mut sent: Sent,
     mut files: Option<FilesOut>,
+    input_wanted: bool,
 ) -> PumpEnd {
     let mut held: Option<(Bytes, bool, tokio::time::Instant)> = None;
     // Both trailers seen, the files-out stream not ended yet.
@@ -278,7 +283,20 @@ pub async fn pump_output(
         }
         let mut ended = None;
         let mut after = Bytes::new();
-        if let Some((at, exit)) = trailers.find(&data) {
+        // Input-wanted markers first: the output before each is sent, then the frame.
+        while let Some((at, Marker::InputWanted)) = trailers.find(&data) {
+            let mut rest = data.split_off(at);
+            rest.advance(TRAILER_LEN);
+            if let Err(end) = forward(&tx, data, stderr, &mut sent).await {
+                return end;
+            }
+            // Only a granted session hears of it: an old client never meets the type.
+            if input_wanted && tx.send(Frame::InputWanted).await.is_err() {
+                return PumpEnd::ClientGone;
+            }
+            data = rest;
+        }
+        if let Some((at, Marker::End(exit))) = trailers.find(&data) {
             after = data.split_off(at);
             after.advance(TRAILER_LEN);
             ended = Some(trailers.record(stderr, exit));
@@ -405,6 +423,7 @@ mod tests {
                     Arc::new(AtomicU64::new(0)),
                 ),
                 files,
+                false,
             ),
         )
         .await
@@ -418,6 +437,91 @@ mod tests {
             }
         }
         (stdout, stderr, file_frames, end)
+    }
+
+    /// The pump over `items` with feature `input_wanted` as given: every frame it sends,
+    /// in order, and how it ended.
+    async fn pump_frames(
+        items: Vec<Result<Output, EngineError>>,
+        input_wanted: bool,
+    ) -> (Vec<Frame>, PumpEnd) {
+        let output: OutputStream =
+            Box::pin(futures::stream::iter(items).chain(futures::stream::pending()));
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_exited_tx, exited) = watch::channel(false);
+        let sent = Sent::new(
+            u64::MAX,
+            None,
+            Arc::new(ByteCounters::default()),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let pump = pump_output(
+            output,
+            tx,
+            exited,
+            Trailers::new(&NONCE),
+            sent,
+            None,
+            input_wanted,
+        );
+        let end = tokio::time::timeout(Duration::from_millis(300), pump)
+            .await
+            .unwrap_or(PumpEnd::Drained);
+        let mut frames = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            frames.push(frame);
+        }
+        (frames, end)
+    }
+
+    fn wanted() -> Vec<u8> {
+        let mut marker = NONCE.to_vec();
+        marker.push(b'W');
+        marker.resize(TRAILER_LEN, 0);
+        marker
+    }
+
+    /// The marker becomes INPUT_WANTED right after the prompt written before it, and
+    /// never reaches the client as output, whole or cut across two frames.
+    #[tokio::test]
+    async fn input_wanted_markers_become_frames_in_their_place() {
+        let marker = wanted();
+        let mut first = b"Name: ".to_vec();
+        first.extend_from_slice(&marker[..5]);
+        let mut second = marker[5..].to_vec();
+        second.extend_from_slice(b"Age: ");
+        second.extend_from_slice(&marker);
+        second.extend_from_slice(&trailer(b'E', 0));
+        let (frames, end) = pump_frames(
+            vec![out(&first), out(&second), err(&trailer(b'E', 0))],
+            true,
+        )
+        .await;
+        assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");
+        let expected = [
+            Frame::Stdout(Bytes::from_static(b"Name: ")),
+            Frame::InputWanted,
+            Frame::Stdout(Bytes::from_static(b"Age: ")),
+            Frame::InputWanted,
+        ];
+        assert_eq!(frames, expected);
+    }
+
+    /// A session that did not ask for the feature never sees the frame (nor the marker).
+    #[tokio::test]
+    async fn input_wanted_markers_are_dropped_when_not_granted() {
+        let mut data = b"a".to_vec();
+        data.extend_from_slice(&wanted());
+        data.extend_from_slice(b"b");
+        let (frames, _) = pump_frames(vec![out(&data)], false).await;
+        let stdout: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| match f {
+                Frame::Stdout(b) => b.to_vec(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(stdout, b"ab");
     }
 
     fn files_stream(name: &str, content: &[u8]) -> Vec<u8> {

@@ -539,7 +539,7 @@ impl Process {
             c.idle = false;
         }
         self.engine.bump();
-        if &head[..4] != b"PYX3" {
+        if &head[..4] != b"PYX4" {
             self.write(true, &b"pyexec bootstrap: bad request header\n"[..]);
             return 125;
         }
@@ -636,6 +636,7 @@ mod tests {
             &["x".into()],
             &nonce,
             &Default::default(),
+            0,
         );
         let (_input, rest, first) = hand_over(input, output, req).await.unwrap();
         let items: Vec<_> = futures::stream::iter(first.into_iter().map(Ok))
@@ -650,8 +651,8 @@ mod tests {
             }
         }
         let trailers = Trailers::new(&nonce);
-        let (at_out, exit) = trailers.find(&out).expect("a trailer on stdout");
-        let (at_err, exit_err) = trailers.find(&err).expect("a trailer on stderr");
+        let (at_out, exit) = trailers.find_end(&out).expect("a trailer on stdout");
+        let (at_err, exit_err) = trailers.find_end(&err).expect("a trailer on stderr");
         assert_eq!(exit, exit_err);
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         let status = engine.wait(&id).await.unwrap();
@@ -689,6 +690,7 @@ mod tests {
             &[],
             &[0; NONCE_LEN],
             &Default::default(),
+            0,
         );
         let why = hand_over(input, output, req).await.err().unwrap();
         assert_eq!(why, "Traceback: the bootstrap died");

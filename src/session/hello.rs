@@ -19,7 +19,15 @@ use crate::sandbox::check_args;
 use crate::status::Outcome;
 
 /// The optional features this server grants when a client asks (protocol §10.1).
-pub(super) const FEATURES: &[&str] = &[crate::protocol::files::FEATURE];
+pub(super) const FEATURES: &[&str] = &[
+    crate::protocol::files::FEATURE,
+    crate::protocol::INPUT_WANTED,
+];
+
+/// Whether `hello` asked for `feature` and this server grants it.
+pub(super) fn granted(hello: &Hello, feature: &str) -> bool {
+    FEATURES.contains(&feature) && hello.features.iter().any(|f| f == feature)
+}
 
 impl Session {
     pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {

@@ -423,12 +423,19 @@ impl Session {
         };
         let nonce = bootstrap::new_nonce();
         let files = files::request(hello, self.cfg());
+        let input_wanted = hello::granted(hello, crate::protocol::INPUT_WANTED);
         let request = bootstrap::request(
             &script,
             &script_name(hello.name.as_deref()),
             &hello.args,
             &nonce,
             &files,
+            // Without the feature the bootstrap does not watch at all: it costs nothing.
+            if input_wanted {
+                bootstrap::FLAG_INPUT_WANTED
+            } else {
+                0
+            },
         );
         let handover = Handover {
             request,
@@ -438,6 +445,7 @@ impl Session {
             output,
             files_in: files.count > 0,
             files_out: (!files.get.is_empty()).then_some((files.get_cap, files.get_count)),
+            input_wanted,
         };
         container.run.do_send(self.run_of(&handover, ctx));
         self.slot = Slot::Running {
@@ -460,6 +468,7 @@ impl Session {
             events: ctx.address().recipient(),
             files_in: h.files_in,
             files_out: h.files_out,
+            input_wanted: h.input_wanted,
         }
     }
 

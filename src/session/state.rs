@@ -92,6 +92,8 @@ pub(super) struct Handover {
     /// Feature `files`: file records follow the request; files out asked for, with caps.
     pub files_in: bool,
     pub files_out: Option<(u64, u32)>,
+    /// Feature `input_wanted` granted: the pump turns the bootstrap's markers into frames.
+    pub input_wanted: bool,
 }
 
 /// The files the client sends after its script (feature `files`).

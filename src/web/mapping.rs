@@ -40,12 +40,12 @@ const CLIENT: [(u8, &str, Shape); 6] = [
 
 /// The features (protocol §10.1) whose frames all have messages here; a browser's HELLO
 /// asks for no other. `files` has none yet.
-const WS_FEATURES: &[&str] = &[];
+const WS_FEATURES: &[&str] = &[crate::protocol::INPUT_WANTED];
 
-/// The frames the server sends. A feature's frame (protocol §10.1), e.g. a future
-/// `INPUT_WANTED`, is one more row here: it is only ever sent to a session that asked for
-/// the feature in `hello.features`, so a browser that did not ask never meets its type.
-const SERVER: [(u8, &str, Shape); 8] = [
+/// The frames the server sends. A feature's frame (protocol §10.1) is one more row here:
+/// it is only ever sent to a session that asked for the feature in `hello.features`, so a
+/// browser that did not ask never meets its type.
+const SERVER: [(u8, &str, Shape); 9] = [
     (0x81, "welcome", Shape::Object),
     (0x82, "queued", Shape::Object),
     (0x83, "started", Shape::Object),
@@ -54,6 +54,8 @@ const SERVER: [(u8, &str, Shape); 8] = [
     (0x86, "stdin_credit", Shape::Credit),
     (0x87, "end", Shape::Object),
     (0x88, "error", Shape::Object),
+    // Feature `input_wanted` (§10.3).
+    (0x8c, "input_wanted", Shape::Empty),
 ];
 
 /// Why a message or a frame could not be mapped.
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn every_client_message_becomes_its_frame() {
         let hello = decoded(
-            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["files","x"]}"#,
+            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["files","x","input_wanted"]}"#,
         );
         let Frame::Hello(Hello {
             version,
@@ -216,8 +218,9 @@ mod tests {
         };
         assert_eq!((version, script_size), (1, 5));
         assert_eq!(name.as_deref(), Some("a.py"));
-        assert!(
-            features.is_empty(),
+        assert_eq!(
+            features,
+            ["input_wanted"],
             "a feature without messages is not asked for"
         );
         // "aGk=" is base64 for "hi"; arbitrary bytes survive.
@@ -311,6 +314,10 @@ mod tests {
             serde_json::json!({"type":"stderr","data":"ZQ=="})
         );
         assert_eq!(
+            message(Frame::InputWanted),
+            serde_json::json!({"type":"input_wanted"})
+        );
+        assert_eq!(
             message(Frame::StdinCredit(65536)),
             serde_json::json!({"type":"stdin_credit","bytes":65536})
         );
@@ -352,7 +359,7 @@ mod tests {
             frame_to_message(&[0x99]),
             Err(MappingError::UnknownFrame(0x99))
         );
-        for body in [&[0x86, 0, 0][..], &[0x87, b'['], &[0x81, b'x']] {
+        for body in [&[0x86, 0, 0][..], &[0x87, b'['], &[0x81, b'x'], &[0x8c, 0]] {
             assert!(
                 matches!(frame_to_message(body), Err(MappingError::BadPayload { .. })),
                 "{body:?}"

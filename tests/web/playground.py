@@ -129,7 +129,10 @@ def main():
         wait(d, "the input line to open", field.is_enabled)
         assert d.switch_to.active_element == field, "the input line has the focus"
         ok("the prompt shows before anything is typed")
+        waiting = lambda: "waiting" in (field.get_attribute("class") or "").split()
+        wait(d, "the input highlight (input_wanted)", waiting)
         field.send_keys("Ada", Keys.ENTER)
+        assert not waiting(), "the highlight goes as the line is sent"
         wait(d, "the exit status", lambda: text(d, "status").startswith("exit 3"))
         assert text(d, "status") == "exit 3 (exited)", text(d, "status")
         # Docker keeps each stream's order, not the order between the two: the
@@ -140,6 +143,7 @@ def main():
         stderr = d.find_elements(By.CSS_SELECTOR, "#output .stderr")
         assert [e.get_attribute("textContent") for e in stderr] == ["bye from stderr\n"]
         assert "cpu" in text(d, "report") and "peak memory" in text(d, "report")
+        assert not waiting(), "no highlight after the end"
         ok("a typed line is answered and the exit status shows")
         if SHOT:
             d.save_screenshot(SHOT)
@@ -148,6 +152,8 @@ def main():
         set_code(d, 'import time\nprint("sleeping", flush=True)\ntime.sleep(50)\n')
         d.find_element(By.ID, "run").click()
         wait(d, "the script to sleep", lambda: text(d, "output") == "sleeping\n")
+        assert not waiting(), "no highlight while the script sleeps"
+        ok("the input highlight shows only while the script waits")
         d.find_element(By.ID, "interrupt").click()
         wait(d, "the interrupt", lambda: text(d, "status").startswith("exit "))
         assert text(d, "status") == "exit 130 (signal)", text(d, "status")
@@ -177,8 +183,6 @@ def main():
         left = requests_left_the_origin(d)
         assert not left, f"requests to elsewhere: {left}"
         ok("no console error and no request leaving the server")
-        # Not checked: the input line's highlight while input is wanted (issue 13,
-        # item 4, INPUT_WANTED, not built yet).
     finally:
         d.quit()
     print(f"{passed} passed, 0 failed", flush=True)

@@ -279,12 +279,42 @@ class FakeServerTests(unittest.TestCase):
             "credit never owed": hello + w.encode_frame(w.STDIN_CREDIT, b"\0\0\0\1"),
             "short credit": hello + w.encode_frame(w.STDIN_CREDIT, b"\0\0\1"),
             "queue position 0": hello + w.encode_json(w.QUEUED, {"position": 0}),
+            "INPUT_WANTED not granted": hello + w.encode_frame(w.INPUT_WANTED, b""),
+            "INPUT_WANTED with a payload": w.encode_json(w.WELCOME, dict(welcome(), features=["input_wanted"]))
+            + w.encode_frame(w.INPUT_WANTED, b"x"),
         }
         for what, frames in cases.items():
             with self.subTest(what):
                 e = self.failing(frames)
                 self.assertIs(type(e), px.ProtocolError)
                 self.assertIsNone(e.code)
+
+    # --- feature input_wanted (§10.3) ------------------------------------------------
+
+    def test_input_wanted_is_asked_for_and_yielded_in_place(self):
+        seen = {}
+
+        def handler(c):
+            seen["hello"] = json.loads(c.expect(w.HELLO))
+            c.expect(w.SCRIPT)
+            c.send(w.WELCOME, dict(welcome(), features=["input_wanted"]))
+            c.send(w.STDOUT, b"Name: ")
+            c.send(w.INPUT_WANTED)
+            seen["stdin"] = c.expect(w.STDIN)
+            c.send(w.STDOUT, b"hi\n")
+            c.send(w.END, {"reason": "exited", "exit_code": 0, "duration_ms": 1, "message": ""})
+            close_notify(c)
+
+        with self.session(self.serve(handler), "print(input('Name: '))") as s:
+            kinds = []
+            for event in s.events():
+                kinds.append(type(event).__name__)
+                if isinstance(event, px.InputWanted):
+                    s.send_stdin(b"Ada\n")
+            s.wait(WAIT)
+        self.assertIn("input_wanted", seen["hello"]["features"])
+        self.assertEqual(seen["stdin"], b"Ada\n")
+        self.assertEqual(kinds, ["Welcome", "Stdout", "InputWanted", "Stdout"])
 
     # --- what the client sends -----------------------------------------------------
 

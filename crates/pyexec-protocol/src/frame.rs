@@ -42,6 +42,8 @@ pub enum FrameType {
     FileOut = 0x89,
     FileOutData = 0x8a,
     FilesOutEnd = 0x8b,
+    /// Feature `input_wanted` (§10.3): the script is blocked reading an empty stdin.
+    InputWanted = 0x8c,
 }
 
 impl FrameType {
@@ -67,6 +69,7 @@ impl FrameType {
             0x89 => FileOut,
             0x8a => FileOutData,
             0x8b => FilesOutEnd,
+            0x8c => InputWanted,
             _ => return None,
         })
     }
@@ -94,6 +97,7 @@ impl FrameType {
             FileOut => "FILE_OUT",
             FileOutData => "FILE_OUT_DATA",
             FilesOutEnd => "FILES_OUT_END",
+            InputWanted => "INPUT_WANTED",
         }
     }
 }
@@ -363,6 +367,7 @@ pub enum Frame {
     FileOut(FileHeader),
     FileOutData(Bytes),
     FilesOutEnd(FilesOutEnd),
+    InputWanted,
 }
 
 /// A frame that is well delimited but whose content is not acceptable.
@@ -422,6 +427,7 @@ impl Frame {
             Frame::FileOut(_) => FrameType::FileOut,
             Frame::FileOutData(_) => FrameType::FileOutData,
             Frame::FilesOutEnd(_) => FrameType::FilesOutEnd,
+            Frame::InputWanted => FrameType::InputWanted,
         }
     }
 
@@ -483,6 +489,10 @@ impl Frame {
             }
             FrameType::FileInData => Frame::FileInData(payload),
             FrameType::FileOutData => Frame::FileOutData(payload),
+            FrameType::InputWanted => {
+                empty(ty, &payload)?;
+                Frame::InputWanted
+            }
         })
     }
 
@@ -500,7 +510,7 @@ impl Frame {
             | Frame::Stderr(b)
             | Frame::FileInData(b)
             | Frame::FileOutData(b) => raw(dst, b),
-            Frame::StdinEof | Frame::Cancel => raw(dst, &[]),
+            Frame::StdinEof | Frame::Cancel | Frame::InputWanted => raw(dst, &[]),
             Frame::Signal(sig) => raw(dst, &[*sig]),
             Frame::StdinCredit(n) => raw(dst, &n.to_be_bytes()),
             Frame::Hello(v) => encode_json(dst, ty, v),
@@ -630,6 +640,7 @@ mod tests {
             Frame::Stdout(Bytes::from_static(b"Name: ")),
             Frame::Stderr(Bytes::from((0..=255u8).collect::<Vec<_>>())),
             Frame::StdinCredit(65_536),
+            Frame::InputWanted,
             Frame::End(End {
                 reason: EndReason::Signal,
                 exit_code: 137,
@@ -684,6 +695,7 @@ mod tests {
             &[0x8a],             // empty FILE_OUT_DATA
             &[0x89, b'{', b'}'], // FILE_OUT without name and size
             &[0x8b, b'1'],       // FILES_OUT_END that is not an object
+            &[0x8c, 0],          // INPUT_WANTED with a payload
         ];
         for case in cases {
             let err = Frame::parse(Bytes::copy_from_slice(case)).unwrap_err();

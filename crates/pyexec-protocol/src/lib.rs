@@ -22,6 +22,10 @@ pub use frame::{
     Queued, Started, Usage, Welcome, HEADER_LEN,
 };
 
+/// Feature `input_wanted` (protocol §10.3): the server sends `INPUT_WANTED` when the
+/// script is blocked reading a stdin that holds nothing unread.
+pub const INPUT_WANTED: &str = "input_wanted";
+
 /// The protocol version this build speaks. Sent in `HELLO` and `WELCOME`.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -332,6 +332,7 @@ impl TestSession {
             &[],
             &nonce,
             &Default::default(),
+            0,
         );
         let (output_tx, output) = mpsc::channel(64);
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -349,6 +350,7 @@ impl TestSession {
             events: self.probe.clone().recipient(),
             files_in: false,
             files_out: None,
+            input_wanted: false,
         });
         ScriptIo {
             output,

@@ -31,6 +31,7 @@ from .errors import (
 from .session import (
     DEFAULT_CA,
     DEFAULT_SERVER,
+    InputWanted,
     Queued,
     Result,
     Session,
@@ -52,6 +53,7 @@ __all__ = [
     "Started",
     "Stdout",
     "Stderr",
+    "InputWanted",
     "DEFAULT_SERVER",
     "DEFAULT_CA",
     "PyexecError",

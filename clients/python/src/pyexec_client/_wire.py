@@ -42,6 +42,9 @@ ERROR = 0x88
 FILE_OUT = 0x89
 FILE_OUT_DATA = 0x8A
 FILES_OUT_END = 0x8B
+#: Feature `input_wanted` (§10.3): the script is blocked reading an empty stdin.
+INPUT_WANTED = 0x8C
+INPUT_WANTED_FEATURE = "input_wanted"
 
 #: Server frames of feature `files`: unknown types unless the feature was granted.
 FILE_TYPES = {FILE_OUT: "FILE_OUT", FILE_OUT_DATA: "FILE_OUT_DATA", FILES_OUT_END: "FILES_OUT_END"}

@@ -95,7 +95,13 @@ class Stderr:
     data: bytes
 
 
-Event = Union[Welcome, Queued, Started, Stdout, Stderr]
+@dataclass(frozen=True)
+class InputWanted:
+    """The script is blocked reading its stdin and nothing unread is waiting there
+    (feature `input_wanted`, §10.3): once per wait, after the prompt's Stdout."""
+
+
+Event = Union[Welcome, Queued, Started, Stdout, Stderr, InputWanted]
 
 
 @dataclass
@@ -228,6 +234,7 @@ class Session:
         for pattern in get:
             _files.check_name(pattern, "get pattern")
         self._wants_files = bool(file_list or get)
+        self._input_wanted_granted = False
         self._out_dir = os.fspath(out_dir) if out_dir is not None else "."
         self._files_granted = False
         self._files_refused = False
@@ -280,8 +287,10 @@ class Session:
         }
         if name is not None:
             hello["name"] = name
+        # input_wanted costs nothing to ask for: a server that lacks it simply never sends it.
+        hello["features"] = [w.INPUT_WANTED_FEATURE]
         if self._wants_files:
-            hello["features"] = [_files.FEATURE]
+            hello["features"].append(_files.FEATURE)
             hello["files"] = {
                 "count": len(file_list),
                 "bytes": sum(size for _, size, _ in file_list),
@@ -551,6 +560,10 @@ class Session:
                 raise FilesRefused("cannot write a result file: %s" % e, session=self._session_id())
             except ValueError as e:
                 raise ProtocolError(str(e), session=self._session_id())
+        if ftype == w.INPUT_WANTED and self._input_wanted_granted:
+            if payload:
+                raise ProtocolError("INPUT_WANTED with a payload of %d bytes" % len(payload))
+            return self._emit(InputWanted())
         name = w.SERVER_TYPES.get(ftype)
         if name is None:
             raise ProtocolError(
@@ -591,6 +604,7 @@ class Session:
                 raise ProtocolError("a second WELCOME")
             self.welcome = _parse_welcome(payload)
             self._files_granted = self._wants_files and _files.FEATURE in self.welcome.features
+            self._input_wanted_granted = w.INPUT_WANTED_FEATURE in self.welcome.features
             with self._cond:
                 self._window = self.welcome.limits["stdin_window"]
                 self._cond.notify_all()
