@@ -206,7 +206,7 @@ fn unknown_and_misdirected_frame_types_are_protocol_errors() {
     let d = Daemon::start(&[]);
     let base = idle_baseline(&d);
     let rt = runtime();
-    let mut cases: Vec<(String, Vec<u8>, String)> = [0x00u8, 0x09, 0x42, 0x7f, 0x80, 0x8c, 0xff]
+    let mut cases: Vec<(String, Vec<u8>, String)> = [0x00u8, 0x09, 0x42, 0x7f, 0x80, 0x8d, 0xff]
         .iter()
         .map(|ty| {
             (

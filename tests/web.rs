@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::{daemon::*, figures::*, idle::*, processes::*, raw::runtime, web::*};
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -247,4 +248,54 @@ fn check_config_refuses_a_bad_tokens_file_without_showing_it() {
     let err = stderr_str(&out);
     assert!(err.contains(&format!("{}:1:", path.display())), "{err}");
     assert!(!err.contains("short-secret"), "{err}");
+}
+
+/// `--client-ca` applies to browsers as to any client: without a certificate there is no
+/// page, with one a WebSocket session runs and its identity is the certificate's subject.
+#[test]
+fn client_ca_applies_to_browsers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    pyexec::certs::generate(dir.path(), &[], false).unwrap();
+    pyexec::certs::issue_client(dir.path(), "browser", false).unwrap();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let d = Daemon::start_in(
+        dir,
+        &unique_instance(),
+        &["--client-ca", &ca, "--max-sessions-per-client", "1"],
+    );
+    runtime().block_on(async {
+        // No certificate: the handshake fails on the first read (TLS 1.3), no page.
+        match tls_as_with_alpn(&d, None, &[b"http/1.1"]).await {
+            Err(_) => {}
+            Ok((mut tls, _)) => {
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .await
+                    .ok();
+                let page = read_to_close(&mut tls, WITHIN).await;
+                assert!(
+                    !page.contains("HTTP/1.1 200"),
+                    "a page without a certificate: {page}"
+                );
+            }
+        }
+        // With one: a session, counted for CN=browser.
+        let (tls, chosen) = tls_as_with_alpn(&d, Some("browser"), &[b"http/1.1"])
+            .await
+            .unwrap();
+        assert_eq!(chosen.as_deref(), Some(&b"http/1.1"[..]));
+        let mut ws = websocket_on(tls, &d, "pyexec.v1", None).await.unwrap();
+        start_script(&mut ws, "input()\nprint('ok')\n").await;
+        let welcome = next(&mut ws, WITHIN).await.unwrap();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert!(
+            wait_until(WITHIN, || status_line(&d).contains("\"CN=browser\":1")),
+            "the browser's identity is its certificate's subject: {}",
+            status_line(&d)
+        );
+        send(&mut ws, json!({"type": "stdin", "data": "Cg=="})).await; // "\n"
+        let (stdout, end) = until_end(&mut ws, WITHIN).await;
+        assert_eq!(stdout, "ok\n");
+        assert_eq!(end["exit_code"], 0, "{end}");
+    });
+    d.stop();
 }

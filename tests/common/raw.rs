@@ -159,17 +159,37 @@ impl Raw {
 /// A TLS 1.3 client configuration trusting the daemon's CA and offering ALPN `pyexec/1`,
 /// as the reference client's, built here with rustls alone.
 pub fn tls_config(d: &Daemon) -> Arc<rustls::ClientConfig> {
+    tls_config_as(d, None)
+}
+
+/// `tls_config`, presenting the client certificate `client-NAME.pem` of the daemon's
+/// directory (`pyexecd gen-certs --client NAME`) when a name is given.
+pub fn tls_config_as(d: &Daemon, client: Option<&str>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(d.ca()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let dir = d.dir.path();
+            let chain = CertificateDer::pem_file_iter(dir.join(format!("client-{name}.pem")))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(
+                dir.join(format!("client-{name}.key")),
+            )
+            .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     config.alpn_protocols = vec![b"pyexec/1".to_vec()];
     Arc::new(config)
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::daemon::Daemon;
-use super::raw::tls_config;
+use super::raw::tls_config_as;
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -30,7 +30,16 @@ pub async fn tls_with_alpn(
     d: &Daemon,
     alpn: &[&[u8]],
 ) -> std::io::Result<(TlsStream<TcpStream>, Option<Vec<u8>>)> {
-    let mut config = (*tls_config(d)).clone();
+    tls_as_with_alpn(d, None, alpn).await
+}
+
+/// `tls_with_alpn`, presenting the client certificate of `client` when given.
+pub async fn tls_as_with_alpn(
+    d: &Daemon,
+    client: Option<&str>,
+    alpn: &[&[u8]],
+) -> std::io::Result<(TlsStream<TcpStream>, Option<Vec<u8>>)> {
+    let mut config = (*tls_config_as(d, client)).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(d.addr).await?;
     let tls = TlsConnector::from(Arc::new(config))
@@ -81,7 +90,16 @@ pub async fn get(d: &Daemon, path: &str) -> String {
 /// and Origin (`None`: the right one): the WebSocket, or the HTTP status it was refused
 /// with.
 pub async fn websocket(d: &Daemon, protocols: &str, origin: Option<&str>) -> Result<Ws, u16> {
-    let tls = https(d).await;
+    websocket_on(https(d).await, d, protocols, origin).await
+}
+
+/// `websocket`, over a TLS connection the test made (e.g. with a client certificate).
+pub async fn websocket_on(
+    tls: TlsStream<TcpStream>,
+    d: &Daemon,
+    protocols: &str,
+    origin: Option<&str>,
+) -> Result<Ws, u16> {
     let host = format!("localhost:{}", d.addr.port());
     let mut request = format!("wss://{host}/ws").into_client_request().unwrap();
     let h = request.headers_mut();
