@@ -26,6 +26,15 @@ class RunTests(unittest.TestCase):
         self.assertIsNotNone(r.started)
         self.assertEqual(r.welcome.limits["stdin_window"], 262144)
 
+    def test_an_image_by_name_and_an_unknown_one_listing_the_names(self):
+        # The default image by its name runs as without one (HELLO.image, §4.1).
+        self.assertEqual(self.run_script("print(1)", image="default").stdout, b"1\n")
+        with self.assertRaises(px.ServerError) as caught:
+            self.run_script("print(1)", image="nope")
+        self.assertEqual(caught.exception.code, "image")
+        self.assertIn('unknown image "nope"', caught.exception.message)
+        self.assertIn("default", caught.exception.message)
+
     def test_script_as_bytes(self):
         self.assertEqual(self.run_script(b"print(40 + 2)").stdout, b"42\n")
 

@@ -215,6 +215,7 @@ class Session:
         files=None,
         get=(),
         out_dir=None,
+        image=None,
     ):
         if isinstance(script, str):
             script = script.encode("utf-8")
@@ -287,6 +288,10 @@ class Session:
         }
         if name is not None:
             hello["name"] = name
+        if image is not None:
+            # The server's image of that name (its --extra-image); an unknown name is
+            # ERROR image, whose message lists the names it offers.
+            hello["image"] = str(image)
         # input_wanted costs nothing to ask for: a server that lacks it simply never sends it.
         hello["features"] = [w.INPUT_WANTED_FEATURE]
         if self._wants_files:
@@ -745,6 +750,7 @@ def run(
     files=None,
     get=(),
     out_dir=None,
+    image=None,
 ):
     """Runs a script and returns its Result, with stdout and stderr captured.
 
@@ -768,6 +774,7 @@ def run(
         files=files,
         get=get,
         out_dir=out_dir,
+        image=image,
     ) as session:
         try:
             return session.wait(timeout)
