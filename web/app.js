@@ -131,6 +131,8 @@
     downloads.textContent = ""; filesReport.textContent = "";
   }
   function addDownload(name, parts, bytes) {
+    // octet-stream: a file the script made (an .html) opened in a tab is saved, never
+    // rendered as a page of this origin.
     const url = URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" }));
     blobUrls.push(url);
     const a = document.createElement("a");
