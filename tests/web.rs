@@ -100,7 +100,7 @@ fn the_playground_works_in_a_real_browser() {
         "{status:?}\n{out}\n{err}\n{}",
         d.log()
     );
-    assert!(out.contains("11 passed, 0 failed"), "{out}");
+    assert!(out.contains("12 passed, 0 failed"), "{out}");
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "a screenshot"

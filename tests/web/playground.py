@@ -241,6 +241,21 @@ def main():
                 assert f.read() == "total=42\n", "the download's content"
             ok("a picked file goes in and its result comes back as a download")
 
+            # On a phone's width the file controls and the link stay on the page, whole,
+            # with no sideways scrolling.
+            d.set_window_size(390, 844)
+            wide = d.execute_script(
+                "const w = document.documentElement.clientWidth;"
+                "const out = ['files', 'get', 'downloads', 'run', 'output', 'status']"
+                ".filter(id => { const r = document.getElementById(id).getBoundingClientRect();"
+                " return r.left < 0 || r.right > w || r.width === 0; });"
+                "if (document.documentElement.scrollWidth > w) out.push('the page');"
+                "return out;"
+            )
+            assert not wide, f"wider than a phone: {wide}"
+            d.set_window_size(1100, 720)
+            ok("the file controls fit a phone's width")
+
         # 7. After all of it: still no console error, and no request left the server.
         errors = console_errors(d)
         assert not errors, f"console errors: {errors}"
