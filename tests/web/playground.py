@@ -180,12 +180,17 @@ def main():
         ok("a share link with run=1 runs by itself")
 
         # 6. Files (protocol §10.2, §13.4): a CSV picked beside the script, a result file
-        # back as a download. The picker gets two files; main.py, the script's own name,
-        # is refused by name before anything runs, and data.csv alone is sent.
+        # back as a download. The picker gets three files; main.py, the script's own name,
+        # is refused by name before anything runs. big.dat, larger than the STDIN window,
+        # goes in on credit and comes back in several chunks, every byte value in it.
         with tempfile.TemporaryDirectory() as tmp:
             csv = os.path.join(tmp, "data.csv")
             with open(csv, "w") as f:
                 f.write("name,n\nx,2\ny,40\n")
+            big = os.path.join(tmp, "big.dat")
+            blob = bytes((i * 7 + i // 256) % 256 for i in range(700_000))
+            with open(big, "wb") as f:
+                f.write(blob)
             clash = os.path.join(tmp, "main.py")
             with open(clash, "w") as f:
                 f.write("print('the wrong main.py')\n")
@@ -195,13 +200,14 @@ def main():
                 d,
                 "import csv\nrows = list(csv.DictReader(open('data.csv')))\n"
                 "total = sum(int(r['n']) for r in rows)\n"
-                "open('out.txt', 'w').write(f'total={total}\\n')\nprint('rows', len(rows))\n",
+                "open('out.txt', 'w').write(f'total={total}\\n')\nprint('rows', len(rows))\n"
+                "import shutil\nshutil.copy('big.dat', 'copy.dat')\n",
             )
             # Selenium gives a multiple file input several paths separated by newlines.
-            d.find_element(By.ID, "files").send_keys(csv + "\n" + clash)
+            d.find_element(By.ID, "files").send_keys("\n".join([csv, big, clash]))
             wait(d, "the refusal", lambda: "main.py" in text(d, "files-note"))
             assert "the script's own name" in text(d, "files-note"), text(d, "files-note")
-            assert "data.csv" not in text(d, "files-note"), text(d, "files-note")
+            assert "data.csv" not in text(d, "files-note") and "big" not in text(d, "files-note")
             ok("a refused file name is told before the run")
 
             # A refused get pattern stops the run before it starts, named.
@@ -214,14 +220,14 @@ def main():
             ok("a refused get pattern stops the run")
 
             get.clear()
-            get.send_keys("out.txt, nothing*")
+            get.send_keys("out.txt, nothing* copy.dat")
             d.find_element(By.ID, "run").click()
             wait(d, "the files run", lambda: text(d, "status").startswith("exit "))
             assert text(d, "status") == "exit 0 (exited)", (text(d, "status"), text(d, "output"))
             assert text(d, "output") == "rows 2\n", repr(text(d, "output"))
-            links = d.find_elements(By.CSS_SELECTOR, "#downloads a")
-            assert len(links) == 1, [l.get_attribute("outerHTML") for l in links]
-            link = links[0]
+            links = {l.get_attribute("download"): l for l in d.find_elements(By.CSS_SELECTOR, "#downloads a")}
+            assert sorted(links) == ["copy.dat", "out.txt"], list(links)
+            link = links["out.txt"]
             assert link.get_attribute("download") == "out.txt", link.get_attribute("outerHTML")
             assert link.text == "out.txt", link.text
             href = link.get_attribute("href")
@@ -239,6 +245,11 @@ def main():
             wait(d, "the download", lambda: os.path.exists(target))
             with open(target) as f:
                 assert f.read() == "total=42\n", "the download's content"
+            links["copy.dat"].send_keys(Keys.ENTER)
+            target = os.path.join(saved, "copy.dat")
+            wait(d, "the large download", lambda: os.path.exists(target))
+            with open(target, "rb") as f:
+                assert f.read() == blob, "the large file's bytes, in and out"
             ok("a picked file goes in and its result comes back as a download")
 
             # On a phone's width the file controls and the link stay on the page, whole,
