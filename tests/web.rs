@@ -14,6 +14,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use common::{daemon::*, figures::*, idle::*, processes::*, raw::runtime, web::*};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -98,7 +100,7 @@ fn the_playground_works_in_a_real_browser() {
         "{status:?}\n{out}\n{err}\n{}",
         d.log()
     );
-    assert!(out.contains("8 passed, 0 failed"), "{out}");
+    assert!(out.contains("12 passed, 0 failed"), "{out}");
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "a screenshot"
@@ -297,5 +299,88 @@ fn client_ca_applies_to_browsers_too() {
         assert_eq!(stdout, "ok\n");
         assert_eq!(end["exit_code"], 0, "{end}");
     });
+    d.stop();
+}
+
+/// Feature `files` over the WebSocket (protocol §13.4): a file in beside the script, a
+/// result file out, the patterns that matched nothing, all as JSON messages in the
+/// order of §10.2; and the order rule the Session keeps for a browser as for frames.
+#[test]
+fn a_websocket_session_sends_files_and_gets_them_back() {
+    let d = Daemon::start(&[]);
+    runtime().block_on(async {
+        let script = "rows = open('data/in.csv').read().split()\n\
+                      open('out.txt', 'w').write(str(sum(int(r.split(',')[1]) for r in rows[1:])))\n";
+        let csv = "a,b\nx,2\ny,40\n";
+        let mut ws = websocket(&d, "pyexec.v1", None).await.unwrap();
+        send(
+            &mut ws,
+            json!({"type": "hello", "version": 1, "script_size": script.len(), "client": "test",
+                   "features": ["files"],
+                   "files": {"count": 1, "bytes": csv.len(), "get": ["out.txt", "none*"]}}),
+        )
+        .await;
+        // The browser waits for welcome before its script (§10.2): it grants `files`.
+        let welcome = next(&mut ws, WITHIN).await.unwrap();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["features"], json!(["files"]), "{welcome}");
+        assert!(welcome["limits"]["files_in_bytes"].is_u64(), "{welcome}");
+        send(&mut ws, json!({"type": "script", "data": BASE64.encode(script)})).await;
+        send(
+            &mut ws,
+            json!({"type": "file_in", "name": "data/in.csv", "size": csv.len()}),
+        )
+        .await;
+        send(
+            &mut ws,
+            json!({"type": "file_in_data", "data": BASE64.encode(csv)}),
+        )
+        .await;
+        send(&mut ws, json!({"type": "stdin_eof"})).await;
+        let mut seen = Vec::new();
+        let mut content = Vec::new();
+        let end = loop {
+            let m = next(&mut ws, WITHIN).await.expect("a message before the end");
+            let kind = m["type"].as_str().unwrap().to_string();
+            match kind.as_str() {
+                "file_out" => assert_eq!(m, json!({"type": "file_out", "name": "out.txt", "size": 2})),
+                "file_out_data" => {
+                    content.extend(BASE64.decode(m["data"].as_str().unwrap()).unwrap())
+                }
+                "files_out_end" => assert_eq!(
+                    (&m["unmatched"], &m["skipped"]),
+                    (&json!(["none*"]), &json!([])),
+                    "{m}"
+                ),
+                "end" | "error" => break m,
+                _ => {}
+            }
+            seen.push(kind);
+        };
+        assert_eq!((end["type"].as_str(), end["exit_code"].as_i64()), (Some("end"), Some(0)), "{end}");
+        assert_eq!(content, b"42");
+        // FILE_OUT, its data, FILES_OUT_END, then END: nothing of the files after the end.
+        let files: Vec<_> = seen.iter().filter(|k| k.starts_with("file")).collect();
+        assert_eq!(files, ["file_out", "file_out_data", "files_out_end"], "{seen:?}");
+
+        // stdin before every announced file is the Session's protocol error, as for frames.
+        let mut ws = websocket(&d, "pyexec.v1", None).await.unwrap();
+        send(
+            &mut ws,
+            json!({"type": "hello", "version": 1, "script_size": 9, "features": ["files"],
+                   "files": {"count": 1, "bytes": 1}}),
+        )
+        .await;
+        assert_eq!(next(&mut ws, WITHIN).await.unwrap()["type"], "welcome");
+        send(&mut ws, json!({"type": "script", "data": BASE64.encode("print(1)\n")})).await;
+        send(&mut ws, json!({"type": "stdin", "data": "Cg=="})).await;
+        let (_, error) = until_end(&mut ws, WITHIN).await;
+        assert_eq!(error["code"], "protocol", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("STDIN before every announced file"),
+            "{error}"
+        );
+    });
+    assert_healthy(&d);
     d.stop();
 }

@@ -29,23 +29,29 @@ enum Shape {
 
 /// The frames a browser may send: type byte, message type, shape. Client types only: a
 /// server type in a browser's message is refused here, as the Session would refuse it.
-const CLIENT: [(u8, &str, Shape); 6] = [
+const CLIENT: [(u8, &str, Shape); 8] = [
     (0x01, "hello", Shape::Object),
     (0x02, "script", Shape::Data),
     (0x03, "stdin", Shape::Data),
     (0x04, "stdin_eof", Shape::Empty),
     (0x05, "signal", Shape::Signal),
     (0x06, "cancel", Shape::Empty),
+    // Feature `files` (§10.2): the Session refuses them unless it granted the feature.
+    (0x07, "file_in", Shape::Object),
+    (0x08, "file_in_data", Shape::Data),
 ];
 
 /// The features (protocol §10.1) whose frames all have messages here; a browser's HELLO
-/// asks for no other. `files` has none yet.
-const WS_FEATURES: &[&str] = &[crate::protocol::INPUT_WANTED];
+/// asks for no other.
+const WS_FEATURES: &[&str] = &[
+    crate::protocol::INPUT_WANTED,
+    crate::protocol::files::FEATURE,
+];
 
 /// The frames the server sends. A feature's frame (protocol §10.1) is one more row here:
 /// it is only ever sent to a session that asked for the feature in `hello.features`, so a
 /// browser that did not ask never meets its type.
-const SERVER: [(u8, &str, Shape); 9] = [
+const SERVER: [(u8, &str, Shape); 12] = [
     (0x81, "welcome", Shape::Object),
     (0x82, "queued", Shape::Object),
     (0x83, "started", Shape::Object),
@@ -54,6 +60,10 @@ const SERVER: [(u8, &str, Shape); 9] = [
     (0x86, "stdin_credit", Shape::Credit),
     (0x87, "end", Shape::Object),
     (0x88, "error", Shape::Object),
+    // Feature `files` (§10.2).
+    (0x89, "file_out", Shape::Object),
+    (0x8a, "file_out_data", Shape::Data),
+    (0x8b, "files_out_end", Shape::Object),
     // Feature `input_wanted` (§10.3).
     (0x8c, "input_wanted", Shape::Empty),
 ];
@@ -180,6 +190,7 @@ pub fn frame_to_message(body: &[u8]) -> Result<String, MappingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::files::{FileHeader, FilesHello, FilesOutEnd, Skipped};
     use crate::protocol::{End, EndReason, Frame, FrameCodec, Hello, Queued, Usage, STDIN_WINDOW};
     use bytes::BytesMut;
     use tokio_util::codec::{Decoder, Encoder};
@@ -204,13 +215,14 @@ mod tests {
     #[test]
     fn every_client_message_becomes_its_frame() {
         let hello = decoded(
-            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["files","x","input_wanted"]}"#,
+            r#"{"type":"hello","version":1,"script_size":5,"name":"a.py","features":["files","x","input_wanted"],"files":{"count":1,"bytes":3,"get":["*.png"]}}"#,
         );
         let Frame::Hello(Hello {
             version,
             script_size,
             name,
             features,
+            files,
             ..
         }) = hello
         else {
@@ -220,8 +232,16 @@ mod tests {
         assert_eq!(name.as_deref(), Some("a.py"));
         assert_eq!(
             features,
-            ["input_wanted"],
+            ["files", "input_wanted"],
             "a feature without messages is not asked for"
+        );
+        assert_eq!(
+            files,
+            Some(FilesHello {
+                count: 1,
+                bytes: 3,
+                get: vec!["*.png".into()]
+            })
         );
         // "aGk=" is base64 for "hi"; arbitrary bytes survive.
         assert_eq!(
@@ -235,6 +255,49 @@ mod tests {
         assert_eq!(decoded(r#"{"type":"stdin_eof"}"#), Frame::StdinEof);
         assert_eq!(decoded(r#"{"type":"signal","signal":2}"#), Frame::Signal(2));
         assert_eq!(decoded(r#"{"type":"cancel","extra":true}"#), Frame::Cancel);
+        // Feature `files`: the header's fields at the top level, the content in base64.
+        assert_eq!(
+            decoded(r#"{"type":"file_in","name":"data/a.csv","size":3}"#),
+            Frame::FileIn(FileHeader {
+                name: "data/a.csv".into(),
+                size: 3
+            })
+        );
+        assert_eq!(
+            decoded(r#"{"type":"file_in_data","data":"MSwy"}"#),
+            Frame::FileInData("1,2".into())
+        );
+    }
+
+    #[test]
+    fn a_file_message_the_session_must_refuse_is_passed_on_for_it_to_refuse() {
+        // A refused name and an empty chunk are the Session's ERROR protocol (§10.2):
+        // the mapping neither checks names nor drops empty data, so the rule stays there.
+        assert_eq!(
+            decoded(r#"{"type":"file_in","name":"../x","size":1}"#),
+            Frame::FileIn(FileHeader {
+                name: "../x".into(),
+                size: 1
+            })
+        );
+        assert_eq!(
+            message_to_frame(r#"{"type":"file_in_data","data":""}"#).unwrap(),
+            [0, 0, 0, 1, 0x08]
+        );
+        // A header without its size does not decode: the Session's protocol error.
+        let bytes = message_to_frame(r#"{"type":"file_in","name":"a"}"#).unwrap();
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(FrameCodec::new().decode(&mut buf).is_err());
+        let err = message_to_frame(r#"{"type":"file_in_data","data":"%"}"#).unwrap_err();
+        assert!(matches!(err, MappingError::BadField { .. }), "{err:?}");
+        // The server's file messages are not the browser's to send.
+        for kind in ["file_out", "file_out_data", "files_out_end"] {
+            let text = format!(r#"{{"type":"{kind}"}}"#);
+            assert_eq!(
+                message_to_frame(&text).unwrap_err(),
+                MappingError::UnknownType(kind.into())
+            );
+        }
     }
 
     #[test]
@@ -314,6 +377,29 @@ mod tests {
             serde_json::json!({"type":"stderr","data":"ZQ=="})
         );
         assert_eq!(
+            message(Frame::FileOut(FileHeader {
+                name: "out/plot.png".into(),
+                size: 2
+            })),
+            serde_json::json!({"type":"file_out","name":"out/plot.png","size":2})
+        );
+        assert_eq!(
+            message(Frame::FileOutData(vec![0x89, b'P'].into())),
+            serde_json::json!({"type":"file_out_data","data":"iVA="})
+        );
+        assert_eq!(
+            message(Frame::FilesOutEnd(FilesOutEnd {
+                unmatched: vec!["*.csv".into()],
+                skipped: vec![Skipped {
+                    name: "link".into(),
+                    reason: "a symbolic link".into()
+                }],
+                message: String::new(),
+            })),
+            serde_json::json!({"type":"files_out_end","unmatched":["*.csv"],
+                "skipped":[{"name":"link","reason":"a symbolic link"}]})
+        );
+        assert_eq!(
             message(Frame::InputWanted),
             serde_json::json!({"type":"input_wanted"})
         );
@@ -359,7 +445,14 @@ mod tests {
             frame_to_message(&[0x99]),
             Err(MappingError::UnknownFrame(0x99))
         );
-        for body in [&[0x86, 0, 0][..], &[0x87, b'['], &[0x81, b'x'], &[0x8c, 0]] {
+        for body in [
+            &[0x86, 0, 0][..],
+            &[0x87, b'['],
+            &[0x81, b'x'],
+            &[0x8c, 0],
+            &[0x89, b'['],
+            &[0x8b, b'"'],
+        ] {
             assert!(
                 matches!(frame_to_message(body), Err(MappingError::BadPayload { .. })),
                 "{body:?}"

@@ -11,7 +11,9 @@ fixed sleeps."""
 
 import base64
 import json
+import os
 import sys
+import tempfile
 import urllib.parse
 
 from selenium import webdriver
@@ -177,7 +179,95 @@ def main():
         assert text(d, "output") == "HI THERE", repr(text(d, "output"))
         ok("a share link with run=1 runs by itself")
 
-        # 6. After all of it: still no console error, and no request left the server.
+        # 6. Files (protocol §10.2, §13.4): a CSV picked beside the script, a result file
+        # back as a download. The picker gets three files; main.py, the script's own name,
+        # is refused by name before anything runs. big.dat, larger than the STDIN window,
+        # goes in on credit and comes back in several chunks, every byte value in it.
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = os.path.join(tmp, "data.csv")
+            with open(csv, "w") as f:
+                f.write("name,n\nx,2\ny,40\n")
+            big = os.path.join(tmp, "big.dat")
+            blob = bytes((i * 7 + i // 256) % 256 for i in range(700_000))
+            with open(big, "wb") as f:
+                f.write(blob)
+            clash = os.path.join(tmp, "main.py")
+            with open(clash, "w") as f:
+                f.write("print('the wrong main.py')\n")
+            d.get(URL)
+            wait(d, "the editor", lambda: d.find_elements(By.CSS_SELECTOR, ".CodeMirror"))
+            set_code(
+                d,
+                "import csv\nrows = list(csv.DictReader(open('data.csv')))\n"
+                "total = sum(int(r['n']) for r in rows)\n"
+                "open('out.txt', 'w').write(f'total={total}\\n')\nprint('rows', len(rows))\n"
+                "import shutil\nshutil.copy('big.dat', 'copy.dat')\n",
+            )
+            # Selenium gives a multiple file input several paths separated by newlines.
+            d.find_element(By.ID, "files").send_keys("\n".join([csv, big, clash]))
+            wait(d, "the refusal", lambda: "main.py" in text(d, "files-note"))
+            assert "the script's own name" in text(d, "files-note"), text(d, "files-note")
+            assert "data.csv" not in text(d, "files-note") and "big" not in text(d, "files-note")
+            ok("a refused file name is told before the run")
+
+            # A refused get pattern stops the run before it starts, named.
+            get = d.find_element(By.ID, "get")
+            get.send_keys("../x")
+            d.find_element(By.ID, "run").click()
+            wait(d, "the pattern's refusal", lambda: "../x" in text(d, "files-note"))
+            assert text(d, "status") == "", "nothing ran"
+            assert "nothing ran" in text(d, "report"), text(d, "report")
+            ok("a refused get pattern stops the run")
+
+            get.clear()
+            get.send_keys("out.txt, nothing* copy.dat")
+            d.find_element(By.ID, "run").click()
+            wait(d, "the files run", lambda: text(d, "status").startswith("exit "))
+            assert text(d, "status") == "exit 0 (exited)", (text(d, "status"), text(d, "output"))
+            assert text(d, "output") == "rows 2\n", repr(text(d, "output"))
+            links = {l.get_attribute("download"): l for l in d.find_elements(By.CSS_SELECTOR, "#downloads a")}
+            assert sorted(links) == ["copy.dat", "out.txt"], list(links)
+            link = links["out.txt"]
+            assert link.get_attribute("download") == "out.txt", link.get_attribute("outerHTML")
+            assert link.text == "out.txt", link.text
+            href = link.get_attribute("href")
+            assert href.startswith("blob:" + ORIGIN + "/"), href
+            assert "matched nothing: nothing*" in text(d, "files-report"), text(d, "files-report")
+            # The link works under the page's CSP: clicked, the browser saves the file,
+            # content and name, into the download directory.
+            saved = os.path.join(tmp, "downloads")
+            os.mkdir(saved)
+            d.execute_cdp_cmd(
+                "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": saved}
+            )
+            link.send_keys(Keys.ENTER)  # by keyboard, as a user without a mouse would
+            target = os.path.join(saved, "out.txt")
+            wait(d, "the download", lambda: os.path.exists(target))
+            with open(target) as f:
+                assert f.read() == "total=42\n", "the download's content"
+            links["copy.dat"].send_keys(Keys.ENTER)
+            target = os.path.join(saved, "copy.dat")
+            wait(d, "the large download", lambda: os.path.exists(target))
+            with open(target, "rb") as f:
+                assert f.read() == blob, "the large file's bytes, in and out"
+            ok("a picked file goes in and its result comes back as a download")
+
+            # On a phone's width the file controls and the link stay on the page, whole,
+            # with no sideways scrolling.
+            d.set_window_size(390, 844)
+            wide = d.execute_script(
+                "const w = document.documentElement.clientWidth;"
+                "const out = ['files', 'get', 'downloads', 'run', 'output', 'status']"
+                ".filter(id => { const r = document.getElementById(id).getBoundingClientRect();"
+                " return r.left < 0 || r.right > w || r.width === 0; });"
+                "if (document.documentElement.scrollWidth > w) out.push('the page');"
+                "return out;"
+            )
+            assert not wide, f"wider than a phone: {wide}"
+            d.set_window_size(1100, 720)
+            ok("the file controls fit a phone's width")
+
+        # 7. After all of it: still no console error, and no request left the server.
         errors = console_errors(d)
         assert not errors, f"console errors: {errors}"
         left = requests_left_the_origin(d)
