@@ -2,8 +2,6 @@
 //! checked before anything runs, then each FILE_IN header and its FILE_IN_DATA checked
 //! and queued for the bootstrap on the script's stdin path, within the STDIN window.
 
-use std::sync::atomic::Ordering;
-
 use actix::prelude::*;
 use bytes::Bytes;
 
@@ -15,7 +13,7 @@ use crate::protocol::files::{
     check_announced, FileHeader, FileSet, FilesError, FilesHello, FilesLimits, FEATURE,
     MAX_PATH_LEN,
 };
-use crate::protocol::{ErrorCode, Hello, STDIN_WINDOW};
+use crate::protocol::{ErrorCode, Hello};
 use crate::sandbox::script_name;
 
 /// The `files` bounds of this server, as WELCOME announces them.
@@ -141,15 +139,6 @@ impl Session {
             return self.fail(ErrorCode::Protocol, why, ctx);
         }
         // File content shares the STDIN window: the same bound on what the daemon holds.
-        let in_flight = self.stdin_in_flight.fetch_add(n, Ordering::Relaxed) + n;
-        if in_flight > STDIN_WINDOW as u64 {
-            return self.fail(
-                ErrorCode::Protocol,
-                format!("STDIN window of {STDIN_WINDOW} bytes exceeded"),
-                ctx,
-            );
-        }
-        self.deps.bytes.add_in(data.len());
-        self.stdin.push(&data);
+        self.push_stdin(data, ctx);
     }
 }

@@ -560,6 +560,12 @@ impl Session {
             };
             return self.fail(ErrorCode::Protocol, why, ctx);
         }
+        self.push_stdin(data, ctx);
+    }
+
+    /// Queues bytes for the container's stdin (STDIN, and file content, which shares the
+    /// window): one bound on what the daemon holds, whatever frames brought them.
+    pub(super) fn push_stdin(&mut self, data: bytes::Bytes, ctx: &mut Context<Self>) {
         let n = data.len() as u64;
         let in_flight = self.stdin_in_flight.fetch_add(n, Ordering::Relaxed) + n;
         if in_flight > STDIN_WINDOW as u64 {
