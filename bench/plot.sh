@@ -9,10 +9,9 @@
 # python3-numpy,python3-pandas,python3-matplotlib --tag pyexec/sandbox:science) and the
 # binaries in $BIN (default target/release, else target/debug). Starts its own pyexecd on
 # a free loopback port (instance bench-plot-<pid>), stopped at the end. Before each pyexec
-# run it waits until the science spare is started again, then $SETTLE seconds (default 3)
-# more: a started spare is counted ready before its interpreter has finished preloading
-# (about a second on a quiet machine), and a user running a plot every few seconds finds
-# it done.
+# run it waits until the science spare is ready again (a preloading spare counts as ready
+# only once its bootstrap has imported its modules), then $SETTLE seconds (default 0)
+# more.
 #
 # Until `pyexec --file/--get` exist, the script carries data.csv inside itself and
 # prints the PNG's size instead of sending it back; `docker run` runs the very same text.

@@ -53,6 +53,10 @@ pub const NONCE_LEN: usize = 16;
 /// The byte the bootstrap writes to stdout once it has the script.
 pub const ACK: u8 = 0x06;
 
+/// Written alone on stdout by a bootstrap started with `preload`, once the modules are
+/// imported and before it reads its request (`await_ready`).
+pub const READY: u8 = 0x05;
+
 /// Stderr that may arrive before the ACK on stdout, kept: it is the script's (Docker
 /// copies the two streams independently, so under load the script's first stderr can
 /// overtake the bootstrap's ACK), or, if no ACK comes, the bootstrap's error message.
@@ -164,11 +168,27 @@ pub async fn write_request(mut input: InputSink, request: Bytes) -> Result<Input
 }
 
 /// Waits for the bootstrap's ACK (see `hand_over`).
-pub async fn await_ack(mut output: OutputStream) -> Result<(OutputStream, Vec<Output>), String> {
+pub async fn await_ack(output: OutputStream) -> Result<(OutputStream, Vec<Output>), String> {
+    await_byte(output, ACK).await
+}
+
+/// Waits for a preloading bootstrap's READY: only then is the container a warm spare (a
+/// session handed it earlier would wait for the imports). Stderr before it is the image's
+/// own (its imports), returned for the caller to drop or log, never the script's.
+pub async fn await_ready(output: OutputStream) -> Result<(OutputStream, Vec<Output>), String> {
+    await_byte(output, READY).await
+}
+
+/// Reads until a stdout chunk that starts with `byte`: the stream, and what came with or
+/// before it (stderr, and stdout after the byte in the same chunk).
+async fn await_byte(
+    mut output: OutputStream,
+    byte: u8,
+) -> Result<(OutputStream, Vec<Output>), String> {
     let (mut early, mut early_len) = (Vec::new(), 0usize);
     loop {
         match output.next().await {
-            Some(Ok(Output::Stdout(mut message))) if message.first() == Some(&ACK) => {
+            Some(Ok(Output::Stdout(mut message))) if message.first() == Some(&byte) => {
                 let rest = message.split_off(1);
                 if !rest.is_empty() {
                     early.push(Output::Stdout(rest));

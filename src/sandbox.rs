@@ -61,6 +61,12 @@ impl SandboxSpec {
         }
     }
 
+    /// Whether the bootstrap imports modules before it waits for its script, and says
+    /// READY when done (`bootstrap::await_ready`).
+    pub fn preloads(&self) -> bool {
+        self.config.bootstrap == BootstrapMode::Inprocess && !self.preload.is_empty()
+    }
+
     /// The container's command. In-process mode starts the interpreter exactly as
     /// `python3 -u script.py` would (site and all), since the script will run in it; exec
     /// mode starts a minimal one that only reads the request and execs the real thing.

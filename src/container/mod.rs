@@ -115,6 +115,9 @@ pub fn spawn(deps: ContainerDeps, key: u64, warm: bool) -> ContainerHandle {
 enum Phase {
     /// Creating, attaching, starting.
     Launching,
+    /// Started; the bootstrap imports the image's preload modules (the task awaits its
+    /// READY on the output stream, `input` waits here).
+    Preloading { task: SpawnHandle, input: InputSink },
     /// Started, the bootstrap waiting for its script on the attach streams held here.
     Ready {
         output: OutputStream,
@@ -138,6 +141,7 @@ impl Phase {
     fn name(&self) -> &'static str {
         match self {
             Phase::Launching => "launching",
+            Phase::Preloading { .. } => "preloading",
             Phase::Ready { .. } => "ready",
             Phase::Handover(_) => "handover",
             Phase::Running => "running",
@@ -279,7 +283,20 @@ impl ContainerActor {
         let Launched { id, output, input } = launched;
         self.id = Some(id.clone());
         debug!(container = %self.short_id(), ms = self.launched_at.elapsed().as_millis() as u64, "container started");
-        self.phase = Phase::Ready { output, input };
+        self.phase = match self.deps.spec.preloads() {
+            true => {
+                let launch = self.launches;
+                let fut = crate::bootstrap::await_ready(output);
+                let task = ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    // Stale: the container was replaced, or is ending, meanwhile.
+                    if act.launches == launch && matches!(act.phase, Phase::Preloading { .. }) {
+                        act.preloaded(res, ctx);
+                    }
+                }));
+                Phase::Preloading { task, input }
+            }
+            false => Phase::Ready { output, input },
+        };
         // Polled from now on, i.e. after start: a wait first polled after the exit still
         // answers with the default condition.
         let wait = self.deps.engine.wait(&id);
@@ -293,6 +310,51 @@ impl ContainerActor {
             self.stop = Stop::Killed(cause);
             return self.finish(ctx);
         }
+        if !matches!(self.phase, Phase::Preloading { .. }) {
+            self.waiting(ctx);
+        }
+    }
+
+    /// The preloading bootstrap said READY (or died first).
+    fn preloaded(
+        &mut self,
+        res: Result<(OutputStream, Vec<Output>), String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Phase::Preloading { input, .. } = std::mem::replace(&mut self.phase, Phase::Launching)
+        else {
+            return;
+        };
+        match res {
+            Ok((output, noise)) => {
+                if !noise.is_empty() {
+                    // The image's own import noise is not the script's to see.
+                    debug!(
+                        container = self.short_id(),
+                        chunks = noise.len(),
+                        "output while preloading, dropped"
+                    );
+                }
+                debug!(
+                    container = self.short_id(),
+                    ms = self.launched_at.elapsed().as_millis() as u64,
+                    "preloaded"
+                );
+                self.phase = Phase::Ready { output, input };
+                self.waiting(ctx);
+            }
+            Err(reason) => {
+                self.phase = Phase::Ready {
+                    output: Box::pin(futures::stream::empty()),
+                    input,
+                };
+                self.replace(format!("it failed while preloading: {reason}"), ctx);
+            }
+        }
+    }
+
+    /// Ready for a script: the one it was given meanwhile, or the owner hears so.
+    fn waiting(&mut self, ctx: &mut Context<Self>) {
         // Also for a cold start: the owner counts it as the engine starting containers.
         self.deps.ready.do_send(ContainerReady {
             key: self.key,
@@ -388,8 +450,11 @@ impl ContainerActor {
         if let Some(handle) = self.wait.take() {
             ctx.cancel_future(handle);
         }
-        if let Phase::Handover(task) = std::mem::replace(&mut self.phase, Phase::Launching) {
-            ctx.cancel_future(task);
+        match std::mem::replace(&mut self.phase, Phase::Launching) {
+            Phase::Handover(task) | Phase::Preloading { task, .. } => {
+                ctx.cancel_future(task);
+            }
+            _ => {}
         }
         if let Some(id) = self.id.take() {
             let removal = self.deps.engine.remove(&id);
@@ -516,7 +581,7 @@ impl ContainerActor {
             // A spare that died unused (killed from outside, the engine restarted):
             // replace it in place, so that a session the Supervisor handed it to in the
             // meantime is served all the same.
-            Phase::Ready { .. } => {
+            Phase::Ready { .. } | Phase::Preloading { .. } => {
                 warn!(container = self.short_id(), code = ?self.status, "warm container died unused; replacing it");
                 self.deps.ready.do_send(ContainerReady {
                     key: self.key,
@@ -572,7 +637,7 @@ impl ContainerActor {
                     self.stop = Stop::Asked(cause);
                 }
             }
-            Phase::Ready { .. } => {
+            Phase::Ready { .. } | Phase::Preloading { .. } => {
                 if self.killed().is_none() {
                     self.stop = Stop::Killed(cause);
                 }
@@ -698,6 +763,9 @@ impl ContainerActor {
             Phase::Finishing | Phase::Removing | Phase::Gone { .. }
         ) {
             return;
+        }
+        if let Phase::Preloading { task, .. } = &self.phase {
+            ctx.cancel_future(*task);
         }
         // Dropping a Ready phase's streams closes our ends of the attach.
         self.phase = Phase::Finishing;
@@ -907,7 +975,10 @@ impl Handler<Run> for ContainerActor {
     fn handle(&mut self, run: Run, ctx: &mut Context<Self>) {
         self.run_at = Some(Instant::now());
         match self.phase {
-            Phase::Launching if self.run.is_none() => self.run = Some(run),
+            // Handed over once the container is started (and has preloaded).
+            Phase::Launching | Phase::Preloading { .. } if self.run.is_none() => {
+                self.run = Some(run)
+            }
             Phase::Ready { .. } if self.run.is_none() => {
                 self.run = Some(run);
                 self.hand_over(ctx);

@@ -243,7 +243,7 @@ impl FakeEngine {
             .ok_or_else(|| not_found(id))
     }
 
-    fn launch_now(&self, image: &str) -> Result<Launched, LaunchFailed> {
+    fn launch_now(&self, image: &str, preloads: bool) -> Result<Launched, LaunchFailed> {
         let mut inner = self.inner();
         inner.state.launches.push(Instant::now());
         if !inner.up {
@@ -289,6 +289,10 @@ impl FakeEngine {
             id: id.clone(),
             out,
         };
+        if preloads && !dies_unused {
+            // As the real bootstrap does once its preload modules are imported.
+            proc.write(false, Bytes::from_static(&[crate::bootstrap::READY]));
+        }
         tokio::spawn(proc.run(stdin, signals_rx, exit_tx, dies_unused));
         self.bump();
         Ok(Launched {
@@ -306,7 +310,7 @@ impl Engine for FakeEngine {
 
     fn launch(&self, spec: Arc<SandboxSpec>) -> BoxFuture<'static, Result<Launched, LaunchFailed>> {
         let delay = self.inner().launch_delay;
-        let result = self.launch_now(&spec.config.image);
+        let result = self.launch_now(&spec.config.image, spec.preloads());
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
