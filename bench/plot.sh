@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
-settle=${SETTLE:-3}
+settle=${SETTLE:-0}
 image=pyexec/sandbox:science
 bin=${BIN:-target/release}
 [ -x "$bin/pyexecd" ] || bin=target/debug
