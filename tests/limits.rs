@@ -343,7 +343,12 @@ fn second_ctrl_c_cancels_the_session() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // Two separate presses, not one merged signal: the first has reached the script.
     // (Only the log says a signal was forwarded: no figure counts them.)
-    assert!(d.wait_log("signal forwarded", Duration::from_secs(10)));
+    // Generous: under a loaded CI machine the Engine's kill request has taken over 10 s.
+    assert!(
+        d.wait_log("signal forwarded", Duration::from_secs(30)),
+        "{}",
+        d.log()
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("client exits");
     assert_eq!(status.code(), Some(130));

@@ -312,7 +312,9 @@ fn ctrl_c_interrupts_the_script() {
     let (mut child, out) = spawn_ready(&mut d.pyexec(script));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("client exits");
+    // Generous: under a loaded CI machine the Engine's kill request has taken over 10 s.
+    let status = wait_timeout(&mut child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the client did not exit\n{}", d.log()));
     assert_eq!(out.rest(Duration::from_secs(1)), b"ready\ninterrupted\n");
     assert_eq!(status.code(), Some(5));
     d.stop();
