@@ -159,6 +159,33 @@ async fn sync_one(members: &[(String, Docker)], i: usize, image: &str) -> Result
         .map_err(|e| e.to_string())
 }
 
+/// How many times a start-up join is tried before the engine starts out of service: the
+/// Engine answers a container start with a passing error now and then under load ("cannot
+/// start a stopped process"), and the lease is a container start.
+const JOIN_TRIES: u32 = 3;
+
+/// `join::join`, tried again after a short pause when it failed for a reason that may
+/// pass (not a lease a live daemon holds, not an engine that does not answer).
+async fn join_with_retries(
+    m: &Member,
+    i: usize,
+    deps: &JoinDeps,
+) -> Result<(crate::engine::Lease, usize), JoinError> {
+    let mut tries = 1;
+    loop {
+        match join::join(m.engine.clone(), i, deps.clone()).await {
+            Err(e @ (JoinError::Lease(LeaseError::Engine(_)) | JoinError::Sweep(_)))
+                if tries < JOIN_TRIES =>
+            {
+                warn!(engine = %m.spec.name, error = %e, try_ = tries, "joining the engine failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * tries as u64)).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Contacts every engine, puts the image on one, then joins each (which copies the
 /// image to it). Engines that do not answer start out of service and are tried again
 /// by the Supervisor; a TLS failure or an instance name held by a live daemon stops
@@ -215,7 +242,7 @@ pub(crate) async fn start(
             false => Err(EngineError::Unreachable(
                 first_error.clone().unwrap_or_default(),
             )),
-            true => match join::join(m.engine.clone(), i, deps.clone()).await {
+            true => match join_with_retries(m, i, deps).await {
                 Ok((lease, swept)) => {
                     if swept > 0 {
                         warn!(engine = %m.spec.name, count = swept, instance = %cfg.instance, "removed containers left by an earlier run");
