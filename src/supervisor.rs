@@ -100,6 +100,9 @@ pub type SpawnContainer = Box<dyn Fn(u64, usize, usize, bool) -> ContainerHandle
 
 /// An engine as the daemon starts with it: joined already (`Ok`: its lease), or not
 /// (`Err`: why; it is tried again from the start).
+/// What resolves when a lease is lost (`Lease::lost`).
+type LeaseLost = futures::future::BoxFuture<'static, ()>;
+
 pub struct EngineStart {
     pub engine: SharedEngine,
     pub max_sessions: usize,
@@ -121,8 +124,8 @@ pub struct Supervisor {
     next_key: u64,
     draining: bool,
     drained: Option<oneshot::Sender<()>>,
-    /// Leases handed in at start, watched once the actor runs.
-    leases: Vec<(usize, Lease)>,
+    /// The `lost` futures of the leases handed in at start, watched once the actor runs.
+    leases: Vec<(usize, LeaseLost)>,
 }
 
 impl Supervisor {
@@ -141,9 +144,8 @@ impl Supervisor {
             .enumerate()
             .map(|(i, start)| {
                 let health = match start.joined {
-                    Ok(lease) => {
-                        let (release, _) = oneshot::channel();
-                        leases.push((i, lease));
+                    Ok(Lease { lost, release }) => {
+                        leases.push((i, lost));
                         Health::Up { lease: release }
                     }
                     Err(why) => Health::Down {
@@ -405,9 +407,8 @@ impl Supervisor {
         let was_none_up = !self.any_up();
         let e = &mut self.engines[i];
         info!(engine = e.name(), removed = swept, "engine in service");
-        e.health = Health::Up {
-            lease: oneshot::channel().0,
-        };
+        let Lease { lost, release } = lease;
+        e.health = Health::Up { lease: release };
         e.refill = Refill::Open {
             backoff: REFILL_BACKOFF,
         };
@@ -415,7 +416,7 @@ impl Supervisor {
         e.slow_pings = 0;
         // A sweep removed whatever this run could not: nothing is left to retry.
         e.orphans.clear();
-        self.watch_lease(i, lease, ctx);
+        self.watch_lease(i, lost, ctx);
         if was_none_up {
             info!("an engine is back; taking sessions again");
             self.status.do_send(DockerHealth { up: true });
@@ -423,13 +424,9 @@ impl Supervisor {
         self.advance_queue();
     }
 
-    /// Keeps engine `i`'s lease, and takes the engine out of service if the lease is lost
-    /// (the engine died, or the connection to it broke).
-    fn watch_lease(&mut self, i: usize, lease: Lease, ctx: &mut Context<Self>) {
-        let Lease { lost, release } = lease;
-        if let Health::Up { lease } = &mut self.engines[i].health {
-            *lease = release;
-        }
+    /// Takes engine `i` out of service if its lease is lost (the engine died, or the
+    /// connection to it broke). The lease itself is kept in `Health::Up`.
+    fn watch_lease(&mut self, i: usize, lost: LeaseLost, ctx: &mut Context<Self>) {
         let generation = self.engines[i].generation;
         ctx.spawn(lost.into_actor(self).map(move |(), act, ctx| {
             if act.engines[i].generation == generation {
@@ -652,8 +649,8 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for (i, lease) in std::mem::take(&mut self.leases) {
-            self.watch_lease(i, lease, ctx);
+        for (i, lost) in std::mem::take(&mut self.leases) {
+            self.watch_lease(i, lost, ctx);
         }
         for i in 0..self.engines.len() {
             self.schedule_rejoin(i, ctx);

@@ -28,7 +28,11 @@ pub enum Health {
     /// Being brought into service (image, lease, sweep); takes nothing yet.
     Joining,
     /// In service; `lease` keeps its instance name ours (dropping it gives it up).
-    Up { lease: oneshot::Sender<()> },
+    Up {
+        // Never read: held for its drop, which gives the lease up.
+        #[allow(dead_code)]
+        lease: oneshot::Sender<()>,
+    },
     /// Out of service since `since`, for `why`; it is tried again after `retry`.
     Down {
         why: EngineError,
