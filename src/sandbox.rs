@@ -113,12 +113,17 @@ impl SandboxSpec {
             // Reset any ENTRYPOINT of a registry image such as python:3.12-slim.
             entrypoint: Some(vec![]),
             cmd: Some(self.command()),
-            env: Some(vec![
-                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
-                "HOME=/tmp".into(),
-                "LANG=C.UTF-8".into(),
-                "PYTHONDONTWRITEBYTECODE=1".into(),
-            ]),
+            env: Some(
+                [
+                    "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                    "HOME=/tmp".into(),
+                    "LANG=C.UTF-8".into(),
+                    "PYTHONDONTWRITEBYTECODE=1".into(),
+                ]
+                .into_iter()
+                .chain(thread_pools(c.cpus))
+                .collect(),
+            ),
             user: Some(c.user.clone()),
             working_dir: Some("/tmp".into()),
             hostname: Some("sandbox".into()),
@@ -191,6 +196,23 @@ pub fn script_name(requested: Option<&str>) -> String {
     }
 }
 
+/// Numerical libraries size their thread pools by the host's CPUs, not by the container's
+/// CPU quota: with `--cpus 1` on this two-core host, numpy's OpenBLAS started two workers
+/// that spin on `sched_yield` between jobs, and the CFS quota then throttled the script's
+/// own thread (a matplotlib plot's timings swung by 2-3x). So the pools get as many threads
+/// as the quota has whole CPUs (at least one). (`cpus` is above 0 by config; a 0, no
+/// quota to Docker, would leave the pools alone.)
+fn thread_pools(cpus: f64) -> Vec<String> {
+    if cpus <= 0.0 {
+        return Vec::new();
+    }
+    let n = (cpus.floor() as u64).max(1);
+    ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"]
+        .iter()
+        .map(|k| format!("{k}={n}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +238,22 @@ mod tests {
             },
             "test".into(),
         )
+    }
+
+    #[test]
+    fn thread_pools_follow_the_cpu_quota() {
+        assert_eq!(
+            thread_pools(1.0),
+            ["OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1"]
+        );
+        assert_eq!(thread_pools(2.5)[0], "OPENBLAS_NUM_THREADS=2");
+        assert_eq!(thread_pools(0.5)[1], "OMP_NUM_THREADS=1");
+        assert!(thread_pools(0.0).is_empty(), "no quota: the host's CPUs");
+        let env = spec().create_body().env.unwrap();
+        assert!(
+            env.contains(&"OPENBLAS_NUM_THREADS=1".to_string()),
+            "{env:?}"
+        );
     }
 
     #[test]
