@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The plot example (examples/plot: pandas + matplotlib into a PNG) as a whole `pyexec`
 # process on a warm, preloaded science container, against the same script under
-# `docker run --rm -i` on the same image. Prints one line per run and the medians.
+# `docker run --rm` on the same image. Prints one line per run and the medians.
 #
 #   bench/plot.sh [RUNS]          # default 10 runs of each, interleaved
 #
@@ -13,8 +13,9 @@
 # only once its bootstrap has imported its modules), then $SETTLE seconds (default 0)
 # more.
 #
-# Until `pyexec --file/--get` exist, the script carries data.csv inside itself and
-# prints the PNG's size instead of sending it back; `docker run` runs the very same text.
+# Both sides run the README's command on the same files: pyexec sends data.csv and brings
+# plot.png back (`--file`, `--get`), `docker run` gets them through a bind mount; each
+# run checks that a PNG came out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
@@ -33,15 +34,10 @@ cleanup() {
 trap cleanup EXIT
 
 docker image inspect "$image" >/dev/null
-python3 - "$work/plot_embedded.py" <<'EOF'
-import sys
-data = open("examples/plot/data.csv").read()
-plot = open("examples/plot/plot.py").read()
-open(sys.argv[1], "w").write(
-    f"open('data.csv', 'w').write({data!r})\n"
-    f"exec(compile({plot!r}, 'plot.py', 'exec'), {{'__name__': '__main__'}})\n"
-    "print('png bytes', len(open('plot.png', 'rb').read()))\n")
-EOF
+mkdir -p "$work/saved" "$work/mount"
+cp examples/plot/plot.py examples/plot/data.csv "$work/mount/"
+# A PNG's signature and size, or a failure.
+png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] && stat -c %s "$1"; }
 
 "$bin/pyexecd" gen-certs --dir "$work/certs" >/dev/null
 "$bin/pyexecd" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --instance "$instance" \
@@ -68,15 +64,19 @@ pyexec_ms=(); docker_ms=()
 for i in $(seq "$runs"); do
   ready=$(pool_ready)
   sleep "$settle"
+  rm -f "$work/saved/plot.png" "$work/mount/plot.png"
   t0=$(date +%s%N)
-  out=$("$bin/pyexec" --server "$addr" --ca "$work/certs/ca.pem" --image science "$work/plot_embedded.py")
+  out=$("$bin/pyexec" --server "$addr" --ca "$work/certs/ca.pem" --image science \
+    --file examples/plot/data.csv --get plot.png --out-dir "$work/saved" examples/plot/plot.py 2>&1)
   p=$(ms "$t0")
   t0=$(date +%s%N)
-  dout=$(docker run --rm -i --network none --log-driver none --label "pyexec.instance=$instance" \
-    "$image" python3 -u - <"$work/plot_embedded.py" 2>&1)
+  dout=$(docker run --rm --network none --log-driver none --label "pyexec.instance=$instance" \
+    -v "$work/mount:/w" -w /w "$image" python3 -u plot.py 2>&1)
   d=$(ms "$t0")
+  pp=$(png "$work/saved/plot.png") || { echo "pyexec made no PNG: $out" >&2; exit 1; }
+  dp=$(png "$work/mount/plot.png") || { echo "docker run made no PNG: $dout" >&2; exit 1; }
   pyexec_ms+=("$p"); docker_ms+=("$d")
-  echo "run $i: pyexec ${p} ms ($(tail -1 <<<"$out"); spare started after ${ready} ms), docker run ${d} ms ($(tail -1 <<<"$dout"))"
+  echo "run $i: pyexec ${p} ms (PNG ${pp} bytes; spare ready after ${ready} ms), docker run ${d} ms (PNG ${dp} bytes)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 p=$(median "${pyexec_ms[@]}"); d=$(median "${docker_ms[@]}")

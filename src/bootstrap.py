@@ -56,7 +56,10 @@
 #     stdout and stderr on /dev/null, so that nothing they print reaches the script's
 #     streams (or comes before the ACK); one that fails to import is left for the
 #     script's own import to report. With matplotlib among them, a throwaway figure is
-#     drawn too (see below).
+#     drawn too (see below). The processes are then laid out differently (`_PRELOADED`
+#     below): a small parent forked before the preload waits and reports, the preloaded
+#     interpreter runs the script in a process of its own, and its end skips tearing the
+#     preloaded modules down (`_quick_exit`).
 import os, sys
 
 def _seed_home(src, dst):
@@ -86,49 +89,63 @@ def _seed_home(src, dst):
 _seed_home("/usr/share/pyexec/home", "/tmp")
 del _seed_home
 
-if sys.argv[1:2] == ["preload"]:
+_PRELOADED = sys.argv[1:2] == ["preload"]
+
+def _preload(modules):
+    # Imports `modules` (MOD,MOD) with stdout and stderr on /dev/null, and draws the
+    # throwaway figure.
     _saved = (os.dup(1), os.dup(2))
     _null = os.open("/dev/null", os.O_WRONLY)
     os.dup2(_null, 1)
     os.dup2(_null, 2)
-    for _module in sys.argv[2].split(","):
+    for _module in modules.split(","):
         try:
             __import__(_module)
         except BaseException:
             pass
     # A first figure pays for fonts, text layout, date ticks and the PNG writer, ~4x the
-    # drawing itself: with matplotlib preloaded, one throwaway figure is drawn (off
-    # pyplot, whose state the script would see), and with pandas a CSV with dates read.
+    # drawing itself: with matplotlib preloaded, one throwaway figure is drawn the way a
+    # script draws its own (pyplot, the default size and dpi, dates, a twin axis, bars,
+    # non-ASCII labels, a title, a legend, tight layout, a PNG), and with pandas a CSV
+    # with dates read. pyplot is left as found: the figure is closed, and the next one a
+    # script makes is figure 1 again.
     if "matplotlib" in sys.modules:
         try:
             import io
-            from matplotlib.figure import Figure
-            _x = [0, 1]
+            _plt = sys.modules.get("matplotlib.pyplot")
+            _x = [0, 1, 2]
             if "pandas" in sys.modules:
                 _x = sys.modules["pandas"].read_csv(
-                    io.StringIO("d,v\n2025-01-01,1\n2025-02-01,2\n"), parse_dates=["d"])["d"]
-            _fig = Figure(figsize=(4, 3))
+                    io.StringIO("d,v\n2025-01-05,1.5\n2025-06-01,2\n2025-12-28,3\n"),
+                    parse_dates=["d"])["d"]
+            if _plt is None:  # matplotlib alone: a figure off pyplot, which is not loaded
+                from matplotlib.figure import Figure as _Figure
+                _fig = _Figure()
+                del _Figure
+            else:
+                _fig = _plt.figure()
             _ax = _fig.add_subplot()
-            _ax.plot(_x, [1, 2], label="a")
-            _ax.twinx().bar(_x, [1, 2], width=5)
-            _ax.set_title("t")
+            _ax.plot(_x, [1.5, 2, 3], color="tab:red", label="a (\u00b0C)")
+            _ax.set_ylabel("temperature (\u00b0C) \u2013 \u00b5")
+            _twin = _ax.twinx()
+            _twin.bar(_x, [1, 2, 3], width=5, color="tab:blue", alpha=0.3, label="b")
+            _twin.set_ylabel("rainfall (mm)")
+            _ax.set_xlabel("date")
+            _ax.set_title("Weekly temperature and rainfall")
             _ax.legend()
+            _ax.grid(True)
             _fig.autofmt_xdate()
             _fig.tight_layout()
             _fig.savefig(io.BytesIO(), format="png")
-            del _x, _fig, _ax, Figure
+            if _plt is not None:
+                _plt.close("all")
+            del _x, _fig, _ax, _twin, _plt
         except BaseException:
             pass
     for _fd, _orig in zip((1, 2), _saved):
         os.dup2(_orig, _fd)
         os.close(_orig)
     os.close(_null)
-    del _saved, _null, _module, _fd, _orig
-    # READY (bootstrap.rs): the server counts this container as a warm spare only now, so
-    # a session is never handed one still importing.
-    os.write(1, b"\x05")
-
-compile("", "<pyexec bootstrap>", "exec")
 
 def _read_exact(n):
     buf = bytearray()
@@ -197,8 +214,6 @@ def _receive():
     cap = (int.from_bytes(head[40:48], "big"), int.from_bytes(head[48:52], "big"))
     return script, name, path, args, head[16:32], (get, cap), int.from_bytes(head[52:56], "big")
 
-_script, _name, _path, _args, _nonce, _get, _flags = _receive()
-
 import _signal
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
               _signal.SIGUSR1, _signal.SIGUSR2)
@@ -211,8 +226,9 @@ def _forward(sig, frame):
         except ProcessLookupError:
             pass
 
-for _sig in _FORWARDED:
-    _signal.signal(_sig, _forward)
+def _forward_signals():
+    for sig in _FORWARDED:
+        _signal.signal(sig, _forward)
 
 # What the script uses, from the container's cgroup (v1, else v2): the CPU time of every
 # process in it, and its peak memory. Read by the parent only; None when unreadable.
@@ -480,51 +496,164 @@ def _iw_parent(pipe, nonce):
         done.acquire()
     return _stop
 
-_iw = _iw_pipe(_flags)
-_cpu_at_start = _cpu_ns()
-import gc
-gc.freeze()
-del sys.modules["gc"], gc
-_child = os.fork()
-
-if _child:
+def _report(child, nonce, get, flags, iw, cpu_at_start):
     # The parent: wait, then report. Nothing here touches the script's streams except the
     # trailer, written at once: each pipe keeps its order, and the server finds a trailer
     # that Docker delivers glued to earlier output or split across two reads. (Waiting
     # for the pipes to drain first, through the fcntl extension module, cost ~1 ms.)
-    del _script
-    if _get[0]:
+    if get[0]:
         _take_stop_signal()
-    _iw_stop = _iw_parent(_iw, _nonce)
-    _, _status = os.waitpid(_child, 0)
-    _iw_stop()
-    if os.WIFSIGNALED(_status):
-        _kind, _value, _code = b"S", os.WTERMSIG(_status), 128 + os.WTERMSIG(_status)
+    iw_stop = _iw_parent(iw, nonce)
+    _, status = os.waitpid(child, 0)
+    iw_stop()
+    if os.WIFSIGNALED(status):
+        kind, value, code = b"S", os.WTERMSIG(status), 128 + os.WTERMSIG(status)
     else:
-        _kind, _value = b"E", os.WEXITSTATUS(_status)
-        _code = _value
+        kind, value = b"E", os.WEXITSTATUS(status)
+        code = value
     # The trailer: nonce, E/S + status or signal, then the CPU time in µs and the peak
     # memory in bytes (u64 big-endian each, all ones when unknown).
-    _cpu_now, _unknown = _cpu_ns(), (1 << 64) - 1
-    _cpu_us = _unknown if None in (_cpu_at_start, _cpu_now) else (_cpu_now - _cpu_at_start) // 1000
-    _peak = _peak_memory()
-    _trailer = (_nonce + _kind + bytes([_value & 0xFF]) + _cpu_us.to_bytes(8, "big")
-                + (_unknown if _peak is None else _peak).to_bytes(8, "big"))
-    if _get[0]:
+    cpu_now, unknown = _cpu_ns(), (1 << 64) - 1
+    cpu_us = unknown if None in (cpu_at_start, cpu_now) else (cpu_now - cpu_at_start) // 1000
+    peak = _peak_memory()
+    trailer = (nonce + kind + bytes([value & 0xFF]) + cpu_us.to_bytes(8, "big")
+               + (unknown if peak is None else peak).to_bytes(8, "big"))
+    if get[0]:
         # Whatever the script left running dies now (kill(-1) spares init and us): no
         # process can swap a file for a symlink or write into the stream from here on.
         try:
             os.kill(-1, 9)
         except OSError:
             pass
-    for _fd in (1, 2):
+    for fd in (1, 2):
         try:
-            os.write(_fd, _trailer)
-            if _fd == 1 and _get[0]:
-                _send_files(*_get)
+            os.write(fd, trailer)
+            if fd == 1 and get[0]:
+                _send_files(*get)
         except OSError:
             pass
-    os._exit(_code)
+    os._exit(code)
+
+# What a preloading bootstrap's child tells its parent: first the pid of the script's
+# process (u32), once it exists; then, once the request is in: nonce (16) | flags u32 |
+# get cap u64 | get count u32 | CPU at the start (ns, u64, all ones when unknown) | get
+# patterns (NUL-separated); then EOF.
+def _tell_parent(fd, nonce, get, flags, cpu_at_start):
+    patterns, (cap_bytes, cap_count) = get
+    cpu = (1 << 64) - 1 if cpu_at_start is None else cpu_at_start
+    _write_all(fd, nonce + flags.to_bytes(4, "big") + cap_bytes.to_bytes(8, "big")
+               + cap_count.to_bytes(4, "big") + cpu.to_bytes(8, "big")
+               + "\0".join(patterns).encode())
+    os.close(fd)
+
+def _hear_child(fd, size):
+    # `size` bytes, or everything until EOF when None; None when the child ended first.
+    data = b""
+    while size is None or len(data) < size:
+        chunk = os.read(fd, 65536 if size is None else size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if size is not None:
+        return int.from_bytes(data, "big") if len(data) == size else None
+    os.close(fd)
+    if len(data) < 40:
+        return None  # the child ended before its script (the server went away)
+    cpu = int.from_bytes(data[32:40], "big")
+    patterns = data[40:].decode().split("\0") if len(data) > 40 else []
+    get = (patterns, (int.from_bytes(data[20:28], "big"), int.from_bytes(data[28:32], "big")))
+    return (data[:16], get, int.from_bytes(data[16:20], "big"),
+            None if cpu == (1 << 64) - 1 else cpu)
+
+def _become_subreaper():
+    # PR_SET_CHILD_SUBREAPER: the grandchild the preloader forks becomes our child when
+    # the preloader exits, so that we can wait for it. False where it cannot be had.
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+def _ended(pid):
+    # This parent's exit when its child ended before its script: the child's status.
+    _, status = os.waitpid(pid, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+import gc
+if _PRELOADED:
+    # With modules to preload, the process that waits and reports must not be the one that
+    # preloads, nor share its pages with the script's: forked from a ~150 MB interpreter
+    # at the session's start, the script's process copied each page it touched (~4,700
+    # page faults, 60-130 ms more for a first plot), and its CPU clock would count the
+    # preload if it had done it. So this small parent forks first; its child preloads,
+    # forks the script's process-to-be and exits, which leaves every page to that one
+    # process; this parent, a subreaper, inherits it and waits for it. While the pool
+    # waits, a collection writes to every tracked object (the write faults are taken then,
+    # not during the script), and only then is the container READY.
+    _iw, _ctl = os.pipe(), os.pipe()
+    _SUBREAPER = _become_subreaper()
+    _child = os.fork()
+    if _child:
+        os.close(_ctl[1])
+        _forward_signals()
+        _runner = _hear_child(_ctl[0], 4)
+        if _runner is None:
+            _ended(_child)
+        if _runner != _child:
+            os.waitpid(_child, 0)  # the preloader, gone: the script's process is ours now
+            _child = _runner
+        _heard = _hear_child(_ctl[0], None)
+        if _heard is None:
+            _ended(_child)
+        _nonce, _get, _flags, _cpu_at_start = _heard
+        if not _flags & 1:
+            os.close(_iw[0])
+            os.close(_iw[1])
+            _iw = None
+        _report(_child, _nonce, _get, _flags, _iw, _cpu_at_start)
+    os.close(_ctl[0])
+    _preload(sys.argv[2])
+    _runner = os.fork() if _SUBREAPER else 0
+    if _runner:
+        _write_all(_ctl[1], _runner.to_bytes(4, "big"))
+        os._exit(0)
+    if not _SUBREAPER:
+        _write_all(_ctl[1], os.getpid().to_bytes(4, "big"))
+    # matplotlib forgets its open fonts in a forked child (os.register_at_fork): the
+    # default one is opened again here, or the script's first figure reads it anew.
+    _fm = sys.modules.get("matplotlib.font_manager")
+    if _fm is not None:
+        try:
+            _fm.get_font(_fm.findfont(_fm.FontProperties()))
+        except Exception:
+            pass
+    del _fm
+    gc.collect()
+    gc.freeze()  # the collections at the script's end then skip the preload
+    compile("", "<pyexec bootstrap>", "exec")
+    # READY (bootstrap.rs): the server counts this container as a warm spare only now, so
+    # a session is never handed one still importing.
+    os.write(1, b"\x05")
+    _script, _name, _path, _args, _nonce, _get, _flags = _receive()
+    if not _flags & 1:
+        os.close(_iw[0])
+        os.close(_iw[1])
+        _iw = None
+    _tell_parent(_ctl[1], _nonce, _get, _flags, _cpu_ns())
+    _cpu_at_start = None
+    del _ctl, _runner, _SUBREAPER
+else:
+    compile("", "<pyexec bootstrap>", "exec")
+    _script, _name, _path, _args, _nonce, _get, _flags = _receive()
+    _forward_signals()
+    _iw = _iw_pipe(_flags)
+    _cpu_at_start = _cpu_ns()
+    gc.freeze()
+    _child = os.fork()
+    if _child:
+        del _script
+        _report(_child, _nonce, _get, _flags, _iw, _cpu_at_start)
+del sys.modules["gc"], gc
 
 # The child: the script's process, with a fresh interpreter's signal dispositions.
 _nonce = None
@@ -564,10 +693,81 @@ _main.__annotations__ = {}
 _main.__loader__ = SourceFileLoader("__main__", _path)
 sys.modules["__main__"] = _main
 _code = compile(_script, _path, "exec", dont_inherit=True)
+
+# A preloaded interpreter (pandas, matplotlib...) takes ~65 ms to tear down at exit, all
+# of it spent on modules the script did not load (a forked child copies every page whose
+# objects it releases), and the trailer waits for it. So once the script has ended and
+# everything Python does first at exit is done (waiting for threads, the script's atexit
+# callbacks: this one is registered first, so it runs last), what a script can see of the
+# rest is done here, as the interpreter's finalization does it: cyclic garbage collected,
+# the globals of __main__ and of the script's own modules (files under /tmp) cleared
+# (underscore names first), garbage collected again, stdout and stderr flushed. Then the
+# process exits with the status Python would give. The preloaded modules are left as they
+# are: Python does not promise to finalize what still exists at exit either. Any failure
+# here falls back to the interpreter's own finalization.
+def _quick_exit(ending, keep, main):
+    if ending[0] is None:
+        return  # atexit._run_exitfuncs() called by the script itself, not its end
+    try:
+        import gc
+        gc.collect()
+        mine = [m for n, m in list(sys.modules.items()) if n not in keep
+                and str(getattr(m, "__file__", None) or "").startswith("/tmp/")]
+        for module in mine[::-1] + [main]:
+            d = getattr(module, "__dict__", None)
+            if type(d) is not dict:
+                continue
+            for key in [k for k in d if k[:1] == "_" and k[1:2] != "_"]:
+                d[key] = None
+            for key in [k for k in d if k != "__builtins__"]:
+                d[key] = None
+        del mine, module, d
+        gc.collect()
+        status = ending[0]
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                if stream is sys.stdout and status == 0:
+                    status = 120  # as Python exits when stdout cannot be flushed
+        if status == "SIGINT":
+            # A KeyboardInterrupt that ended the script ends the process by SIGINT.
+            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+            os.kill(os.getpid(), _signal.SIGINT)
+        os._exit(status & 0xFF)
+    except BaseException:
+        return
+
+if _PRELOADED:
+    import atexit
+    _ending = [None]
+    atexit.register(_quick_exit, _ending, set(sys.modules) - {"__main__"}, _main)
+    del atexit
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
 del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 del _stop_for_files, _take_stop_signal
 del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_child, _iw_forward, _iw_blocked
-del _iw_watch, _iw_parent
-exec(_code, _main.__dict__)
+del _iw_watch, _iw_parent, _report, _tell_parent, _hear_child, _forward_signals, _preload
+del _become_subreaper, _ended
+if not _PRELOADED:
+    exec(_code, _main.__dict__)
+else:
+    # The script's end, for _quick_exit: its exceptions propagate unchanged.
+    try:
+        exec(_code, _main.__dict__)
+    except SystemExit as _e:
+        # Python's own rule: None is 0, an int is the status, anything else (printed) is 1.
+        _c = _e.code
+        _ending[0] = (0 if _c is None else (_c if -(1 << 31) <= _c < (1 << 31) else -1)
+                      if isinstance(_c, int) else 1)
+        del _e, _c
+        raise
+    except KeyboardInterrupt:
+        _ending[0] = "SIGINT"
+        raise
+    except BaseException:
+        _ending[0] = 1
+        raise
+    else:
+        _ending[0] = 0

@@ -219,3 +219,241 @@ fn a_cold_science_container_imports_matplotlib_silently() {
     );
     d.stop();
 }
+
+/// Runs the real CLI on `script` in the science image, in `cwd`, with `options`.
+fn cli(d: &Daemon, cwd: &std::path::Path, options: &[&str], script: &str) -> std::process::Output {
+    Command::new(PYEXEC)
+        .current_dir(cwd)
+        .args([
+            "--server",
+            &d.addr.to_string(),
+            "--image",
+            "science",
+            "--ca",
+        ])
+        .arg(d.ca())
+        .args(options)
+        .arg(d.script_file(script))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A preloading container forks its small waiting parent before it imports anything, the
+/// script runs in the process that preloaded, and that process ends without tearing the
+/// preloaded modules down (`_quick_exit` in the bootstrap). Everything a script can see of
+/// its end must still be what `python3 script.py` gives: statuses, SystemExit's message,
+/// a KeyboardInterrupt's signal, tracebacks, threads joined, atexit callbacks, `__del__`
+/// and an unclosed file flushed (and sent back with `--get`), a forked child's own status;
+/// and the parent's reports still hold: CPU time without the preload's, stdin, Ctrl-C,
+/// files after a timeout, and INPUT_WANTED.
+#[test]
+fn a_preloaded_session_ends_as_python3_would() {
+    ensure_science_image();
+    let d = Daemon::start(&[
+        "--extra-image",
+        &format!("science={SCIENCE}"),
+        "--image-warm",
+        "science=2",
+        "--preload",
+        "science=pandas,matplotlib.pyplot",
+    ]);
+    wait_pool_ready(&d);
+    let work = tempfile::tempdir().unwrap();
+    let run = |options: &[&str], script: &str| {
+        let out = cli(&d, work.path(), options, script);
+        (out.status.code(), stdout_str(&out), stderr_str(&out))
+    };
+
+    // Exit statuses, as Python computes them.
+    for (script, code, stderr_ends) in [
+        ("import sys\nsys.exit(3)\n", 3, ""),
+        ("import sys\nsys.exit(256 + 7)\n", 7, ""),
+        ("import sys\nsys.exit('bye')\n", 1, "bye\n"),
+        (
+            "import pandas\nraise KeyboardInterrupt\n",
+            130,
+            "KeyboardInterrupt\n",
+        ),
+        (
+            "def f():\n    1/0\nf()\n",
+            1,
+            "ZeroDivisionError: division by zero\n",
+        ),
+        ("import sys\nsys.stdout.write('no newline')\n", 0, ""),
+    ] {
+        let (status, stdout, stderr) = run(&[], script);
+        assert_eq!(status, Some(code), "{script:?}: {stdout} {stderr}");
+        assert!(stderr.ends_with(stderr_ends), "{script:?}: {stderr}");
+        if code == 1 && stderr_ends.starts_with("Zero") {
+            assert!(
+                stderr.starts_with("Traceback (most recent call last):\n  File \"/tmp/"),
+                "the bootstrap's frame is cut: {stderr}"
+            );
+        }
+        if script.contains("no newline") {
+            assert_eq!(stdout, "no newline", "flushed at exit");
+        }
+    }
+
+    // The end in Python's order: threads joined, atexit callbacks, then the globals of
+    // __main__ released (a __del__ runs, an unclosed file is flushed and comes back).
+    let (status, stdout, stderr) = run(
+        &["-q", "--get", "out.txt"],
+        "import atexit, threading, time\n\
+         f = open('out.txt', 'w')\nf.write('kept')\n\
+         class D:\n    def __del__(self):\n        print('del ran', flush=True)\n\
+         d = D()\n\
+         atexit.register(print, 'atexit ran')\n\
+         threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n",
+    );
+    assert_eq!(
+        (status, stdout.as_str(), stderr.as_str()),
+        (Some(0), "thread done\natexit ran\ndel ran\n", "")
+    );
+    assert_eq!(std::fs::read(work.path().join("out.txt")).unwrap(), b"kept");
+
+    // A child the script forks ends with its own status.
+    let (status, stdout, _) = run(
+        &[],
+        "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(5)\n\
+         print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n",
+    );
+    assert_eq!((status, stdout.as_str()), (Some(0), "5\n"));
+
+    // The CPU time is the script's: a 1 s busy loop, not the seconds of preloading.
+    let (status, _, stderr) = run(
+        &["--stats"],
+        "import time\nwhile time.process_time() < 1.0:\n    pass\n",
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+    // "pyexec: cpu 1.015s, ..." (or "987ms").
+    let figure = stderr
+        .split("cpu ")
+        .nth(1)
+        .and_then(|s| s.split(',').next());
+    let cpu_ms = match figure {
+        Some(f) if f.ends_with("ms") => f.trim_end_matches("ms").parse::<f64>().ok(),
+        Some(f) => f
+            .trim_end_matches('s')
+            .parse::<f64>()
+            .ok()
+            .map(|s| s * 1000.0),
+        None => None,
+    }
+    .unwrap_or_else(|| panic!("no cpu figure in {stderr:?}"));
+    assert!((950.0..=1600.0).contains(&cpu_ms), "{stderr}");
+
+    // Stdin reaches the script.
+    let mut child = Command::new(PYEXEC)
+        .args([
+            "--server",
+            &d.addr.to_string(),
+            "--image",
+            "science",
+            "--ca",
+        ])
+        .arg(d.ca())
+        .arg(d.script_file("print('got', input())\n"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), stdout_str(&out).as_str()),
+        (Some(0), "got hi\n")
+    );
+
+    // Ctrl-C at the client reaches the script as KeyboardInterrupt.
+    let mut child = Command::new(PYEXEC)
+        .args([
+            "--server",
+            &d.addr.to_string(),
+            "--image",
+            "science",
+            "--ca",
+        ])
+        .arg(d.ca())
+        .arg(d.script_file("import time\nprint('ready', flush=True)\ntime.sleep(60)\n"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr_str(&out));
+    assert!(
+        stderr_str(&out).contains("KeyboardInterrupt"),
+        "{}",
+        stderr_str(&out)
+    );
+
+    // Files still come back when the server stops the script for its time limit.
+    let (status, _, stderr) = run(
+        &["-q", "--timeout", "3s", "--get", "result.txt"],
+        "import time\nopen('result.txt', 'w').write('late')\ntime.sleep(60)\n",
+    );
+    assert_eq!(status, Some(124), "{stderr}");
+    assert_eq!(
+        std::fs::read(work.path().join("result.txt")).unwrap(),
+        b"late"
+    );
+
+    // INPUT_WANTED comes from the small parent, after the prompt.
+    let stdout = input_wanted_session(&d, "x = input('name? ')\nprint('hello', x)\n", "bob");
+    assert_eq!(stdout, "name? [wanted]hello bob\n");
+    d.stop();
+}
+
+/// A raw science session that asks for INPUT_WANTED and answers the first with `line`;
+/// its stdout with "[wanted]" where the frame came.
+fn input_wanted_session(d: &Daemon, script: &str, line: &str) -> String {
+    use common::raw::{runtime, Got, Raw};
+    use pyexec::protocol::{Frame, INPUT_WANTED};
+    runtime().block_on(async {
+        let mut c = Raw::connect(d).await;
+        c.send(Frame::Hello(
+            serde_json::from_value(serde_json::json!({
+                "version": 1,
+                "script_size": script.len(),
+                "client": "images test",
+                "image": "science",
+                "features": [INPUT_WANTED],
+            }))
+            .unwrap(),
+        ))
+        .await;
+        c.send(Frame::Script(Bytes::copy_from_slice(script.as_bytes())))
+            .await;
+        let mut stdout = String::new();
+        loop {
+            match c.next(std::time::Duration::from_secs(30)).await {
+                Got::Frame(Frame::Stdout(b)) => stdout.push_str(&String::from_utf8_lossy(&b)),
+                Got::Frame(Frame::InputWanted) => {
+                    stdout.push_str("[wanted]");
+                    c.send(Frame::Stdin(format!("{line}\n").into())).await;
+                }
+                Got::Frame(Frame::End(end)) => {
+                    assert_eq!(end.exit_code, 0, "{stdout}");
+                    return stdout;
+                }
+                Got::Frame(f) if f.is_terminal() => panic!("ended with {f:?}"),
+                Got::Frame(_) => {}
+                other => panic!("the connection ended early: {other:?}"),
+            }
+        }
+    })
+}
