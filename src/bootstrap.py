@@ -565,12 +565,14 @@ def _hear_child(fd, size):
     return (data[:16], get, int.from_bytes(data[16:20], "big"),
             None if cpu == (1 << 64) - 1 else cpu)
 
-def _become_subreaper():
+def _subreaper(on):
     # PR_SET_CHILD_SUBREAPER: the grandchild the preloader forks becomes our child when
-    # the preloader exits, so that we can wait for it. False where it cannot be had.
+    # the preloader exits, so that we can wait for it; turned off again once it is ours,
+    # so that the script's orphans go to docker-init, which reaps them. False where it
+    # cannot be had.
     try:
         import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+        return ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0) == 0
     except Exception:
         return False
 
@@ -591,7 +593,7 @@ if _PRELOADED:
     # waits, a collection writes to every tracked object (the write faults are taken then,
     # not during the script), and only then is the container READY.
     _iw, _ctl = os.pipe(), os.pipe()
-    _SUBREAPER = _become_subreaper()
+    _SUBREAPER = _subreaper(True)
     _child = os.fork()
     if _child:
         os.close(_ctl[1])
@@ -602,6 +604,7 @@ if _PRELOADED:
         if _runner != _child:
             os.waitpid(_child, 0)  # the preloader, gone: the script's process is ours now
             _child = _runner
+            _subreaper(False)
         _heard = _hear_child(_ctl[0], None)
         if _heard is None:
             _ended(_child)
@@ -749,7 +752,7 @@ del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 del _stop_for_files, _take_stop_signal
 del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_child, _iw_forward, _iw_blocked
 del _iw_watch, _iw_parent, _report, _tell_parent, _hear_child, _forward_signals, _preload
-del _become_subreaper, _ended
+del _subreaper, _ended
 if not _PRELOADED:
     exec(_code, _main.__dict__)
 else:

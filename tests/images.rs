@@ -321,6 +321,40 @@ fn a_preloaded_session_ends_as_python3_would() {
     );
     assert_eq!((status, stdout.as_str()), (Some(0), "5\n"));
 
+    // The script's orphans go to docker-init, which reaps them (the parent adopts the
+    // script's process as a subreaper, and stops being one at once): no zombie is left
+    // to count against the pids limit.
+    let (status, stdout, stderr) = run(
+        &[],
+        r#"import os, time
+for _ in range(30):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+def zombies():
+    n = 0
+    for p in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            st = open(f'/proc/{p}/stat').read()
+        except OSError:
+            continue
+        n += st.rsplit(')', 1)[1].split()[0] == 'Z'
+    return n
+t = time.monotonic()
+while zombies() and time.monotonic() - t < 5:
+    time.sleep(0.05)
+print('zombies', zombies())
+"#,
+    );
+    assert_eq!(
+        (status, stdout.as_str()),
+        (Some(0), "zombies 0\n"),
+        "{stderr}"
+    );
+
     // The CPU time is the script's: a 1 s busy loop, not the seconds of preloading.
     let (status, _, stderr) = run(
         &["--stats"],
