@@ -534,30 +534,36 @@ def _report(child, nonce, get, flags, iw, cpu_at_start):
             pass
     os._exit(code)
 
-# What a preloading bootstrap's child tells its parent: first the pid of the script's
-# process (u32), once it exists; then, once the request is in: nonce (16) | flags u32 |
-# get cap u64 | get count u32 | CPU at the start (ns, u64, all ones when unknown) | get
-# patterns (NUL-separated); then EOF.
-def _tell_parent(fd, nonce, get, flags, cpu_at_start):
+# What a preloading bootstrap's script process tells its parent, in two messages, each a
+# u32 length and its body (a length, not EOF: a process the preload forked may hold the
+# pipe open): first its own pid (u32), once it exists; then, once the request is in:
+# nonce (16) | flags u32 | get cap u64 | get count u32 | CPU at the start (ns, u64, all
+# ones when unknown) | get patterns (NUL-separated).
+def _tell_parent(fd, body):
+    _write_all(fd, len(body).to_bytes(4, "big") + body)
+
+def _request_details(nonce, get, flags, cpu_at_start):
     patterns, (cap_bytes, cap_count) = get
     cpu = (1 << 64) - 1 if cpu_at_start is None else cpu_at_start
-    _write_all(fd, nonce + flags.to_bytes(4, "big") + cap_bytes.to_bytes(8, "big")
-               + cap_count.to_bytes(4, "big") + cpu.to_bytes(8, "big")
-               + "\0".join(patterns).encode())
-    os.close(fd)
+    return (nonce + flags.to_bytes(4, "big") + cap_bytes.to_bytes(8, "big")
+            + cap_count.to_bytes(4, "big") + cpu.to_bytes(8, "big")
+            + "\0".join(patterns).encode())
 
-def _hear_child(fd, size):
-    # `size` bytes, or everything until EOF when None; None when the child ended first.
-    data = b""
-    while size is None or len(data) < size:
-        chunk = os.read(fd, 65536 if size is None else size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    if size is not None:
-        return int.from_bytes(data, "big") if len(data) == size else None
-    os.close(fd)
-    if len(data) < 40:
+def _hear_child(fd):
+    # One message's body; None when the child ended first.
+    def exact(n):
+        data = b""
+        while len(data) < n:
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+    head = exact(4)
+    return None if head is None else exact(int.from_bytes(head, "big"))
+
+def _details(data):
+    if data is None or len(data) < 40:
         return None  # the child ended before its script (the server went away)
     cpu = int.from_bytes(data[32:40], "big")
     patterns = data[40:].decode().split("\0") if len(data) > 40 else []
@@ -577,9 +583,70 @@ def _subreaper(on):
         return False
 
 def _ended(pid):
-    # This parent's exit when its child ended before its script: the child's status.
+    # This parent's exit when its child ended before its script: the child's status, or
+    # 128 + the signal that killed it.
     _, status = os.waitpid(pid, 0)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+# A preloaded interpreter (pandas, matplotlib...) took ~65 ms to tear down at exit, all of
+# it spent on modules the script did not load, and the trailer waited for it. So once the
+# script has ended and everything Python does first at exit is done (joining threads, every
+# atexit callback: this one is registered before the preload, so it runs last, after
+# logging's and multiprocessing's too), what a script can see of the rest is done here as
+# CPython's finalization does it: sys.last_* dropped (a traceback keeps its frames alive),
+# cyclic garbage collected, the globals of __main__ and of the script's own modules (files
+# under /tmp) cleared (underscore names first), garbage collected again, stdout and stderr
+# flushed. Then the process exits with the status Python would give. The preloaded modules
+# are left as they are: Python does not promise to finalize what still exists at exit
+# either. With another thread still running (a daemon thread would see the globals go),
+# or on any failure here, the interpreter's own finalization runs instead.
+def _quick_exit(state):
+    ending = state.get("ending")
+    if ending is None or len(sys._current_frames()) > 1:
+        return  # not the script's end (atexit._run_exitfuncs() called early), or threads
+    try:
+        import gc
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                setattr(sys, name, None)
+        gc.collect()
+        mine = [m for n, m in list(sys.modules.items()) if n not in state["keep"]
+                and str(getattr(m, "__file__", None) or "").startswith("/tmp/")]
+        for module in mine[::-1] + [state["main"]]:
+            d = getattr(module, "__dict__", None)
+            if type(d) is not dict:
+                continue
+            for key in [k for k in d if k[:1] == "_" and k[1:2] != "_"]:
+                d[key] = None
+            for key in [k for k in d if k != "__builtins__"]:
+                d[key] = None
+        del mine, module, d
+        gc.collect()
+        failed = False
+        for stream in (sys.stdout, sys.stderr):
+            # As CPython: streams that are None or closed are skipped; a failure to
+            # flush stdout is reported on stderr; either failing makes the status 120.
+            if stream is None or getattr(stream, "closed", False):
+                continue
+            try:
+                stream.flush()
+            except Exception as e:
+                failed = True
+                if stream is sys.stdout:
+                    try:
+                        import traceback
+                        sys.stderr.write("Exception ignored in: %r\n" % (stream,)
+                                         + "".join(traceback.format_exception(e)))
+                        sys.stderr.flush()
+                    except Exception:
+                        pass
+        if ending == "SIGINT":
+            # A KeyboardInterrupt that ended the script ends the process by SIGINT.
+            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+            os.kill(os.getpid(), _signal.SIGINT)
+        os._exit(120 if failed else ending & 0xFF)
+    except BaseException:
+        return
 
 import gc
 if _PRELOADED:
@@ -587,25 +654,25 @@ if _PRELOADED:
     # preloads, nor share its pages with the script's: forked from a ~150 MB interpreter
     # at the session's start, the script's process copied each page it touched (~4,700
     # page faults, 60-130 ms more for a first plot), and its CPU clock would count the
-    # preload if it had done it. So this small parent forks first; its child preloads,
-    # forks the script's process-to-be and exits, which leaves every page to that one
-    # process; this parent, a subreaper, inherits it and waits for it. While the pool
-    # waits, a collection writes to every tracked object (the write faults are taken then,
-    # not during the script), and only then is the container READY.
+    # preload if it had done it. So this small parent forks before the modules are
+    # imported; its child preloads, forks the script's process-to-be and exits, which
+    # leaves every page to that one process; this parent, a subreaper, inherits it and
+    # waits for it. While the pool waits, a collection writes to every tracked object (the
+    # write faults are taken then, not during the script), and only then is it READY.
     _iw, _ctl = os.pipe(), os.pipe()
     _SUBREAPER = _subreaper(True)
     _child = os.fork()
     if _child:
         os.close(_ctl[1])
         _forward_signals()
-        _runner = _hear_child(_ctl[0], 4)
+        _runner = _hear_child(_ctl[0])
         if _runner is None:
             _ended(_child)
-        if _runner != _child:
-            os.waitpid(_child, 0)  # the preloader, gone: the script's process is ours now
-            _child = _runner
+        _preloader, _child = _child, int.from_bytes(_runner, "big")
+        if _preloader != _child:
+            os.waitpid(_preloader, 0)  # gone once it forked: the script's process is ours
             _subreaper(False)
-        _heard = _hear_child(_ctl[0], None)
+        _heard = _details(_hear_child(_ctl[0]))
         if _heard is None:
             _ended(_child)
         _nonce, _get, _flags, _cpu_at_start = _heard
@@ -615,13 +682,14 @@ if _PRELOADED:
             _iw = None
         _report(_child, _nonce, _get, _flags, _iw, _cpu_at_start)
     os.close(_ctl[0])
+    import atexit
+    _EXIT = {}
+    atexit.register(_quick_exit, _EXIT)
+    del atexit
     _preload(sys.argv[2])
-    _runner = os.fork() if _SUBREAPER else 0
-    if _runner:
-        _write_all(_ctl[1], _runner.to_bytes(4, "big"))
+    if _SUBREAPER and os.fork():
         os._exit(0)
-    if not _SUBREAPER:
-        _write_all(_ctl[1], os.getpid().to_bytes(4, "big"))
+    _tell_parent(_ctl[1], os.getpid().to_bytes(4, "big"))
     # matplotlib forgets its open fonts in a forked child (os.register_at_fork): the
     # default one is opened again here, or the script's first figure reads it anew.
     _fm = sys.modules.get("matplotlib.font_manager")
@@ -642,9 +710,10 @@ if _PRELOADED:
         os.close(_iw[0])
         os.close(_iw[1])
         _iw = None
-    _tell_parent(_ctl[1], _nonce, _get, _flags, _cpu_ns())
+    _tell_parent(_ctl[1], _request_details(_nonce, _get, _flags, _cpu_ns()))
+    os.close(_ctl[1])
     _cpu_at_start = None
-    del _ctl, _runner, _SUBREAPER
+    del _ctl, _SUBREAPER
 else:
     compile("", "<pyexec bootstrap>", "exec")
     _script, _name, _path, _args, _nonce, _get, _flags = _receive()
@@ -697,62 +766,16 @@ _main.__loader__ = SourceFileLoader("__main__", _path)
 sys.modules["__main__"] = _main
 _code = compile(_script, _path, "exec", dont_inherit=True)
 
-# A preloaded interpreter (pandas, matplotlib...) takes ~65 ms to tear down at exit, all
-# of it spent on modules the script did not load (a forked child copies every page whose
-# objects it releases), and the trailer waits for it. So once the script has ended and
-# everything Python does first at exit is done (waiting for threads, the script's atexit
-# callbacks: this one is registered first, so it runs last), what a script can see of the
-# rest is done here, as the interpreter's finalization does it: cyclic garbage collected,
-# the globals of __main__ and of the script's own modules (files under /tmp) cleared
-# (underscore names first), garbage collected again, stdout and stderr flushed. Then the
-# process exits with the status Python would give. The preloaded modules are left as they
-# are: Python does not promise to finalize what still exists at exit either. Any failure
-# here falls back to the interpreter's own finalization.
-def _quick_exit(ending, keep, main):
-    if ending[0] is None:
-        return  # atexit._run_exitfuncs() called by the script itself, not its end
-    try:
-        import gc
-        gc.collect()
-        mine = [m for n, m in list(sys.modules.items()) if n not in keep
-                and str(getattr(m, "__file__", None) or "").startswith("/tmp/")]
-        for module in mine[::-1] + [main]:
-            d = getattr(module, "__dict__", None)
-            if type(d) is not dict:
-                continue
-            for key in [k for k in d if k[:1] == "_" and k[1:2] != "_"]:
-                d[key] = None
-            for key in [k for k in d if k != "__builtins__"]:
-                d[key] = None
-        del mine, module, d
-        gc.collect()
-        status = ending[0]
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                if stream is sys.stdout and status == 0:
-                    status = 120  # as Python exits when stdout cannot be flushed
-        if status == "SIGINT":
-            # A KeyboardInterrupt that ended the script ends the process by SIGINT.
-            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
-            os.kill(os.getpid(), _signal.SIGINT)
-        os._exit(status & 0xFF)
-    except BaseException:
-        return
-
 if _PRELOADED:
-    import atexit
-    _ending = [None]
-    atexit.register(_quick_exit, _ending, set(sys.modules) - {"__main__"}, _main)
-    del atexit
+    _EXIT["keep"] = set(sys.modules) - {"__main__"}
+    _EXIT["main"] = _main
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
 del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 del _stop_for_files, _take_stop_signal
 del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_child, _iw_forward, _iw_blocked
 del _iw_watch, _iw_parent, _report, _tell_parent, _hear_child, _forward_signals, _preload
-del _subreaper, _ended
+del _subreaper, _ended, _request_details, _details, _quick_exit
 if not _PRELOADED:
     exec(_code, _main.__dict__)
 else:
@@ -760,17 +783,18 @@ else:
     try:
         exec(_code, _main.__dict__)
     except SystemExit as _e:
-        # Python's own rule: None is 0, an int is the status, anything else (printed) is 1.
+        # CPython's rule: None is 0; an int is the status (as a C long, then an int); any
+        # other value (printed) is 1.
         _c = _e.code
-        _ending[0] = (0 if _c is None else (_c if -(1 << 31) <= _c < (1 << 31) else -1)
-                      if isinstance(_c, int) else 1)
+        _EXIT["ending"] = (0 if _c is None else (_c if -(1 << 63) <= _c < (1 << 63) else -1)
+                           if isinstance(_c, int) else 1)
         del _e, _c
         raise
     except KeyboardInterrupt:
-        _ending[0] = "SIGINT"
+        _EXIT["ending"] = "SIGINT"
         raise
     except BaseException:
-        _ending[0] = 1
+        _EXIT["ending"] = 1
         raise
     else:
-        _ending[0] = 0
+        _EXIT["ending"] = 0

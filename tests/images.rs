@@ -281,6 +281,8 @@ fn a_preloaded_session_ends_as_python3_would() {
             "ZeroDivisionError: division by zero\n",
         ),
         ("import sys\nsys.stdout.write('no newline')\n", 0, ""),
+        ("import sys\nprint('x')\nsys.stdout.close()\n", 0, ""),
+        ("import sys\nsys.exit(2**40 + 9)\n", 9, ""),
     ] {
         let (status, stdout, stderr) = run(&[], script);
         assert_eq!(status, Some(code), "{script:?}: {stdout} {stderr}");
@@ -312,6 +314,52 @@ fn a_preloaded_session_ends_as_python3_would() {
         (Some(0), "thread done\natexit ran\ndel ran\n", "")
     );
     assert_eq!(std::fs::read(work.path().join("out.txt")).unwrap(), b"kept");
+
+    // Callbacks registered before the script (logging's, imported by matplotlib in the
+    // preload) still run at its end; a file written in a frame of the uncaught exception
+    // is flushed. Then: a daemon thread still running sees no globals vanish.
+    let (status, stdout, stderr) = run(
+        &["-q", "--get", "log.txt", "--get", "partial.txt"],
+        r#"import logging, logging.handlers
+h = logging.handlers.MemoryHandler(100, target=logging.FileHandler("log.txt"))
+logging.getLogger().addHandler(h)
+logging.getLogger().warning("flushed at exit")
+def main():
+    f = open("partial.txt", "w")
+    f.write("partial data")
+    raise ValueError("the end")
+main()
+"#,
+    );
+    assert_eq!(status, Some(1), "{stdout} {stderr}");
+    assert!(stderr.ends_with("ValueError: the end\n"), "{stderr}");
+    assert!(!stderr.contains("NoneType"), "{stderr}");
+    assert_eq!(
+        std::fs::read(work.path().join("log.txt")).unwrap(),
+        b"flushed at exit\n"
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("partial.txt")).unwrap(),
+        b"partial data"
+    );
+    let (status, stdout, stderr) = run(
+        &[],
+        r#"import threading, time
+def tick():
+    return 1
+def loop():
+    while True:
+        tick()
+        time.sleep(0.001)
+threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.05)
+print("bye")
+"#,
+    );
+    assert_eq!(
+        (status, stdout.as_str(), stderr.as_str()),
+        (Some(0), "bye\n", "")
+    );
 
     // A child the script forks ends with its own status.
     let (status, stdout, _) = run(
@@ -435,9 +483,12 @@ print('zombies', zombies())
         stderr_str(&out)
     );
 
-    // Files still come back when the server stops the script for its time limit.
+    // Files still come back when the server stops the script for its time limit. (The
+    // limit counts from the connection: a spare still preloading under load would eat a
+    // short one before the script ran, so a ready spare is awaited first.)
+    wait_pool_ready(&d);
     let (status, _, stderr) = run(
-        &["-q", "--timeout", "3s", "--get", "result.txt"],
+        &["-q", "--timeout", "6s", "--get", "result.txt"],
         "import time\nopen('result.txt', 'w').write('late')\ntime.sleep(60)\n",
     );
     assert_eq!(status, Some(124), "{stderr}");
