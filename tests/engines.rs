@@ -243,6 +243,111 @@ fn an_engine_killed_under_load_fails_over_and_is_used_again_when_back() {
     );
 }
 
+/// An engine cut off the network without a reset (packets dropped both ways, dockerd and
+/// its containers still running): its sessions end with a clear error, it is declared
+/// down by its pings alone, the other engine serves meanwhile, and once the link is back
+/// it joins again (its old lease and the cut-off run's containers, still running there,
+/// swept) and is used.
+#[test]
+fn an_engine_cut_off_without_a_reset_is_lost_and_joins_again_when_the_link_is_back() {
+    ensure_image();
+    let remote = RemoteEngine::start(EngineOptions::new(PYEXECD).with_image(IMAGE));
+    let tables = table("local", "unix:///var/run/docker.sock", None, 2)
+        + &table("remote", &remote.url(), Some(&remote.cert_path()), 2);
+    let d = daemon_over(&tables, &["--max-sessions", "4", "--warm", "4"]);
+    wait_pool_ready(&d);
+
+    // Two long sessions on each engine.
+    let script = "import time\nprint('ready', flush=True)\ntime.sleep(8)\nprint('done')\n";
+    let sessions: Vec<_> = (0..4)
+        .map(|_| spawn_ready(d.pyexec(script).stderr(Stdio::piped())))
+        .collect();
+    assert_eq!(started_on(&d, "remote") as usize, 2);
+    let before = remote_containers(&remote, &d.instance);
+
+    let cut_at = Instant::now();
+    remote.cut();
+    let ends: Vec<_> = thread::scope(|s| {
+        let watchers: Vec<_> = sessions
+            .into_iter()
+            .map(|(mut child, out)| {
+                s.spawn(move || {
+                    let status = wait_timeout(&mut child, Duration::from_secs(40));
+                    let took = cut_at.elapsed();
+                    let err = take_stderr(&mut child);
+                    let stdout =
+                        String::from_utf8_lossy(&out.rest(Duration::from_secs(5))).into_owned();
+                    (status.and_then(|s| s.code()), took, err, stdout)
+                })
+            })
+            .collect();
+        watchers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let (mut lost, mut finished) = (0, 0);
+    for (code, took, err, stdout) in ends {
+        match code {
+            Some(125) => {
+                lost += 1;
+                eprintln!("a session on the cut engine ended {took:?} after the cut");
+                // Two pings of 3 s that get no answer, 2 s apart: well within 20 s.
+                assert!(
+                    took < Duration::from_secs(20),
+                    "ended {took:?} after the cut"
+                );
+                assert!(err.contains("Docker Engine `remote`"), "{err}");
+            }
+            Some(0) => {
+                finished += 1;
+                assert_eq!(stdout, "ready\ndone\n", "exact output");
+            }
+            other => panic!("unexpected status {other:?}: {err}\n{}", d.log()),
+        }
+    }
+    assert_eq!((lost, finished), (2, 2), "{}", d.log());
+    assert!(wait_until(Duration::from_secs(20), || engine_up(
+        &d, "remote"
+    ) == 0.0));
+
+    // Meanwhile the engine left serves every session.
+    for i in 0..3 {
+        let out = d.run(&format!("print({i} + 1)\n"), &[], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_str(&out));
+        assert_eq!(stdout_str(&out), format!("{}\n", i + 1));
+    }
+
+    // The link is back: joined again, what the cut-off run left there swept, and used.
+    remote.mend();
+    assert!(
+        wait_until(Duration::from_secs(60), || engine_up(&d, "remote") == 1.0),
+        "{}",
+        d.log()
+    );
+    let now = remote_containers(&remote, &d.instance);
+    for id in &before {
+        assert!(!now.contains(id), "leftover {id} of the cut-off run");
+    }
+    let used = started_on(&d, "remote");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            d.pyexec("import time\ntime.sleep(1)\nprint('again')\n")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(stdout_str(&out), "again\n");
+    }
+    assert!(started_on(&d, "remote") > used, "the engine is used again");
+    let instance = d.instance.clone();
+    d.stop();
+    assert!(
+        remote_containers(&remote, &instance).is_empty(),
+        "the daemon leaves nothing on the engine"
+    );
+}
+
 fn pyexecd(args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     pyexec::certs::generate(dir.path(), &[], false).unwrap();

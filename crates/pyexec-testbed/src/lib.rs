@@ -289,6 +289,27 @@ impl RemoteEngine {
         }
     }
 
+    /// Cuts the engine off the network without a word, as a broken link or a firewall
+    /// would: every packet in or out of the namespace's `eth0` is dropped, so nothing is
+    /// refused or reset, and connections already open just stop answering. dockerd and
+    /// its containers go on running. `mend` undoes it; the rules go with the namespace.
+    pub fn cut(&self) {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            run(Command::new("ip").args([
+                "netns", "exec", &self.name, "iptables", "-I", chain, dir, "eth0", "-j", "DROP",
+            ]));
+        }
+    }
+
+    /// Lets packets through again after `cut`.
+    pub fn mend(&self) {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            run(Command::new("ip").args([
+                "netns", "exec", &self.name, "iptables", "-D", chain, dir, "eth0", "-j", "DROP",
+            ]));
+        }
+    }
+
     /// Starts the same dockerd again (after `kill_hard`), as the host does after a reboot,
     /// and waits until it answers over TLS; the old containers show `Exited (255)`.
     ///
