@@ -77,6 +77,60 @@ fn has_image(engine: &RemoteEngine) -> bool {
         .success()
 }
 
+/// How one session watched by `watch_ends` ended: its exit code, how long after the
+/// event it ended, its stderr and its stdout.
+type Ended = (Option<i32>, Duration, String, String);
+
+/// Waits for each session at once, each on its own thread so that each one's end is timed
+/// from `since` (at most `limit` each).
+fn watch_ends(
+    sessions: Vec<(std::process::Child, OutputWatcher)>,
+    since: Instant,
+    limit: Duration,
+) -> Vec<Ended> {
+    thread::scope(|s| {
+        let watchers: Vec<_> = sessions
+            .into_iter()
+            .map(|(mut child, out)| {
+                s.spawn(move || {
+                    let status = wait_timeout(&mut child, limit);
+                    let took = since.elapsed();
+                    let err = take_stderr(&mut child);
+                    let stdout =
+                        String::from_utf8_lossy(&out.rest(Duration::from_secs(5))).into_owned();
+                    (status.and_then(|s| s.code()), took, err, stdout)
+                })
+            })
+            .collect();
+        watchers.into_iter().map(|w| w.join().unwrap()).collect()
+    })
+}
+
+/// After an engine is back: four sessions, some of them on it, then the daemon stops and
+/// leaves nothing of its own there.
+fn used_again_and_left_clean(d: Daemon, remote: &RemoteEngine) {
+    let used = started_on(&d, "remote");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            d.pyexec("import time\ntime.sleep(1)\nprint('again')\n")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(stdout_str(&out), "again\n");
+    }
+    assert!(started_on(&d, "remote") > used, "the engine is used again");
+    let instance = d.instance.clone();
+    d.stop();
+    assert!(
+        remote_containers(remote, &instance).is_empty(),
+        "the daemon leaves nothing on the engine"
+    );
+}
+
 /// Two engines that start without the image get it from the daemon, and a burst of
 /// sessions runs on every engine with exact output.
 #[test]
@@ -160,22 +214,7 @@ fn an_engine_killed_under_load_fails_over_and_is_used_again_when_back() {
     let killed_at = Instant::now();
     remote.kill_hard();
     // Each session watched on its own thread, so that each one's end is timed.
-    let ends: Vec<_> = thread::scope(|s| {
-        let watchers: Vec<_> = sessions
-            .into_iter()
-            .map(|(mut child, out)| {
-                s.spawn(move || {
-                    let status = wait_timeout(&mut child, Duration::from_secs(20));
-                    let took = killed_at.elapsed();
-                    let err = take_stderr(&mut child);
-                    let stdout =
-                        String::from_utf8_lossy(&out.rest(Duration::from_secs(5))).into_owned();
-                    (status.and_then(|s| s.code()), took, err, stdout)
-                })
-            })
-            .collect();
-        watchers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
+    let ends = watch_ends(sessions, killed_at, Duration::from_secs(20));
     let (mut lost, mut finished) = (0, 0);
     let slowest = ends.iter().filter(|e| e.0 == Some(125)).map(|e| e.1).max();
     eprintln!("sessions on the killed engine ended within {slowest:?} of the kill");
@@ -221,26 +260,7 @@ fn an_engine_killed_under_load_fails_over_and_is_used_again_when_back() {
     for id in &before {
         assert!(!now.contains(id), "leftover {id} of the dead run");
     }
-    let used = started_on(&d, "remote");
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            d.pyexec("import time\ntime.sleep(1)\nprint('again')\n")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(stdout_str(&out), "again\n");
-    }
-    assert!(started_on(&d, "remote") > used, "the engine is used again");
-    let instance = d.instance.clone();
-    d.stop();
-    assert!(
-        remote_containers(&remote, &instance).is_empty(),
-        "the daemon leaves nothing on the engine"
-    );
+    used_again_and_left_clean(d, &remote);
 }
 
 /// An engine cut off the network without a reset (packets dropped both ways, dockerd and
@@ -267,22 +287,7 @@ fn an_engine_cut_off_without_a_reset_is_lost_and_joins_again_when_the_link_is_ba
 
     let cut_at = Instant::now();
     remote.cut();
-    let ends: Vec<_> = thread::scope(|s| {
-        let watchers: Vec<_> = sessions
-            .into_iter()
-            .map(|(mut child, out)| {
-                s.spawn(move || {
-                    let status = wait_timeout(&mut child, Duration::from_secs(40));
-                    let took = cut_at.elapsed();
-                    let err = take_stderr(&mut child);
-                    let stdout =
-                        String::from_utf8_lossy(&out.rest(Duration::from_secs(5))).into_owned();
-                    (status.and_then(|s| s.code()), took, err, stdout)
-                })
-            })
-            .collect();
-        watchers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
+    let ends = watch_ends(sessions, cut_at, Duration::from_secs(40));
     let (mut lost, mut finished) = (0, 0);
     for (code, took, err, stdout) in ends {
         match code {
@@ -326,26 +331,7 @@ fn an_engine_cut_off_without_a_reset_is_lost_and_joins_again_when_the_link_is_ba
     for id in &before {
         assert!(!now.contains(id), "leftover {id} of the cut-off run");
     }
-    let used = started_on(&d, "remote");
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            d.pyexec("import time\ntime.sleep(1)\nprint('again')\n")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(stdout_str(&out), "again\n");
-    }
-    assert!(started_on(&d, "remote") > used, "the engine is used again");
-    let instance = d.instance.clone();
-    d.stop();
-    assert!(
-        remote_containers(&remote, &instance).is_empty(),
-        "the daemon leaves nothing on the engine"
-    );
+    used_again_and_left_clean(d, &remote);
 }
 
 fn pyexecd(args: &[&str]) -> std::process::Output {

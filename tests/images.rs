@@ -220,20 +220,26 @@ fn a_cold_science_container_imports_matplotlib_silently() {
     d.stop();
 }
 
+/// The real CLI on `script` in the science image, with `options`.
+fn cli_command(d: &Daemon, options: &[&str], script: &str) -> Command {
+    let mut cmd = Command::new(PYEXEC);
+    cmd.args([
+        "--server",
+        &d.addr.to_string(),
+        "--image",
+        "science",
+        "--ca",
+    ])
+    .arg(d.ca())
+    .args(options)
+    .arg(d.script_file(script));
+    cmd
+}
+
 /// Runs the real CLI on `script` in the science image, in `cwd`, with `options`.
 fn cli(d: &Daemon, cwd: &std::path::Path, options: &[&str], script: &str) -> std::process::Output {
-    Command::new(PYEXEC)
+    cli_command(d, options, script)
         .current_dir(cwd)
-        .args([
-            "--server",
-            &d.addr.to_string(),
-            "--image",
-            "science",
-            "--ca",
-        ])
-        .arg(d.ca())
-        .args(options)
-        .arg(d.script_file(script))
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
@@ -427,16 +433,7 @@ print('zombies', zombies())
     assert!((950.0..=1600.0).contains(&cpu_ms), "{stderr}");
 
     // Stdin reaches the script.
-    let mut child = Command::new(PYEXEC)
-        .args([
-            "--server",
-            &d.addr.to_string(),
-            "--image",
-            "science",
-            "--ca",
-        ])
-        .arg(d.ca())
-        .arg(d.script_file("print('got', input())\n"))
+    let mut child = cli_command(&d, &[], "print('got', input())\n")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -450,21 +447,16 @@ print('zombies', zombies())
     );
 
     // Ctrl-C at the client reaches the script as KeyboardInterrupt.
-    let mut child = Command::new(PYEXEC)
-        .args([
-            "--server",
-            &d.addr.to_string(),
-            "--image",
-            "science",
-            "--ca",
-        ])
-        .arg(d.ca())
-        .arg(d.script_file("import time\nprint('ready', flush=True)\ntime.sleep(60)\n"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cli_command(
+        &d,
+        &[],
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
