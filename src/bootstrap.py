@@ -415,6 +415,15 @@ def _iw_pipe(flags):
     # Before the fork: the pipe for the script's stdin, or None without the flag.
     return os.pipe() if flags & 1 else None
 
+def _iw_keep(pipe, flags):
+    # A preloading bootstrap makes the pipe before the flags are known: `pipe`, or None
+    # with both ends closed when the session did not ask for the feature.
+    if flags & 1:
+        return pipe
+    os.close(pipe[0])
+    os.close(pipe[1])
+    return None
+
 def _iw_child(pipe):
     # In the script's process: the pipe becomes its stdin; the write end is not its own,
     # so EOF reaches it when the container's stdin ends.
@@ -676,10 +685,7 @@ if _PRELOADED:
         if _heard is None:
             _ended(_child)
         _nonce, _get, _flags, _cpu_at_start = _heard
-        if not _flags & 1:
-            os.close(_iw[0])
-            os.close(_iw[1])
-            _iw = None
+        _iw = _iw_keep(_iw, _flags)
         _report(_child, _nonce, _get, _flags, _iw, _cpu_at_start)
     os.close(_ctl[0])
     import atexit
@@ -706,10 +712,7 @@ if _PRELOADED:
     # a session is never handed one still importing.
     os.write(1, b"\x05")
     _script, _name, _path, _args, _nonce, _get, _flags = _receive()
-    if not _flags & 1:
-        os.close(_iw[0])
-        os.close(_iw[1])
-        _iw = None
+    _iw = _iw_keep(_iw, _flags)
     _tell_parent(_ctl[1], _request_details(_nonce, _get, _flags, _cpu_ns()))
     os.close(_ctl[1])
     _cpu_at_start = None
@@ -773,7 +776,7 @@ del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _si
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
 del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files
 del _stop_for_files, _take_stop_signal
-del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_child, _iw_forward, _iw_blocked
+del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_keep, _iw_child, _iw_forward, _iw_blocked
 del _iw_watch, _iw_parent, _report, _tell_parent, _hear_child, _forward_signals, _preload
 del _subreaper, _ended, _request_details, _details, _quick_exit
 if not _PRELOADED:
