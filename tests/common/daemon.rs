@@ -282,6 +282,20 @@ impl Drop for Daemon {
     /// not. Then whatever carries its label is removed, until nothing does: a start the
     /// Engine completes after the daemon died would otherwise leave a container behind.
     fn drop(&mut self) {
+        // A failing test's own message often shows only what the client saw (say, "the
+        // Docker Engine `local` is out of service"); the daemon's log says why. Printed
+        // here once, for every test, rather than in each assertion's message.
+        if thread::panicking() {
+            if let Ok(log) = self.log.lock() {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!(
+                    "--- the daemon's log, last {} lines ---\n{}",
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
