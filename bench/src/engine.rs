@@ -92,21 +92,6 @@ impl Engine {
     }
 }
 
-/// Containers of `instance` but its lease (the daemon's claim on the instance name,
-/// which lives as long as the daemon): (all of them, the running ones).
-pub async fn count(docker: &Docker, instance: &str) -> Result<(usize, usize)> {
-    let list: Vec<_> = pyexec::docker::instance_containers(docker, instance)
-        .await?
-        .into_iter()
-        .filter(|c| !is_lease(c))
-        .collect();
-    let running = list
-        .iter()
-        .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
-        .count();
-    Ok((list.len(), running))
-}
-
 /// Waits until `instance` has exactly `target` containers, all running: a warm pool
 /// refilled (target = pool size) or the last session's container removed (target 0).
 /// Returns what was seen last if `timeout` passes first.
@@ -117,19 +102,55 @@ pub async fn settle(
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
+    let mut seen: Option<(Vec<String>, Instant)> = None;
     loop {
-        match count(docker, instance).await {
-            Ok((all, running)) if all == target && running == target => return Ok(()),
-            Ok((all, running)) if Instant::now() >= deadline => {
+        let now = Instant::now();
+        match running_ids(docker, instance).await {
+            Ok((all, running)) if all == target && running.len() == target => match &seen {
+                Some((ids, since)) if *ids == running => {
+                    if now.duration_since(*since) >= STABLE {
+                        return Ok(());
+                    }
+                }
+                _ => seen = Some((running, now)),
+            },
+            Ok((all, running)) if now >= deadline => {
                 return Err(format!(
-                    "{instance} had {all} containers ({running} running) instead of \
-                     {target} running after {timeout:?}"
+                    "{instance} had {all} containers ({} running) instead of \
+                     {target} running after {timeout:?}",
+                    running.len()
                 ))
             }
             Err(e) => return Err(format!("cannot list containers: {e}")),
-            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Ok(_) => seen = None,
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// How long `settle` must see the same containers running. Right after a session, the
+/// container it used can still be running (the daemon reports the end from the
+/// bootstrap's trailer, before Docker sees the exit) while its replacement is not created
+/// yet: the count matched for a moment, and the next timed run waited ~200 ms for a
+/// container (the files bench's download, measured after a 12 ms session). A replacement
+/// is ready within ~20 ms of Docker calling it running.
+const STABLE: Duration = Duration::from_millis(150);
+
+/// Containers of `instance` but its lease (the daemon's claim on the instance name, which
+/// lives as long as the daemon): how many, and the IDs of the running ones, sorted.
+async fn running_ids(docker: &Docker, instance: &str) -> Result<(usize, Vec<String>)> {
+    let list: Vec<_> = pyexec::docker::instance_containers(docker, instance)
+        .await?
+        .into_iter()
+        .filter(|c| !is_lease(c))
+        .collect();
+    let mut running: Vec<String> = list
+        .iter()
+        .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+        .filter_map(|c| c.id.clone())
+        .collect();
+    running.sort();
+    Ok((list.len(), running))
 }
 
 fn is_lease(c: &ContainerSummary) -> bool {
