@@ -28,7 +28,7 @@ instance=bench-plot-$$
 daemon=""
 cleanup() {
   [ -n "$daemon" ] && kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-  docker ps -aq --filter "label=pyexec.instance=$instance" | xargs -r docker rm -f >/dev/null
+  docker ps -aq --filter "label=pyexec.instance=$instance" | xargs -r docker rm -f -v >/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT

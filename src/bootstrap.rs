@@ -47,6 +47,11 @@ pub enum Marker {
 /// Request flag: watch for the script blocking on stdin, and say so with a `W` marker.
 pub const FLAG_INPUT_WANTED: u32 = 1;
 
+/// Request flag: name big files out (`A` records, `files_out.rs`) for the server to fetch
+/// through the engine's archive API, rather than copying them through stdout; the
+/// bootstrap then waits to be removed.
+pub const FLAG_FETCH: u32 = 2;
+
 /// Length of the nonce that marks the bootstrap's end-of-script trailer.
 pub const NONCE_LEN: usize = 16;
 

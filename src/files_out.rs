@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! b"F" u32 name_len u64 size name content[size]   a file
+//! b"A" u32 name_len u64 size name                 a file to fetch (`Item::Fetch`)
 //! b"U" u32 len pattern                            a pattern that matched nothing
 //! b"K" u32 name_len u32 reason_len name reason    a match that was not sent, and why
 //! b"Z"                                            the end
@@ -12,6 +13,11 @@
 //! The container is the script's: everything here is checked as hostile input. Names go
 //! through the protocol's `check_name`, totals through the announced caps, and every
 //! length is bounded before anything is buffered; content is sliced, never gathered.
+//!
+//! `A` is for big files, when the server allows it (`bootstrap::FLAG_FETCH`): the
+//! bootstrap names the file instead of copying it through its stdout, the container's
+//! output pipes and Docker's attach stream, and the pump fetches it from the engine's
+//! archive API (`archive.rs`), as `docker cp` would, while the bootstrap waits.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -48,6 +54,15 @@ enum State {
     Done,
 }
 
+/// What the stream gives: frames for the client, or a file for the pump to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Frame(Frame),
+    /// Fetch this file of the container's /tmp (its name checked, counted in the caps)
+    /// and send it as `FILE_OUT` and its data, here in the stream's order.
+    Fetch(FileHeader),
+}
+
 /// Turns the stream into `FILE_OUT`, `FILE_OUT_DATA` and, at its end, `FILES_OUT_END`.
 #[derive(Debug)]
 pub struct FilesOut {
@@ -58,6 +73,9 @@ pub struct FilesOut {
     count: u32,
     cap_bytes: u64,
     cap_count: u32,
+    /// What followed an `A` record, parsed by `resume` once the file is fetched: the
+    /// fetch can still add to the end's skipped list, or end the files.
+    rest: Bytes,
 }
 
 impl FilesOut {
@@ -70,6 +88,7 @@ impl FilesOut {
             count: 0,
             cap_bytes,
             cap_count,
+            rest: Bytes::new(),
         }
     }
 
@@ -77,16 +96,29 @@ impl FilesOut {
         matches!(self.state, State::Done)
     }
 
-    /// The frames that `data` completes, in order. Content is cut into frames of at most
-    /// `DATA_CHUNK`, each a slice of `data`.
-    pub fn feed(&mut self, mut data: Bytes) -> Result<Vec<Frame>, FilesOutError> {
+    /// A fetched file that could not be sent, listed in `FILES_OUT_END` as skipped.
+    pub fn skip(&mut self, name: String, reason: String) {
+        if self.end.skipped.len() < self.cap_count as usize {
+            self.end.skipped.push(Skipped { name, reason });
+        }
+    }
+
+    /// The items that `data` completes, in order. Content is cut into frames of at most
+    /// `DATA_CHUNK`, each a slice of `data`. An `Item::Fetch` is always the last: the rest
+    /// waits for `resume`.
+    pub fn feed(&mut self, mut data: Bytes) -> Result<Vec<Item>, FilesOutError> {
+        if !self.rest.is_empty() {
+            let mut joined = BytesMut::from(&std::mem::take(&mut self.rest)[..]);
+            joined.extend_from_slice(&data);
+            data = joined.freeze();
+        }
         let mut frames = Vec::new();
         while !data.is_empty() {
             match self.state {
                 State::Done => return Err(FilesOutError::AfterEnd),
                 State::Content(left) => {
                     let n = (left.min(DATA_CHUNK as u64) as usize).min(data.len());
-                    frames.push(Frame::FileOutData(data.split_to(n)));
+                    frames.push(Item::Frame(Frame::FileOutData(data.split_to(n))));
                     self.state = match left - n as u64 {
                         0 => State::Head,
                         rest => State::Content(rest),
@@ -96,8 +128,14 @@ impl FilesOut {
                     // Take one byte at a time into the head until it is whole: heads are
                     // small, and a head cut anywhere by a pipe read parses the same.
                     self.head.extend_from_slice(&data.split_to(1));
-                    if let Some(frame) = self.parse_head()? {
-                        frames.push(frame);
+                    match self.parse_head()? {
+                        Some(fetch @ Item::Fetch(_)) => {
+                            frames.push(fetch);
+                            self.rest = data;
+                            break;
+                        }
+                        Some(item) => frames.push(item),
+                        None => {}
                     }
                 }
             }
@@ -105,9 +143,14 @@ impl FilesOut {
         Ok(frames)
     }
 
-    /// A whole head in `self.head` gives its frame (or none, for the records that only
+    /// The items after a fetched file's record.
+    pub fn resume(&mut self) -> Result<Vec<Item>, FilesOutError> {
+        self.feed(Bytes::new())
+    }
+
+    /// A whole head in `self.head` gives its item (or none, for the records that only
     /// add to `FILES_OUT_END`); `Ok(None)` too while more bytes are needed.
-    fn parse_head(&mut self) -> Result<Option<Frame>, FilesOutError> {
+    fn parse_head(&mut self) -> Result<Option<Item>, FilesOutError> {
         let h = &self.head[..];
         let need = |n: usize| h.len() < n;
         let len_at = |at: usize| -> Result<usize, FilesOutError> {
@@ -128,9 +171,11 @@ impl FilesOut {
         let frame = match h[0] {
             b'Z' => {
                 self.state = State::Done;
-                Some(Frame::FilesOutEnd(std::mem::take(&mut self.end)))
+                Some(Item::Frame(Frame::FilesOutEnd(std::mem::take(
+                    &mut self.end,
+                ))))
             }
-            b'F' => {
+            tag @ (b'F' | b'A') => {
                 if need(5) {
                     return Ok(None);
                 }
@@ -149,12 +194,15 @@ impl FilesOut {
                 if self.bytes > self.cap_bytes {
                     return Err(FilesOutError::OverBytes(self.cap_bytes));
                 }
-                self.state = if size == 0 {
-                    State::Head
+                let header = FileHeader { name, size };
+                if tag == b'A' {
+                    Some(Item::Fetch(header))
                 } else {
-                    State::Content(size)
-                };
-                Some(Frame::FileOut(FileHeader { name, size }))
+                    if size > 0 {
+                        self.state = State::Content(size);
+                    }
+                    Some(Item::Frame(Frame::FileOut(header)))
+                }
             }
             b'U' => {
                 if need(5) {
@@ -250,9 +298,12 @@ mod tests {
     }
 
     /// Merges data frames that a cut split, so that streams cut differently compare.
-    fn merged(frames: Vec<Frame>) -> Vec<Frame> {
+    fn merged(items: Vec<Item>) -> Vec<Frame> {
         let mut out: Vec<Frame> = Vec::new();
-        for f in frames {
+        for item in items {
+            let Item::Frame(f) = item else {
+                panic!("a fetch in a stream without one: {item:?}")
+            };
             match (out.last_mut(), f) {
                 (Some(Frame::FileOutData(a)), Frame::FileOutData(b)) => {
                     let mut joined = BytesMut::from(&a[..]);
@@ -286,11 +337,81 @@ mod tests {
         let sizes: Vec<usize> = frames
             .iter()
             .filter_map(|f| match f {
-                Frame::FileOutData(b) => Some(b.len()),
+                Item::Frame(Frame::FileOutData(b)) => Some(b.len()),
                 _ => None,
             })
             .collect();
         assert_eq!(sizes, [DATA_CHUNK, DATA_CHUNK, 5]);
+    }
+
+    #[test]
+    fn a_file_to_fetch_comes_in_its_place_and_counts_in_the_caps() {
+        let mut s = file("a.txt", b"x");
+        s.push(b'A');
+        s.extend_from_slice(&5u32.to_be_bytes());
+        s.extend_from_slice(&(40u64 << 20).to_be_bytes());
+        s.extend_from_slice(b"b.bin");
+        s.extend(file("c.txt", b""));
+        s.push(b'Z');
+        // Cut anywhere, the fetch comes last of its batch and the rest waits for
+        // `resume`, so that what the fetch adds (a skip) is in the end.
+        let fetch = FileHeader {
+            name: "b.bin".into(),
+            size: 40 << 20,
+        };
+        let expected = vec![
+            Item::Frame(Frame::FileOut(FileHeader {
+                name: "a.txt".into(),
+                size: 1,
+            })),
+            Item::Frame(Frame::FileOutData(Bytes::from_static(b"x"))),
+            Item::Fetch(fetch.clone()),
+            Item::Frame(Frame::FileOut(FileHeader {
+                name: "c.txt".into(),
+                size: 0,
+            })),
+            Item::Frame(Frame::FilesOutEnd(FilesOutEnd {
+                skipped: vec![Skipped {
+                    name: "b.bin".into(),
+                    reason: "gone".into(),
+                }],
+                ..Default::default()
+            })),
+        ];
+        for cut in 0..=s.len() {
+            let mut p = FilesOut::new(41 << 20, 3);
+            let mut all = Vec::new();
+            for part in [&s[..cut], &s[cut..]] {
+                let mut batch = p.feed(Bytes::copy_from_slice(part)).unwrap();
+                while let Some(Item::Fetch(h)) = batch.last().cloned() {
+                    all.extend(batch);
+                    p.skip(h.name, "gone".into());
+                    batch = p.resume().unwrap();
+                }
+                assert!(!batch.iter().any(|i| matches!(i, Item::Fetch(_))));
+                all.extend(batch);
+            }
+            assert!(p.done());
+            assert_eq!(all, expected, "cut at {cut}");
+        }
+        let over = |bytes, count| {
+            let mut p = FilesOut::new(bytes, count);
+            p.feed(Bytes::from(s.clone()))?;
+            p.resume()
+        };
+        assert_eq!(
+            over(40 << 20, 3).unwrap_err(),
+            FilesOutError::OverBytes(40 << 20)
+        );
+        assert_eq!(over(41 << 20, 1).unwrap_err(), FilesOutError::OverCount(1));
+        let mut hostile = vec![b'A'];
+        hostile.extend_from_slice(&6u32.to_be_bytes());
+        hostile.extend_from_slice(&1u64.to_be_bytes());
+        hostile.extend_from_slice(b"../etc");
+        assert!(matches!(
+            FilesOut::new(10, 10).feed(Bytes::from(hostile)),
+            Err(FilesOutError::Name(_))
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub use pyexec_client as client;
 pub use pyexec_client::stdio;
 pub use pyexec_protocol as protocol;
 
+pub(crate) mod archive;
 pub mod bootstrap;
 pub mod certs;
 pub(crate) mod client_limits;

@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig, ResourcesUlimits,
+};
 
 use crate::config::images::ImageConfig;
 use crate::config::{BootstrapMode, SandboxConfig};
@@ -103,11 +106,6 @@ impl SandboxSpec {
     /// attached and started before its script is known.
     pub fn create_body(&self) -> ContainerCreateBody {
         let c = &self.config;
-        let mut tmpfs = HashMap::new();
-        tmpfs.insert(
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,noexec,size={},mode=1777", c.tmp_size),
-        );
         ContainerCreateBody {
             image: Some(c.image.clone()),
             // Reset any ENTRYPOINT of a registry image such as python:3.12-slim.
@@ -143,7 +141,7 @@ impl SandboxSpec {
                 nano_cpus: Some((c.cpus * 1e9) as i64),
                 pids_limit: Some(c.pids_limit),
                 readonly_rootfs: Some(c.read_only),
-                tmpfs: Some(tmpfs),
+                mounts: Some(vec![self.tmp_mount()]),
                 // Docker's default /dev/shm is 64 MiB outside --tmp-size; multiprocessing
                 // needs a little of it, so it is kept, but small.
                 shm_size: Some(SHM_SIZE.min(c.tmp_size) as i64),
@@ -170,6 +168,45 @@ impl SandboxSpec {
                     config: None,
                 }),
                 runtime: c.runtime.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl SandboxSpec {
+    /// The script's /tmp: a tmpfs, `--tmp-size` big, charged to the container's memory
+    /// cgroup, noexec. Made as an anonymous volume of the `local` driver rather than with
+    /// `HostConfig.Tmpfs`: Docker's archive API (`Engine::fetch`) reads a volume, but not a
+    /// tmpfs mounted inside the container's own mount namespace ("Could not find the
+    /// file" on Engine 20.10), and that API is how big files come back at `docker cp`'s
+    /// speed. Anonymous, so the container's removal (`v=true`) removes it; labelled like
+    /// the container, so the start-up sweep finds one a crash left behind. `no_copy`:
+    /// nothing of the image's /tmp is copied in.
+    fn tmp_mount(&self) -> Mount {
+        let options = HashMap::from([
+            ("type".to_string(), "tmpfs".to_string()),
+            ("device".to_string(), "tmpfs".to_string()),
+            (
+                "o".to_string(),
+                format!(
+                    "size={},mode=1777,nosuid,nodev,noexec",
+                    self.config.tmp_size
+                ),
+            ),
+        ]);
+        Mount {
+            target: Some("/tmp".into()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                labels: Some(self.labels()),
+                driver_config: Some(MountVolumeOptionsDriverConfig {
+                    name: Some("local".into()),
+                    options: Some(options),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -272,7 +309,28 @@ mod tests {
         assert_eq!(body.stdin_once, Some(true));
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(body.labels.unwrap()[LABEL_INSTANCE], "test");
-        assert!(host.tmpfs.as_ref().unwrap()["/tmp"].contains("noexec"));
+        assert_eq!(
+            host.tmpfs, None,
+            "/tmp is a tmpfs volume, which the archive API reads"
+        );
+        let tmp = &host.mounts.as_ref().unwrap()[0];
+        assert_eq!(tmp.target.as_deref(), Some("/tmp"));
+        assert_eq!(tmp.typ, Some(MountType::VOLUME));
+        assert_eq!(tmp.source, None, "anonymous: removed with the container");
+        let vol = tmp.volume_options.as_ref().unwrap();
+        assert_eq!(vol.labels.as_ref().unwrap()[LABEL_INSTANCE], "test");
+        let driver = vol
+            .driver_config
+            .as_ref()
+            .unwrap()
+            .options
+            .as_ref()
+            .unwrap();
+        assert_eq!(driver["type"], "tmpfs");
+        assert_eq!(
+            driver["o"],
+            format!("size={},mode=1777,nosuid,nodev,noexec", 64 << 20)
+        );
         assert_eq!(host.shm_size, Some(16 << 20));
         assert_eq!(host.cap_add, None);
         assert_eq!(

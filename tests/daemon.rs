@@ -122,12 +122,50 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
         "the crash left the session's container"
     );
     let _ = child.kill();
+    // A volume no container uses, as a removal without `-v` leaves one; and another
+    // instance's, which is not this daemon's to remove.
+    let volume = |instance: &str| {
+        let out = Command::new("docker")
+            .args([
+                "volume",
+                "create",
+                "--label",
+                "pyexec.managed=true",
+                "--label",
+            ])
+            .arg(format!("pyexec.instance={instance}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_str(&out));
+        stdout_str(&out).trim().to_string()
+    };
+    let dangling = volume(&instance);
+    let other_instance = unique_instance();
+    let others = volume(&other_instance);
+    let old_volumes = volumes_of(&instance);
+    assert!(
+        old_volumes.len() > orphans.len(),
+        "{old_volumes:?}: a /tmp per container, and one more"
+    );
 
     let d = Daemon::start_in(dir, &instance, &[]);
     // Removed before the daemon said it was listening (its own spares are new ones).
     for id in &orphans {
         assert!(!container_listed(id), "leftover {id} still there");
     }
+    let now = volumes_of(&instance);
+    for v in &old_volumes {
+        assert!(
+            !now.contains(v),
+            "volume {v} still there (dangling: {dangling})"
+        );
+    }
+    assert_eq!(
+        volumes_of(&other_instance),
+        [others],
+        "another instance's kept"
+    );
+    remove_containers_of(&other_instance);
     // The operator is told (no figure counts leftovers removed at start).
     assert!(d
         .log()

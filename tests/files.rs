@@ -98,6 +98,74 @@ fn files_in_land_beside_the_script_and_results_come_back() {
     d.stop();
 }
 
+/// Files of 4 MiB and more come back through the engine's archive API (as `docker cp`
+/// reads them), not through the container's output: byte for byte, in a subdirectory
+/// and under a name that needs a PAX header, in their place beside small files sent the
+/// ordinary way; a symlink is still never followed; and each sandbox's /tmp, a volume, is
+/// removed with its container (`stop` checks).
+#[test]
+fn big_files_come_back_whole_through_the_engine_archive() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let script = "import hashlib, os, random\n\
+        r = random.Random(7)\n\
+        os.makedirs('résultats')\n\
+        files = (('big.bin', 20 << 20), ('résultats/données 📈.bin', (4 << 20) + 1),\n\
+                 ('résultats/small.txt', 5))\n\
+        for name, size in files: data = r.randbytes(size); open(name, 'wb').write(data); \
+            print(name, hashlib.sha256(data).hexdigest())\n\
+        os.symlink('big.bin', 'link.bin')\n";
+    let out = pyexec(
+        &d,
+        w,
+        &[
+            "--get",
+            "big.bin",
+            "--get",
+            "résultats/*",
+            "--get",
+            "link.bin",
+        ],
+        script,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for line in stdout_str(&out).lines() {
+        let (name, sum) = line.rsplit_once(' ').unwrap();
+        let saved = std::fs::read(w.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let digest = ring::digest::digest(&ring::digest::SHA256, &saved);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, sum, "{name}, {} bytes", saved.len());
+    }
+    let err = stderr_str(&out);
+    assert_eq!(err.matches("pyexec: saved ").count(), 3, "{err}");
+    assert!(
+        err.contains("link.bin not brought back: a symbolic link"),
+        "{err}"
+    );
+    assert!(!w.join("link.bin").exists());
+    // The two big ones were fetched, the small one was not.
+    assert!(
+        d.wait_log(
+            "a file out fetched from the engine bytes=4194305",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        d.log()
+            .matches("a file out fetched from the engine")
+            .count(),
+        2,
+        "{}",
+        d.log()
+    );
+    assert_back_to_idle(&d, base, "after files fetched");
+    d.stop();
+}
+
 /// `ln -s /etc/shadow plot.png`: nothing comes back but the reason; a FIFO named like a
 /// requested file neither blocks nor is sent; and a process the script left behind
 /// cannot swap a file for a symlink afterwards (it is killed first).

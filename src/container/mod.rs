@@ -34,7 +34,7 @@ use crate::messages::{
 use crate::protocol::{Frame, Started, Usage};
 use crate::sandbox::SandboxSpec;
 use crate::status::ByteCounters;
-use pumps::{pump_output, pump_stdin, AtLimit, PumpEnd, Sent};
+use pumps::{pump_output, pump_stdin, AtLimit, Fetch, PumpEnd, Sent};
 
 /// After a kill, output still on its way is forwarded for this long at most. Past it the
 /// attach connection is closed: Docker does not report a container's exit while its copy
@@ -534,7 +534,7 @@ impl ContainerActor {
             Trailers::new(&run.nonce),
             sent,
             run.files_out
-                .map(|(bytes, count)| FilesOut::new(bytes, count)),
+                .map(|(bytes, count)| (FilesOut::new(bytes, count), self.fetch())),
             run.input_wanted,
         );
         self.pump = Some(
@@ -543,6 +543,16 @@ impl ContainerActor {
                     .map(|end, act, ctx| act.output_ended(end, ctx)),
             ),
         );
+    }
+
+    /// How the pump fetches the files the bootstrap names: from this container, through
+    /// its engine's archive API.
+    fn fetch(&self) -> Fetch {
+        let (engine, id) = (
+            self.deps.engine.clone(),
+            self.id.clone().unwrap_or_default(),
+        );
+        Box::new(move |path| engine.fetch(&id, path))
     }
 
     /// Files wanted: the pump goes on past the output limit, and says so through this.

@@ -12,11 +12,12 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::archive::ArchiveFile;
 use crate::bootstrap::{Marker, ScriptEnd, Trailers, TRAILER_LEN};
-use crate::engine::{EngineError, InputSink, Output, OutputStream};
-use crate::files_out::FilesOut;
+use crate::engine::{ArchiveStream, EngineError, InputSink, Output, OutputStream};
+use crate::files_out::{FilesOut, Item};
 use crate::messages::ContainerEvent;
-use crate::protocol::files::FilesOutEnd;
+use crate::protocol::files::{FileHeader, FilesOutEnd};
 use crate::protocol::{Frame, DATA_CHUNK, STDIN_WINDOW};
 use crate::status::ByteCounters;
 use crate::stdin_queue::StdinQueue;
@@ -25,6 +26,14 @@ use crate::stdin_queue::StdinQueue;
 /// to be all there is. Docker normally ends the attach stream promptly once stdin is
 /// closed (which we do on exit); this only bounds the case where it does not.
 const DRAIN_IDLE: Duration = Duration::from_millis(1500);
+
+/// A fetch of a file (`fetch_file`) that brings nothing for this long has failed: the
+/// engine answers a running container's archive at once, and streams it at memory speed.
+const FETCH_IDLE: Duration = Duration::from_secs(10);
+
+/// Opens the engine's archive of a file of the container (`Engine::fetch`, bound to the
+/// container): how the pump fetches the files the bootstrap names (`Item::Fetch`).
+pub type Fetch = Box<dyn Fn(&str) -> ArchiveStream + Send>;
 
 /// STDIN_CREDIT is sent once this much stdin has been taken since the last one: not a
 /// frame per line (an echo's round trip would pay for it), yet a quarter of the window,
@@ -214,7 +223,8 @@ async fn forward(
 ///
 /// With `files` (feature `files`), stdout after its trailer is the bootstrap's files-out
 /// stream: parsed into frames for the same channel (so it has the same backpressure), and
-/// the pump ends only once that stream has ended too.
+/// the pump ends only once that stream has ended too. The files it names rather than
+/// sends come through `Fetch`, in their place in the stream.
 ///
 /// With `input_wanted` (feature `input_wanted`), each input-wanted marker on stdout
 /// becomes an INPUT_WANTED frame, in its place among the output (after the prompt the
@@ -225,9 +235,13 @@ pub async fn pump_output(
     mut exited: watch::Receiver<bool>,
     mut trailers: Trailers,
     mut sent: Sent,
-    mut files: Option<FilesOut>,
+    files: Option<(FilesOut, Fetch)>,
     input_wanted: bool,
 ) -> PumpEnd {
+    let (mut files, fetch) = match files {
+        Some((parser, fetch)) => (Some(parser), Some(fetch)),
+        None => (None, None),
+    };
     let mut held: Option<(Bytes, bool, tokio::time::Instant)> = None;
     // Both trailers seen, the files-out stream not ended yet.
     let mut script_end: Option<ScriptEnd> = None;
@@ -272,7 +286,7 @@ pub async fn pump_output(
         }
         if trailers.seen(stderr) {
             if !stderr {
-                if let Err(end) = files_out(&tx, &mut files, data).await {
+                if let Err(end) = files_out(&tx, &mut files, data, fetch.as_ref()).await {
                     return end;
                 }
                 if let (Some(end), true) = (script_end, files_ended(&files)) {
@@ -311,7 +325,7 @@ pub async fn pump_output(
             return end;
         }
         if ended.is_some() && !stderr {
-            if let Err(end) = files_out(&tx, &mut files, after).await {
+            if let Err(end) = files_out(&tx, &mut files, after, fetch.as_ref()).await {
                 return end;
             }
         }
@@ -335,6 +349,7 @@ async fn files_out(
     tx: &mpsc::Sender<Frame>,
     files: &mut Option<FilesOut>,
     data: Bytes,
+    fetch: Option<&Fetch>,
 ) -> Result<(), PumpEnd> {
     let Some(parser) = files.as_mut().filter(|f| !f.done()) else {
         return Ok(()); // no files asked for, or after their end: a left-behind process
@@ -342,14 +357,96 @@ async fn files_out(
     if data.is_empty() {
         return Ok(());
     }
-    match parser.feed(data) {
-        Ok(frames) => {
-            for frame in frames {
+    let mut batch = parser.feed(data);
+    loop {
+        let items = match batch {
+            Ok(items) => items,
+            Err(e) => {
+                let message = format!("the sandbox's files were refused: {e}");
+                return end_files(tx, files, &message).await;
+            }
+        };
+        // A fetch is the last of its batch (`FilesOut::feed`): the rest is parsed after it.
+        let mut fetched = false;
+        for item in items {
+            match (item, fetch) {
+                (Item::Frame(frame), _) => tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?,
+                (Item::Fetch(header), Some(fetch)) => {
+                    fetch_file(tx, files, header, fetch).await?;
+                    fetched = true;
+                }
+                (Item::Fetch(_), None) => {
+                    return end_files(tx, files, "the sandbox named a file it was to send").await
+                }
+            }
+        }
+        match files.as_mut().filter(|f| !f.done()) {
+            Some(parser) if fetched => batch = parser.resume(),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Fetches a file the bootstrap named from the engine's archive API and sends it as
+/// `FILE_OUT` and its data, as if the bootstrap had. A fetch that fails before the file's
+/// first byte lists it as skipped, with why, and the rest go on; one that breaks off
+/// half-way ends the files there (the client drops the partial file, as when a
+/// bootstrap dies mid-file).
+async fn fetch_file(
+    tx: &mpsc::Sender<Frame>,
+    files: &mut Option<FilesOut>,
+    header: FileHeader,
+    fetch: &Fetch,
+) -> Result<(), PumpEnd> {
+    let (mut archive, since) = (ArchiveFile::new(header.size), std::time::Instant::now());
+    let mut stream = fetch(&format!("/tmp/{}", header.name));
+    let (name, size) = (header.name.clone(), header.size);
+    // The client is told of the file with its first byte, once the archive's header has
+    // been checked: a refused archive costs it nothing. `None` once told.
+    let mut untold = Some(header);
+    let failure = loop {
+        let next = match tokio::time::timeout(FETCH_IDLE, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => break format!("the engine sent nothing for {FETCH_IDLE:?}"),
+        };
+        let chunks = match next {
+            None => match archive.finish() {
+                Ok(()) if untold.is_none() => {
+                    let ms = since.elapsed().as_millis() as u64;
+                    tracing::info!(bytes = size, ms, "a file out fetched from the engine");
+                    return Ok(());
+                }
+                Ok(()) => vec![Bytes::new()],
+                Err(e) => break e.to_string(),
+            },
+            Some(Err(e)) => break e.to_string(),
+            Some(Ok(data)) => match archive.feed(data) {
+                Ok(chunks) => chunks,
+                Err(e) => break e.to_string(),
+            },
+        };
+        for mut chunk in chunks {
+            if let Some(header) = untold.take() {
+                let frame = Frame::FileOut(header);
                 tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?;
             }
+            while !chunk.is_empty() {
+                let part = chunk.split_to(chunk.len().min(DATA_CHUNK));
+                let frame = Frame::FileOutData(part);
+                tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?;
+            }
+        }
+    };
+    tracing::debug!(file = %name, %failure, "cannot fetch a file out");
+    match (untold, files.as_mut()) {
+        (Some(_), Some(parser)) => {
+            parser.skip(name, format!("cannot be fetched ({failure})"));
             Ok(())
         }
-        Err(e) => end_files(tx, files, &format!("the sandbox's files were refused: {e}")).await,
+        _ => {
+            let message = format!("the file {name} broke off: {failure}");
+            end_files(tx, files, &message).await
+        }
     }
 }
 
@@ -403,7 +500,7 @@ mod tests {
     async fn pump_files(
         items: Vec<Result<Output, EngineError>>,
         limit: u64,
-        files: Option<FilesOut>,
+        files: Option<(FilesOut, Fetch)>,
     ) -> (Vec<u8>, Vec<u8>, Vec<Frame>, PumpEnd) {
         let output: OutputStream =
             Box::pin(futures::stream::iter(items).chain(futures::stream::pending()));
@@ -534,6 +631,129 @@ mod tests {
         v
     }
 
+    fn no_fetch() -> Fetch {
+        Box::new(|path| panic!("nothing to fetch, yet {path} was"))
+    }
+
+    /// A fetch that gives `archive` for `/tmp/big.bin` in 700-byte pieces, then `tail`.
+    fn fetch_of(archive: Vec<u8>, tail: Option<EngineError>) -> Fetch {
+        Box::new(move |path| {
+            assert_eq!(path, "/tmp/big.bin");
+            let pieces: Vec<Result<Bytes, EngineError>> = archive
+                .chunks(700)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .chain(tail.clone().map(Err))
+                .collect();
+            Box::pin(futures::stream::iter(pieces))
+        })
+    }
+
+    fn fetch_record(name: &str, size: u64) -> Vec<u8> {
+        let mut v = vec![b'A'];
+        v.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        v.extend_from_slice(&size.to_be_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v
+    }
+
+    /// Files before and after the named one, and the named one in its place.
+    fn stream_with_a_fetch(size: u64) -> Vec<Result<Output, EngineError>> {
+        let mut first = trailer(b'E', 0);
+        let mut stream = files_stream("a.txt", b"A");
+        stream.pop(); // its `Z`
+        stream.extend(fetch_record("big.bin", size));
+        stream.extend(files_stream("c.txt", b"C"));
+        first.extend(stream);
+        vec![out(&first), err(&trailer(b'E', 0))]
+    }
+
+    /// (name, content) per file sent, and the FILES_OUT_END.
+    fn files_sent(frames: Vec<Frame>) -> (Vec<(String, Vec<u8>)>, FilesOutEnd) {
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for f in frames {
+            match f {
+                Frame::FileOut(h) => files.push((h.name, Vec::new())),
+                Frame::FileOutData(b) => files.last_mut().unwrap().1.extend_from_slice(&b),
+                Frame::FilesOutEnd(end) => return (files, end),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("no FILES_OUT_END after {files:?}")
+    }
+
+    #[tokio::test]
+    async fn a_named_file_is_fetched_and_sent_in_its_place() {
+        let content: Vec<u8> = (0..DATA_CHUNK as u32 + 3000).map(|i| i as u8).collect();
+        let tar = crate::archive::tests::archive(&content);
+        let (_, _, frames, end) = pump_files(
+            stream_with_a_fetch(content.len() as u64),
+            1 << 20,
+            Some((FilesOut::new(1 << 20, 10), fetch_of(tar, None))),
+        )
+        .await;
+        assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");
+        let (files, end) = files_sent(frames);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.txt", "big.bin", "c.txt"]);
+        assert!(files[1].1 == content, "the fetched file, byte for byte");
+        assert!(end.skipped.is_empty() && end.message.is_empty(), "{end:?}");
+    }
+
+    /// A symbolic link where the file was (the archive is the container's, hostile):
+    /// skipped with its reason, never sent; the files after it still come.
+    #[tokio::test]
+    async fn a_fetch_refused_before_its_first_byte_skips_the_file_only() {
+        let link = crate::archive::tests::entry("big.bin", b'2', b"");
+        for fetch in [
+            fetch_of(link, None),
+            fetch_of(
+                Vec::new(),
+                Some(EngineError::NotFound("no such file".into())),
+            ),
+        ] {
+            let (_, _, frames, end) = pump_files(
+                stream_with_a_fetch(5),
+                1 << 20,
+                Some((FilesOut::new(1 << 20, 10), fetch)),
+            )
+            .await;
+            assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");
+            let (files, end) = files_sent(frames);
+            let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["a.txt", "c.txt"]);
+            assert_eq!(end.skipped.len(), 1, "{end:?}");
+            assert_eq!(end.skipped[0].name, "big.bin");
+            assert!(
+                end.skipped[0].reason.starts_with("cannot be fetched ("),
+                "{end:?}"
+            );
+        }
+    }
+
+    /// An archive that breaks off mid-file ends the files with why: the client has the
+    /// file's header and part of it, and drops it.
+    #[tokio::test]
+    async fn a_fetch_that_breaks_off_ends_the_files_with_why() {
+        let content = vec![7u8; 5000];
+        let mut tar = crate::archive::tests::archive(&content);
+        tar.truncate(3000);
+        let broken = EngineError::Unreachable("connection reset".into());
+        let (_, _, frames, end) = pump_files(
+            stream_with_a_fetch(5000),
+            1 << 20,
+            Some((FilesOut::new(1 << 20, 10), fetch_of(tar, Some(broken)))),
+        )
+        .await;
+        assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");
+        let (files, end) = files_sent(frames);
+        assert_eq!(files.len(), 2, "a.txt, then part of big.bin: {files:?}");
+        assert!(files[1].1.len() < 5000);
+        assert_eq!(
+            end.message, "the file big.bin broke off: connection reset",
+            "{end:?}"
+        );
+    }
+
     /// The files-out stream follows the stdout trailer; the pump ends after its end,
     /// whichever stream's trailer came last, and the script's output is untouched.
     #[tokio::test]
@@ -546,7 +766,7 @@ mod tests {
             let (stdout, _, frames, end) = pump_files(
                 vec![out(&first), err(&trailer(b'E', 0)), out(&stream[cut..])],
                 1 << 20,
-                Some(FilesOut::new(1 << 20, 10)),
+                Some((FilesOut::new(1 << 20, 10), no_fetch())),
             )
             .await;
             assert_eq!(stdout, b"out", "cut at {cut}");
@@ -577,7 +797,7 @@ mod tests {
         let (_, _, frames, end) = pump_files(
             vec![out(&first), err(&trailer(b'E', 1))],
             1 << 20,
-            Some(FilesOut::new(1 << 20, 10)),
+            Some((FilesOut::new(1 << 20, 10), no_fetch())),
         )
         .await;
         assert!(matches!(end, PumpEnd::Trailer(_)), "{end:?}");

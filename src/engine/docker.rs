@@ -8,14 +8,18 @@ use std::sync::Arc;
 use bollard::container::LogOutput;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::{Engine, EngineError, EngineResult, LaunchFailed, Launched, Lease, LeaseError, Output};
+use super::{
+    ArchiveStream, Engine, EngineError, EngineResult, LaunchFailed, Launched, Lease, LeaseError,
+    Output,
+};
 use crate::config::engines::{EngineSpec, EngineUrl};
 use crate::sandbox::{SandboxSpec, LABEL_INSTANCE, LABEL_LEASE, LABEL_MANAGED};
 use crate::tcp_memory::TcpMemGuard;
@@ -253,7 +257,42 @@ pub async fn sweep(docker: &Docker, instance: &str) -> Result<usize, DockerError
     for result in futures::future::join_all(removals).await {
         result?;
     }
+    sweep_volumes(docker, instance).await?;
     Ok(ids.len())
+}
+
+/// Removes the instance's volumes (a sandbox's /tmp, `SandboxSpec::tmp_mount`) that no
+/// container uses: a container's removal takes its volume with it (`v=true`), so only a
+/// removal that failed half-way, or one by hand without `-v`, leaves one. In use (409)
+/// or already gone (404) counts as done.
+async fn sweep_volumes(docker: &Docker, instance: &str) -> Result<(), DockerError> {
+    let filters = HashMap::from([
+        (
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_INSTANCE}={instance}"),
+            ],
+        ),
+        ("dangling".to_string(), vec!["true".to_string()]),
+    ]);
+    let opts = ListVolumesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let volumes = docker.list_volumes(Some(opts)).await?.volumes;
+    for v in volumes.unwrap_or_default() {
+        match docker
+            .remove_volume(
+                &v.name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Err(e) if !is_not_found(&e) && !is_conflict(&e) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl From<bollard::errors::Error> for EngineError {
@@ -334,6 +373,14 @@ impl Engine for DockerEngine {
     fn kill(&self, id: &str, signal: &'static str) -> EngineResult<()> {
         let (docker, id) = (self.docker.clone(), id.to_string());
         Box::pin(async move { Ok(kill(&docker, &id, signal).await?) })
+    }
+
+    fn fetch(&self, id: &str, path: &str) -> ArchiveStream {
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let stream = self.docker.download_from_container(id, Some(opts));
+        Box::pin(stream.map(|item| item.map_err(EngineError::from)))
     }
 
     fn remove(&self, id: &str) -> EngineResult<()> {

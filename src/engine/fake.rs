@@ -360,6 +360,13 @@ impl Engine for FakeEngine {
         Box::pin(async move { result })
     }
 
+    /// The fake has no file system: every fetch fails, as one from a container that
+    /// died would.
+    fn fetch(&self, id: &str, _path: &str) -> super::ArchiveStream {
+        let error = EngineError::NotFound(format!("fake engine: no archive of {id}"));
+        Box::pin(futures::stream::once(async move { Err(error) }))
+    }
+
     fn remove(&self, id: &str) -> EngineResult<()> {
         let result = {
             let mut inner = self.inner();

@@ -39,6 +39,8 @@ impl Output {
 
 /// The container's output streams, as the engine delivers them.
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, EngineError>> + Send>>;
+/// A file of a container as the engine's archive API streams it: a tar archive.
+pub type ArchiveStream = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
 /// The container's stdin; shutting it down is the script's EOF.
 pub type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -136,12 +138,17 @@ pub trait Engine: Send + Sync + 'static {
     fn oom_killed(&self, id: &str) -> EngineResult<bool>;
     /// Sends a signal (`SIGKILL`, `SIGINT`, ...) to the container's main process.
     fn kill(&self, id: &str, signal: &'static str) -> EngineResult<()>;
+    /// Streams `path`, a file of the running container's /tmp, as a tar archive read by
+    /// the engine itself: how big files out come back (`files_out`), without crossing
+    /// the container's output pipes. The archive is the container's: hostile input.
+    fn fetch(&self, id: &str, path: &str) -> ArchiveStream;
     /// Removes a container, running or not; one already gone counts as removed.
     fn remove(&self, id: &str) -> EngineResult<()>;
     /// Whether the engine answers.
     fn ping(&self) -> EngineResult<()>;
-    /// Removes every container of this instance but its lease; how many there were.
-    /// Only safe while holding the lease: another live daemon's are its own.
+    /// Removes every container of this instance but its lease, then the instance's
+    /// volumes no container uses any more; how many containers there were. Only safe
+    /// while holding the lease: another live daemon's are its own.
     fn sweep(&self, instance: &str) -> EngineResult<usize>;
     /// Takes this run's lease on `instance`, with a container of `image`; `run` tells
     /// this run's lease from a dead run's.

@@ -435,7 +435,7 @@ impl Session {
                 bootstrap::FLAG_INPUT_WANTED
             } else {
                 0
-            },
+            } | bootstrap::FLAG_FETCH,
         );
         let handover = Handover {
             request,

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::docker::{all_containers_of, cid_of, containers_of, remove_containers_of, PRINT_CID};
+use super::docker::{
+    all_containers_of, cid_of, containers_of, remove_containers_of, volumes_of, PRINT_CID,
+};
 use super::processes::{output_with_stdin, wait_timeout, wait_until, OutputWatcher};
 use super::{PYEXEC, PYEXECD};
 
@@ -240,7 +242,19 @@ impl Daemon {
             Vec::<String>::new(),
             "containers left behind"
         );
+        self.assert_no_volumes_left();
         status
+    }
+
+    /// Every sandbox's /tmp is a volume of the instance, removed with its container: none
+    /// may outlive them. (The lease container has none.)
+    fn assert_no_volumes_left(&self) {
+        assert_eq!(
+            volumes_of(&self.instance),
+            Vec::<String>::new(),
+            "volumes left behind\n{}",
+            self.log()
+        );
     }
 
     /// Waits for the daemon to exit by itself (after a signal the test sent), without
@@ -259,6 +273,7 @@ impl Daemon {
             "containers left behind\n{}",
             self.log()
         );
+        self.assert_no_volumes_left();
         status
     }
 
@@ -308,7 +323,9 @@ impl Drop for Daemon {
             let mut clean_looks = 0;
             let deadline = Instant::now() + Duration::from_secs(10);
             while clean_looks < 3 && Instant::now() < deadline {
-                if all_containers_of(&self.instance).is_empty() {
+                if all_containers_of(&self.instance).is_empty()
+                    && volumes_of(&self.instance).is_empty()
+                {
                     clean_looks += 1;
                 } else {
                     clean_looks = 0;

@@ -39,15 +39,37 @@ fn listed(instance: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Removes the instance's containers with their volumes (`-v`: each sandbox's /tmp is
+/// one), then any volume of the instance still left.
 pub fn remove_containers_of(instance: &str) {
     let ids = all_containers_of(instance);
     if !ids.is_empty() {
         let _ = Command::new("docker")
-            .arg("rm")
-            .arg("-f")
+            .args(["rm", "-f", "-v"])
             .args(&ids)
             .output();
     }
+    let volumes = volumes_of(instance);
+    if !volumes.is_empty() {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&volumes)
+            .output();
+    }
+}
+
+/// Names of the volumes that carry `instance`'s label: a sandbox's /tmp (a tmpfs volume,
+/// `SandboxSpec::tmp_mount`) while its container exists; none once every one is removed.
+pub fn volumes_of(instance: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter"])
+        .arg(format!("label=pyexec.instance={instance}"))
+        .output()
+        .expect("docker volume ls");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Python that prints `cid <container id>` as the script's first line: the ID as Docker
