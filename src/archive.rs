@@ -2,7 +2,8 @@
 //! parsed with no I/O.
 //!
 //! The archive is made by the engine from the script's container, so it is read as
-//! hostile: exactly one entry, a regular file of exactly the size the bootstrap announced
+//! hostile: exactly one entry, a regular file owned by the script's uid (the engine reads
+//! as root: `sandbox::script_uid`), of exactly the size the bootstrap announced
 //! (the client was told that size before the first byte), with no more than a few
 //! extended headers of bounded size before it, and nothing but zero blocks after it. A
 //! symbolic link, a directory or a device in its place is refused, not followed. Content
@@ -21,6 +22,8 @@ const MAX_EXTENDED_SIZE: u64 = 64 << 10;
 pub enum ArchiveError {
     #[error("the archive holds a {0}, not a regular file")]
     NotRegular(&'static str),
+    #[error("the archive's file belongs to uid {0}, not the script's")]
+    Owner(u64),
     #[error("the archive's file has {found} bytes, {expected} were announced")]
     Size { expected: u64, found: u64 },
     #[error("a tar header with a bad checksum")]
@@ -53,15 +56,18 @@ enum State {
 #[derive(Debug)]
 pub struct ArchiveFile {
     expected: u64,
+    owner: u32,
     state: State,
     head: BytesMut,
     extended: u32,
 }
 
 impl ArchiveFile {
-    pub fn new(expected: u64) -> Self {
+    /// The archive of a file of `expected` bytes that uid `owner` owns.
+    pub fn new(expected: u64, owner: u32) -> Self {
         ArchiveFile {
             expected,
+            owner,
             state: State::Header,
             head: BytesMut::with_capacity(BLOCK),
             extended: 0,
@@ -145,6 +151,10 @@ impl ArchiveFile {
         let size = number(&h[124..136])?;
         match h[156] {
             b'0' | 0 => {
+                let uid = number(&h[108..116])?;
+                if uid != self.owner as u64 {
+                    return Err(ArchiveError::Owner(uid));
+                }
                 if size != self.expected {
                     return Err(ArchiveError::Size {
                         expected: self.expected,
@@ -216,11 +226,19 @@ fn number(field: &[u8]) -> Result<u64, ArchiveError> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A header block of `kind` with `size`, name `name`, checksum set.
+    /// The script's uid in these tests (the default `--user`'s).
+    pub(crate) const UID: u32 = 65534;
+
+    /// A header block of `kind` with `size`, name `name`, owned by `UID`, checksum set.
     fn header(name: &str, kind: u8, size: u64) -> Vec<u8> {
+        header_of(name, kind, size, UID)
+    }
+
+    fn header_of(name: &str, kind: u8, size: u64, uid: u32) -> Vec<u8> {
         let mut h = vec![0u8; BLOCK];
         h[..name.len()].copy_from_slice(name.as_bytes());
         h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(format!("{uid:07o}\0").as_bytes());
         h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
         h[156] = kind;
         h[257..263].copy_from_slice(b"ustar\0");
@@ -246,7 +264,7 @@ pub(crate) mod tests {
     }
 
     fn parse(expected: u64, parts: &[&[u8]]) -> Result<Vec<u8>, ArchiveError> {
-        let mut p = ArchiveFile::new(expected);
+        let mut p = ArchiveFile::new(expected, UID);
         let mut out = Vec::new();
         for part in parts {
             for b in p.feed(Bytes::copy_from_slice(part))? {
@@ -308,6 +326,11 @@ pub(crate) mod tests {
                 found: 3
             }
         );
+        // A root-only file of the image, reached through a link in a directory of the
+        // path (the engine reads as root): refused by its owner.
+        let mut shadow = header_of("shadow", b'0', 3, 0);
+        shadow.extend_from_slice(b"abc");
+        assert_eq!(parse(3, &[&shadow]).unwrap_err(), ArchiveError::Owner(0));
         let mut two = entry("a", b'0', b"abc");
         two.extend(entry("b", b'0', b"def"));
         assert_eq!(parse(3, &[&two]).unwrap_err(), ArchiveError::Extra);
@@ -325,7 +348,7 @@ pub(crate) mod tests {
     fn broken_headers_are_refused_before_anything_is_taken() {
         let mut bad = archive(b"abc");
         bad[2 * BLOCK + 200] ^= 1; // inside the file's header (after the PAX one)
-        let mut p = ArchiveFile::new(3);
+        let mut p = ArchiveFile::new(3, UID);
         p.feed(Bytes::copy_from_slice(&bad[..2 * BLOCK])).unwrap();
         assert_eq!(
             p.feed(Bytes::copy_from_slice(&bad[2 * BLOCK..3 * BLOCK]))

@@ -30,10 +30,12 @@
 # from /tmp down), within the caps; then the patterns that matched nothing and the names
 # that were not sent, with why; then b"Z". With flag 2 (`FLAG_FETCH`), a file of at least
 # _FETCH_MIN bytes is named (b"A") instead of copied: the server fetches it from /tmp
-# through the engine's archive API, which is ~1.6x faster than these pipes and Docker's
-# attach stream, and the parent then waits, keeping /tmp (a volume that lives as long as
-# the container runs), until the server removes the container (at most _FETCH_WAIT
-# seconds, should it never). When the server stops the script itself
+# through the engine's archive API, ~1.3x faster than these pipes and Docker's attach
+# stream for 50 MiB, and the parent then waits, keeping /tmp (a volume that lives as long
+# as the container runs), until the server kills or removes the container: the fetches
+# go at the client's pace. (_FETCH_WAIT only bounds a server that never does.) Files of
+# 8 GiB and more are copied: the archive's header then carries its size elsewhere.
+# When the server stops the script itself
 # (timeout, output limit, shutdown) and files are wanted, it sends SIGPWR first: the
 # parent kills the script's tree and goes on as after any end (`_stop_for_files`).
 # With flag 1 (feature `input_wanted`, protocol §10.3), the script's stdin is a pipe of
@@ -326,9 +328,10 @@ def _open_nofollow(rel):
     finally:
         os.close(dfd)
 
-# Below this size a file is copied through stdout: a fetch costs a request to the engine
-# (~10 ms), the copy ~6 ms per MiB here.
-_FETCH_MIN, _FETCH_WAIT = 4 << 20, 60
+# Below this size a file is copied through stdout: a fetch costs the engine ~60 ms before
+# its first byte (it mounts the container's root and volumes for each request), and the
+# two ways were even between 8 and 24 MiB here (docs/performance.md §4.5).
+_FETCH_MIN, _FETCH_WAIT = 16 << 20, 24 * 3600
 
 def _send_files(patterns, caps, flags):
     # Whether a file was named for the server to fetch: the caller must then wait.
@@ -368,7 +371,7 @@ def _send_files(patterns, caps, flags):
                 continue
             total, count = total + size, count + 1
             name = rel.encode()
-            if flags & 2 and size >= _FETCH_MIN:
+            if flags & 2 and _FETCH_MIN <= size < 1 << 33:
                 _write_all(1, b"A" + len(name).to_bytes(4, "big") + size.to_bytes(8, "big") + name)
                 named = True
                 continue

@@ -73,6 +73,8 @@ pub struct FilesOut {
     count: u32,
     cap_bytes: u64,
     cap_count: u32,
+    /// `K` records seen (bounded by `cap_count`).
+    k_records: u32,
     /// What followed an `A` record, parsed by `resume` once the file is fetched: the
     /// fetch can still add to the end's skipped list, or end the files.
     rest: Bytes,
@@ -88,6 +90,7 @@ impl FilesOut {
             count: 0,
             cap_bytes,
             cap_count,
+            k_records: 0,
             rest: Bytes::new(),
         }
     }
@@ -96,11 +99,10 @@ impl FilesOut {
         matches!(self.state, State::Done)
     }
 
-    /// A fetched file that could not be sent, listed in `FILES_OUT_END` as skipped.
+    /// A fetched file that could not be sent, listed in `FILES_OUT_END` as skipped. Each
+    /// was an `A` record, of which there are at most `cap_count`.
     pub fn skip(&mut self, name: String, reason: String) {
-        if self.end.skipped.len() < self.cap_count as usize {
-            self.end.skipped.push(Skipped { name, reason });
-        }
+        self.end.skipped.push(Skipped { name, reason });
     }
 
     /// The items that `data` completes, in order. Content is cut into frames of at most
@@ -229,7 +231,10 @@ impl FilesOut {
                     reason: text(&h[9 + n..9 + n + r])?,
                 };
                 // As many as there are files allowed: the list cannot grow without bound.
-                if self.end.skipped.len() >= self.cap_count as usize {
+                // (Fetches that failed, `skip`, are counted apart: they cannot push the
+                // bootstrap's own list over.)
+                self.k_records += 1;
+                if self.k_records > self.cap_count {
                     return Err(FilesOutError::OverCount(self.cap_count));
                 }
                 self.end.skipped.push(skipped);

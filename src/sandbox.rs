@@ -214,6 +214,15 @@ impl SandboxSpec {
     }
 }
 
+/// The uid the script runs as, when `--user` gives it by number (the default does): a file
+/// fetched out of the container (`Engine::fetch`) must be owned by it. The archive API
+/// reads as root, and follows symlinks in the path's directories (inside the container's
+/// root): without this check, a bootstrap the script had subverted could name
+/// `e/shadow`, with `e` a link to `/etc`, and be sent a file the script cannot read.
+pub fn script_uid(user: &str) -> Option<u32> {
+    user.split(':').next()?.parse().ok()
+}
+
 /// The file name the script is written to: the client's name when it is a plain,
 /// harmless file name, so that `sys.argv[0]` and tracebacks read as they would locally.
 /// Not a hidden file, and not one starting with `-`, which `python3 -u NAME` would read
@@ -357,6 +366,15 @@ mod tests {
             ]
         );
         assert_eq!(spec().command().len(), 4, "nothing to preload, no argument");
+    }
+
+    #[test]
+    fn the_script_uid_is_known_only_when_given_by_number() {
+        assert_eq!(script_uid("65534:65534"), Some(65534));
+        assert_eq!(script_uid("1000"), Some(1000));
+        assert_eq!(script_uid("nobody"), None);
+        assert_eq!(script_uid("nobody:nogroup"), None);
+        assert_eq!(script_uid(""), None);
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn files_in_land_beside_the_script_and_results_come_back() {
     d.stop();
 }
 
-/// Files of 4 MiB and more come back through the engine's archive API (as `docker cp`
+/// Files of 16 MiB and more come back through the engine's archive API (as `docker cp`
 /// reads them), not through the container's output: byte for byte, in a subdirectory
 /// and under a name that needs a PAX header, in their place beside small files sent the
 /// ordinary way; a symlink is still never followed; and each sandbox's /tmp, a volume, is
@@ -112,7 +112,7 @@ fn big_files_come_back_whole_through_the_engine_archive() {
     let script = "import hashlib, os, random\n\
         r = random.Random(7)\n\
         os.makedirs('résultats')\n\
-        files = (('big.bin', 20 << 20), ('résultats/données 📈.bin', (4 << 20) + 1),\n\
+        files = (('big.bin', 20 << 20), ('résultats/données 📈.bin', (16 << 20) + 1),\n\
                  ('résultats/small.txt', 5))\n\
         for name, size in files: data = r.randbytes(size); open(name, 'wb').write(data); \
             print(name, hashlib.sha256(data).hexdigest())\n\
@@ -148,7 +148,7 @@ fn big_files_come_back_whole_through_the_engine_archive() {
     // The two big ones were fetched, the small one was not.
     assert!(
         d.wait_log(
-            "a file out fetched from the engine bytes=4194305",
+            "a file out fetched from the engine bytes=16777217",
             Duration::from_secs(5)
         ),
         "{}",
@@ -163,6 +163,59 @@ fn big_files_come_back_whole_through_the_engine_archive() {
         d.log()
     );
     assert_back_to_idle(&d, base, "after files fetched");
+    d.stop();
+}
+
+/// The bootstrap waits while its big files are fetched (it keeps /tmp alive): a script
+/// killed by signal 9, whose end the daemon confirms by the container's exit (an OOM kill
+/// looks the same), and one stopped for its time limit, end at once with their files all
+/// the same. (The first ended only at the session's time limit, status 124.)
+#[test]
+fn a_big_file_comes_back_after_a_kill_or_a_timeout_without_a_wait() {
+    let d = Daemon::start(&[]);
+    let base = idle_baseline(&d);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let write = "import os\nopen('big.bin', 'wb').write(bytes(range(256)) * (17 << 12))\n";
+    let big = (0..=255u8).collect::<Vec<_>>().repeat(17 << 12);
+
+    let started = std::time::Instant::now();
+    let killed = format!("{write}os.kill(os.getpid(), 9)\n");
+    let out = pyexec(&d, w, &["--get", "big.bin"], &killed);
+    assert_eq!(out.status.code(), Some(137), "{}", show(&out));
+    assert!(
+        std::fs::read(w.join("big.bin")).unwrap() == big,
+        "the file, whole"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    std::fs::remove_file(w.join("big.bin")).unwrap();
+
+    let stuck = format!("{write}import time\nprint('ready', flush=True)\ntime.sleep(600)\n");
+    let out = pyexec(&d, w, &["--timeout", "2s", "--get", "big.bin"], &stuck);
+    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
+    assert!(
+        std::fs::read(w.join("big.bin")).unwrap() == big,
+        "the file, whole"
+    );
+    assert_eq!(
+        d.log()
+            .matches("a file out fetched from the engine")
+            .count(),
+        2,
+        "{}",
+        d.log()
+    );
+    // Sent within the grace, and the container gone at once, not when the grace ran out.
+    assert!(
+        !d.log().contains("files not all sent within the grace"),
+        "{}",
+        d.log()
+    );
+    assert_back_to_idle(&d, base, "after a kill and a timeout with big files");
     d.stop();
 }
 

@@ -32,7 +32,7 @@ use crate::messages::{
     Kill, KillCause, Orphaned, Run, ScriptExit, Signal,
 };
 use crate::protocol::{Frame, Started, Usage};
-use crate::sandbox::SandboxSpec;
+use crate::sandbox::{script_uid, SandboxSpec};
 use crate::status::ByteCounters;
 use pumps::{pump_output, pump_stdin, AtLimit, Fetch, PumpEnd, Sent};
 
@@ -552,7 +552,10 @@ impl ContainerActor {
             self.deps.engine.clone(),
             self.id.clone().unwrap_or_default(),
         );
-        Box::new(move |path| engine.fetch(&id, path))
+        Fetch {
+            open: Box::new(move |path| engine.fetch(&id, path)),
+            owner: script_uid(&self.deps.spec.config.user),
+        }
     }
 
     /// Files wanted: the pump goes on past the output limit, and says so through this.
@@ -613,6 +616,9 @@ impl ContainerActor {
             // container has exited, so that case takes the slow path.
             PumpEnd::Trailer(end) if end.exit == ScriptExit::Signal(9) => {
                 self.measured = Some(end);
+                if self.files_wanted {
+                    self.release_bootstrap(ctx);
+                }
             }
             PumpEnd::Trailer(end) => {
                 self.measured = Some(end);
@@ -677,6 +683,26 @@ impl ContainerActor {
             }
             Phase::Finishing | Phase::Removing | Phase::Gone { .. } => {}
         }
+    }
+
+    /// The files out have ended, and the bootstrap may be waiting to be removed (it keeps
+    /// /tmp alive while files are fetched from it, `files_out`): here the container's
+    /// exit is awaited (it tells an OOM kill), so it is killed now, not as a stop of the
+    /// script (its end is known), or the session waited out its time limit (a script
+    /// killed by signal 9 with a big file asked for ended at 60 s, status 124).
+    fn release_bootstrap(&mut self, ctx: &mut Context<Self>) {
+        let fut = self
+            .deps
+            .engine
+            .kill(self.id.as_deref().unwrap_or_default(), "SIGKILL");
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| match res {
+            // Gone already: it had nothing to wait for.
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {}
+            Err(e) => {
+                debug!(container = act.short_id(), error = %e, "cannot release the bootstrap")
+            }
+        }));
     }
 
     /// SIGKILL to the container: the script and the bootstrap die at once.

@@ -31,9 +31,14 @@ const DRAIN_IDLE: Duration = Duration::from_millis(1500);
 /// engine answers a running container's archive at once, and streams it at memory speed.
 const FETCH_IDLE: Duration = Duration::from_secs(10);
 
-/// Opens the engine's archive of a file of the container (`Engine::fetch`, bound to the
-/// container): how the pump fetches the files the bootstrap names (`Item::Fetch`).
-pub type Fetch = Box<dyn Fn(&str) -> ArchiveStream + Send>;
+/// How the pump fetches the files the bootstrap names (`Item::Fetch`).
+pub struct Fetch {
+    /// Opens the engine's archive of a file of the container (`Engine::fetch`).
+    pub open: Box<dyn Fn(&str) -> ArchiveStream + Send>,
+    /// The uid each file must belong to (`sandbox::script_uid`); `None` when the script's
+    /// user is a name, and then nothing is fetched.
+    pub owner: Option<u32>,
+}
 
 /// STDIN_CREDIT is sent once this much stdin has been taken since the last one: not a
 /// frame per line (an echo's round trip would pay for it), yet a quarter of the window,
@@ -398,9 +403,16 @@ async fn fetch_file(
     header: FileHeader,
     fetch: &Fetch,
 ) -> Result<(), PumpEnd> {
-    let (mut archive, since) = (ArchiveFile::new(header.size), std::time::Instant::now());
-    let mut stream = fetch(&format!("/tmp/{}", header.name));
     let (name, size) = (header.name.clone(), header.size);
+    let Some(owner) = fetch.owner else {
+        let reason = "cannot be fetched (the sandbox's user is not given by number)";
+        if let Some(parser) = files.as_mut() {
+            parser.skip(name, reason.into());
+        }
+        return Ok(());
+    };
+    let (mut archive, since) = (ArchiveFile::new(size, owner), std::time::Instant::now());
+    let mut stream = (fetch.open)(&format!("/tmp/{name}"));
     // The client is told of the file with its first byte, once the archive's header has
     // been checked: a refused archive costs it nothing. `None` once told.
     let mut untold = Some(header);
@@ -411,12 +423,16 @@ async fn fetch_file(
         };
         let chunks = match next {
             None => match archive.finish() {
-                Ok(()) if untold.is_none() => {
+                Ok(()) => {
+                    // An empty file has no chunk to carry its header.
+                    if let Some(header) = untold.take() {
+                        let frame = Frame::FileOut(header);
+                        tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?;
+                    }
                     let ms = since.elapsed().as_millis() as u64;
                     tracing::info!(bytes = size, ms, "a file out fetched from the engine");
                     return Ok(());
                 }
-                Ok(()) => vec![Bytes::new()],
                 Err(e) => break e.to_string(),
             },
             Some(Err(e)) => break e.to_string(),
@@ -632,20 +648,26 @@ mod tests {
     }
 
     fn no_fetch() -> Fetch {
-        Box::new(|path| panic!("nothing to fetch, yet {path} was"))
+        Fetch {
+            open: Box::new(|path| panic!("nothing to fetch, yet {path} was")),
+            owner: Some(crate::archive::tests::UID),
+        }
     }
 
     /// A fetch that gives `archive` for `/tmp/big.bin` in 700-byte pieces, then `tail`.
     fn fetch_of(archive: Vec<u8>, tail: Option<EngineError>) -> Fetch {
-        Box::new(move |path| {
-            assert_eq!(path, "/tmp/big.bin");
-            let pieces: Vec<Result<Bytes, EngineError>> = archive
-                .chunks(700)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .chain(tail.clone().map(Err))
-                .collect();
-            Box::pin(futures::stream::iter(pieces))
-        })
+        Fetch {
+            open: Box::new(move |path| {
+                assert_eq!(path, "/tmp/big.bin");
+                let pieces: Vec<Result<Bytes, EngineError>> = archive
+                    .chunks(700)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .chain(tail.clone().map(Err))
+                    .collect();
+                Box::pin(futures::stream::iter(pieces))
+            }),
+            owner: Some(crate::archive::tests::UID),
+        }
     }
 
     fn fetch_record(name: &str, size: u64) -> Vec<u8> {

@@ -41,7 +41,7 @@ use crate::protocol::{
     CodecError, End, EndReason, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Hello, Queued,
     STDIN_WINDOW,
 };
-use crate::sandbox::script_name;
+use crate::sandbox::{script_name, script_uid};
 use crate::status::{
     ByteCounters, ContainerStarted, FirstOutput, Outcome, ScriptUsage, SessionAccepted,
     SessionEnded, SignalsDropped, Status,
@@ -86,6 +86,15 @@ pub struct SessionDeps {
 
 /// Starts a Session actor for a connection whose TLS handshake completed (or for a
 /// WebSocket, through its bridge).
+/// Big files out are fetched through the engine (`bootstrap::FLAG_FETCH`) only when the
+/// script's uid is known, which the fetch checks each file's owner against.
+fn fetch_flag(user: &str) -> u32 {
+    match script_uid(user) {
+        Some(_) => bootstrap::FLAG_FETCH,
+        None => 0,
+    }
+}
+
 pub fn start(
     id: u64,
     peer: SocketAddr,
@@ -435,7 +444,7 @@ impl Session {
                 bootstrap::FLAG_INPUT_WANTED
             } else {
                 0
-            } | bootstrap::FLAG_FETCH,
+            } | fetch_flag(&self.cfg().sandbox.user),
         );
         let handover = Handover {
             request,
