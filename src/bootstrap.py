@@ -3,8 +3,8 @@
 # Started before its script is known (that is what makes a warm pool possible), it reads
 # exactly one request from stdin, never a byte more, so that everything after it on stdin
 # belongs to the script:
-#   b"PYX4" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
-#   | u32 files | u32 get_len | u64 get_cap | u32 get_count | u32 flags
+#   b"PYX5" | u32 script_len | u32 name_len | u32 args_len | nonce (16 bytes)
+#   | u32 files | u32 get_len | u64 get_cap | u32 get_count | u32 flags | u32 keep_s
 #   | script | name | args (NUL-separated) | get patterns (NUL-separated)
 #   then `files` records: u32 name_len | u64 size | name | content
 # It writes the script to /tmp/<name> (tracebacks and inspect read it from there) and the
@@ -33,8 +33,9 @@
 # through the engine's archive API, ~1.3x faster than these pipes and Docker's attach
 # stream for 50 MiB, and the parent then waits, keeping /tmp (a volume that lives as long
 # as the container runs), until the server kills or removes the container: the fetches
-# go at the client's pace. (_FETCH_WAIT only bounds a server that never does.) Files of
-# 8 GiB and more are copied: the archive's header then carries its size elsewhere.
+# go at the client's pace. (keep_s, the session's time limit and then some, only bounds
+# a server that died meanwhile.) Files of 8 GiB and more are copied: the archive's
+# header then carries its size elsewhere.
 # When the server stops the script itself
 # (timeout, output limit, shutdown) and files are wanted, it sends SIGPWR first: the
 # parent kills the script's tree and goes on as after any end (`_stop_for_files`).
@@ -200,8 +201,8 @@ def _receive_file():
         os._exit(125)
 
 def _receive():
-    head = _read_exact(56)
-    if head[:4] != b"PYX4":
+    head = _read_exact(60)
+    if head[:4] != b"PYX5":
         os.write(2, b"pyexec bootstrap: bad request header\n")
         os._exit(125)
     script = _read_exact(int.from_bytes(head[4:8], "big"))
@@ -218,7 +219,8 @@ def _receive():
     for _ in range(int.from_bytes(head[32:36], "big")):
         _receive_file()
     os.write(1, b"\x06")
-    cap = (int.from_bytes(head[40:48], "big"), int.from_bytes(head[48:52], "big"))
+    cap = (int.from_bytes(head[40:48], "big"), int.from_bytes(head[48:52], "big"),
+           int.from_bytes(head[56:60], "big"))
     return script, name, path, args, head[16:32], (get, cap), int.from_bytes(head[52:56], "big")
 
 import _signal
@@ -331,12 +333,12 @@ def _open_nofollow(rel):
 # Below this size a file is copied through stdout: a fetch costs the engine ~60 ms before
 # its first byte (it mounts the container's root and volumes for each request), and the
 # two ways were even between 8 and 24 MiB here (docs/performance.md §4.5).
-_FETCH_MIN, _FETCH_WAIT = 16 << 20, 24 * 3600
+_FETCH_MIN = 16 << 20
 
 def _send_files(patterns, caps, flags):
     # Whether a file was named for the server to fetch: the caller must then wait.
     import stat
-    cap_bytes, cap_count = caps
+    cap_bytes, cap_count, _ = caps
     found, skipped, unmatched, seen, named = [], [], [], set(), False
     for pattern in patterns:
         matched = False
@@ -562,22 +564,22 @@ def _report(child, nonce, get, flags, iw, cpu_at_start):
             pass
     if named:
         import time
-        time.sleep(_FETCH_WAIT)
+        time.sleep(get[1][2])
     os._exit(code)
 
 # What a preloading bootstrap's script process tells its parent, in two messages, each a
 # u32 length and its body (a length, not EOF: a process the preload forked may hold the
 # pipe open): first its own pid (u32), once it exists; then, once the request is in:
-# nonce (16) | flags u32 | get cap u64 | get count u32 | CPU at the start (ns, u64, all
-# ones when unknown) | get patterns (NUL-separated).
+# nonce (16) | flags u32 | get cap u64 | get count u32 | keep_s u32 | CPU at the start
+# (ns, u64, all ones when unknown) | get patterns (NUL-separated).
 def _tell_parent(fd, body):
     _write_all(fd, len(body).to_bytes(4, "big") + body)
 
 def _request_details(nonce, get, flags, cpu_at_start):
-    patterns, (cap_bytes, cap_count) = get
+    patterns, (cap_bytes, cap_count, keep) = get
     cpu = (1 << 64) - 1 if cpu_at_start is None else cpu_at_start
     return (nonce + flags.to_bytes(4, "big") + cap_bytes.to_bytes(8, "big")
-            + cap_count.to_bytes(4, "big") + cpu.to_bytes(8, "big")
+            + cap_count.to_bytes(4, "big") + keep.to_bytes(4, "big") + cpu.to_bytes(8, "big")
             + "\0".join(patterns).encode())
 
 def _hear_child(fd):
@@ -594,11 +596,12 @@ def _hear_child(fd):
     return None if head is None else exact(int.from_bytes(head, "big"))
 
 def _details(data):
-    if data is None or len(data) < 40:
+    if data is None or len(data) < 44:
         return None  # the child ended before its script (the server went away)
-    cpu = int.from_bytes(data[32:40], "big")
-    patterns = data[40:].decode().split("\0") if len(data) > 40 else []
-    get = (patterns, (int.from_bytes(data[20:28], "big"), int.from_bytes(data[28:32], "big")))
+    cpu = int.from_bytes(data[36:44], "big")
+    patterns = data[44:].decode().split("\0") if len(data) > 44 else []
+    get = (patterns, (int.from_bytes(data[20:28], "big"), int.from_bytes(data[28:32], "big"),
+                      int.from_bytes(data[32:36], "big")))
     return (data[:16], get, int.from_bytes(data[16:20], "big"),
             None if cpu == (1 << 64) - 1 else cpu)
 
@@ -796,7 +799,7 @@ if _PRELOADED:
     _EXIT["main"] = _main
 del _script, _args, _receive, _read_exact, _cut_bootstrap, _forward, _child, _sig, _FORWARDED
 del _cgroup_number, _cpu_ns, _peak_memory, _cpu_at_start, _get
-del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files, _FETCH_MIN, _FETCH_WAIT
+del _write_all, _receive_file, _name_ok, _walk, _open_nofollow, _send_files, _FETCH_MIN
 del _stop_for_files, _take_stop_signal
 del _flags, _iw, _IW_FAST, _IW_FAST_LOOKS, _IW_PERIOD, _IW_READS, _iw_pipe, _iw_keep, _iw_child, _iw_forward, _iw_blocked
 del _iw_watch, _iw_parent, _report, _tell_parent, _hear_child, _forward_signals, _preload

@@ -84,6 +84,11 @@ pub struct FilesRequest {
     pub get: Vec<String>,
     pub get_cap: u64,
     pub get_count: u32,
+    /// Seconds the bootstrap keeps /tmp at most once it has named files for the server
+    /// to fetch (`FLAG_FETCH`): the session's time limit and then some, after which the
+    /// server has ended the session whatever happened. It is normally killed long before;
+    /// this bounds a container whose daemon died.
+    pub keep_s: u32,
 }
 
 /// The one request the bootstrap reads from stdin. `args` must have passed `check_args`,
@@ -106,7 +111,7 @@ pub fn request(
     let (args_len, get_len) = (joined(args), joined(&files.get));
     let mut buf =
         BytesMut::with_capacity(REQUEST_HEAD + script.len() + name.len() + args_len + get_len);
-    buf.put_slice(b"PYX4");
+    buf.put_slice(b"PYX5");
     // Bounded by the script size limit (< 4 GiB, checked in config) and MAX_ARGS_BYTES.
     buf.put_u32(u32::try_from(script.len()).expect("script size is bounded by config"));
     buf.put_u32(name.len() as u32);
@@ -118,6 +123,7 @@ pub fn request(
     buf.put_u64(files.get_cap);
     buf.put_u32(files.get_count);
     buf.put_u32(flags);
+    buf.put_u32(files.keep_s);
     buf.put_slice(script);
     buf.put_slice(name.as_bytes());
     for list in [args, &files.get[..]] {
@@ -132,8 +138,9 @@ pub fn request(
 }
 
 /// Length of the request's fixed head: magic, three lengths, the nonce, the file count,
-/// the patterns' length, the cap of files out in bytes and in files, the flags.
-pub const REQUEST_HEAD: usize = 4 + 12 + NONCE_LEN + 4 + 4 + 8 + 4 + 4;
+/// the patterns' length, the cap of files out in bytes and in files, the flags, the time
+/// /tmp is kept for fetches.
+pub const REQUEST_HEAD: usize = 4 + 12 + NONCE_LEN + 4 + 4 + 8 + 4 + 4 + 4;
 
 /// The head of one file record on the bootstrap's stdin, after the request (feature
 /// `files`): `u32` name length, `u64` size, the name; `size` bytes of content follow.
@@ -329,6 +336,7 @@ mod tests {
             get: vec!["a.png".into(), "r/*.csv".into()],
             get_cap: 1 << 20,
             get_count: 9,
+            keep_s: 75,
         };
         let req = request(
             b"print(1)\n",
@@ -339,7 +347,7 @@ mod tests {
             FLAG_INPUT_WANTED,
         );
         let u32_at = |at: usize| u32::from_be_bytes(req[at..at + 4].try_into().unwrap());
-        assert_eq!(&req[..4], b"PYX4");
+        assert_eq!(&req[..4], b"PYX5");
         assert_eq!(u32_at(4), 9);
         assert_eq!(u32_at(8), 4);
         assert_eq!(u32_at(12), 4);
@@ -349,8 +357,9 @@ mod tests {
         assert_eq!(u64::from_be_bytes(req[40..48].try_into().unwrap()), 1 << 20);
         assert_eq!(u32_at(48), 9);
         assert_eq!(u32_at(52), FLAG_INPUT_WANTED, "flags");
-        assert_eq!(REQUEST_HEAD, 56);
-        assert_eq!(&req[56..], b"print(1)\na.pyx\0\0za.png\0r/*.csv");
+        assert_eq!(u32_at(56), 75, "seconds /tmp is kept for fetches");
+        assert_eq!(REQUEST_HEAD, 60);
+        assert_eq!(&req[60..], b"print(1)\na.pyx\0\0za.png\0r/*.csv");
         assert_ne!(new_nonce(), new_nonce());
         let none = request(b"", "m.py", &[], &nonce, &FilesRequest::default(), 0);
         assert_eq!(none.len(), REQUEST_HEAD + 4);

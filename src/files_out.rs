@@ -27,6 +27,12 @@ use crate::protocol::{Frame, DATA_CHUNK};
 /// Longest reason text for a skipped file.
 const MAX_REASON: usize = 256;
 
+/// Bytes of names and reasons, as JSON, that `FILES_OUT_END` lists; past them, entries are
+/// counted in its message instead. A frame holds at most 128 KiB: 1000 skipped files with
+/// long names (a script can make them) encoded past it, the writer failed, and the
+/// client never got its END.
+const MAX_LISTED: usize = 64 << 10;
+
 /// What the bootstrap's stream broke.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilesOutError {
@@ -75,6 +81,9 @@ pub struct FilesOut {
     cap_count: u32,
     /// `K` records seen (bounded by `cap_count`).
     k_records: u32,
+    /// JSON bytes listed in `end` so far, and the entries left out past `MAX_LISTED`.
+    listed: usize,
+    unlisted: u32,
     /// What followed an `A` record, parsed by `resume` once the file is fetched: the
     /// fetch can still add to the end's skipped list, or end the files.
     rest: Bytes,
@@ -91,6 +100,8 @@ impl FilesOut {
             cap_bytes,
             cap_count,
             k_records: 0,
+            listed: 0,
+            unlisted: 0,
             rest: Bytes::new(),
         }
     }
@@ -101,8 +112,35 @@ impl FilesOut {
 
     /// A fetched file that could not be sent, listed in `FILES_OUT_END` as skipped. Each
     /// was an `A` record, of which there are at most `cap_count`.
-    pub fn skip(&mut self, name: String, reason: String) {
-        self.end.skipped.push(Skipped { name, reason });
+    pub fn skip(&mut self, name: String, mut reason: String) {
+        if reason.len() > MAX_REASON {
+            let mut at = MAX_REASON;
+            while !reason.is_char_boundary(at) {
+                at -= 1;
+            }
+            reason.truncate(at);
+        }
+        self.list_skipped(Skipped { name, reason });
+    }
+
+    /// Whether `texts`, as JSON, still fit in the end's list; counted if they do.
+    fn fits(&mut self, texts: &[&str]) -> bool {
+        let size: usize = texts
+            .iter()
+            .map(|t| serde_json::to_string(t).map_or(usize::MAX / 4, |j| j.len()))
+            .sum();
+        if self.listed.saturating_add(size) > MAX_LISTED {
+            self.unlisted += 1;
+            return false;
+        }
+        self.listed += size;
+        true
+    }
+
+    fn list_skipped(&mut self, skipped: Skipped) {
+        if self.fits(&[&skipped.name, &skipped.reason]) {
+            self.end.skipped.push(skipped);
+        }
     }
 
     /// The items that `data` completes, in order. Content is cut into frames of at most
@@ -173,9 +211,14 @@ impl FilesOut {
         let frame = match h[0] {
             b'Z' => {
                 self.state = State::Done;
-                Some(Item::Frame(Frame::FilesOutEnd(std::mem::take(
-                    &mut self.end,
-                ))))
+                if self.unlisted > 0 && self.end.message.is_empty() {
+                    self.end.message = format!(
+                        "{} more skipped files or unmatched patterns, not listed",
+                        self.unlisted
+                    );
+                }
+                let end = std::mem::take(&mut self.end);
+                Some(Item::Frame(Frame::FilesOutEnd(end)))
             }
             tag @ (b'F' | b'A') => {
                 if need(5) {
@@ -215,7 +258,9 @@ impl FilesOut {
                     return Ok(None);
                 }
                 let pattern = name(&h[5..5 + n])?;
-                self.end.unmatched.push(pattern);
+                if self.fits(&[&pattern]) {
+                    self.end.unmatched.push(pattern);
+                }
                 None
             }
             b'K' => {
@@ -237,7 +282,7 @@ impl FilesOut {
                 if self.k_records > self.cap_count {
                     return Err(FilesOutError::OverCount(self.cap_count));
                 }
-                self.end.skipped.push(skipped);
+                self.list_skipped(skipped);
                 None
             }
             tag => return Err(FilesOutError::Tag(tag)),
@@ -417,6 +462,43 @@ mod tests {
             FilesOut::new(10, 10).feed(Bytes::from(hostile)),
             Err(FilesOutError::Name(_))
         ));
+    }
+
+    /// 1000 skipped files with 200-byte names (any script can make them) once encoded
+    /// past the 128 KiB a frame holds: the list stops at `MAX_LISTED`, the rest counted.
+    #[test]
+    fn the_end_stays_within_a_frame_whatever_is_skipped() {
+        let mut s = Vec::new();
+        let long = "x".repeat(200);
+        for i in 0..1000 {
+            s.extend(text_record(
+                b'K',
+                &[&format!("d/{long}{i}"), "over the server's cap"],
+            ));
+        }
+        s.extend(text_record(b'U', &["*.svg"]));
+        s.push(b'Z');
+        let mut p = FilesOut::new(1 << 20, 1000);
+        let items = p.feed(Bytes::from(s)).unwrap();
+        let Some(Item::Frame(Frame::FilesOutEnd(end))) = items.last() else {
+            panic!("{:?}", items.last())
+        };
+        let json = serde_json::to_vec(end).unwrap();
+        assert!(json.len() < 100_000, "{} bytes", json.len());
+        assert!(
+            end.skipped.len() > 200,
+            "as many as fit: {}",
+            end.skipped.len()
+        );
+        let left = 1000 + 1 - end.skipped.len() - end.unmatched.len();
+        assert_eq!(
+            end.message,
+            format!("{left} more skipped files or unmatched patterns, not listed")
+        );
+        // A failed fetch's reason is cut like the bootstrap's.
+        let mut p = FilesOut::new(10, 10);
+        p.skip("a".into(), "é".repeat(400));
+        assert!(p.end.skipped[0].reason.len() <= MAX_REASON);
     }
 
     #[test]

@@ -695,12 +695,16 @@ impl ContainerActor {
             .deps
             .engine
             .kill(self.id.as_deref().unwrap_or_default(), "SIGKILL");
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| match res {
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             // Gone already: it had nothing to wait for.
             Ok(()) => {}
             Err(e) if e.is_gone() => {}
+            // Its exit would come only at the time limit: end now, as a kill that fails
+            // does (`hard_kill`); the removal tries again.
             Err(e) => {
-                debug!(container = act.short_id(), error = %e, "cannot release the bootstrap")
+                warn!(container = act.short_id(), error = %e, "cannot release the bootstrap");
+                act.failure.get_or_insert(ContainerFailure::Kill(e));
+                act.finish(ctx);
             }
         }));
     }

@@ -550,7 +550,7 @@ impl Process {
             c.idle = false;
         }
         self.engine.bump();
-        if &head[..4] != b"PYX4" {
+        if &head[..4] != b"PYX5" {
             self.write(true, &b"pyexec bootstrap: bad request header\n"[..]);
             return 125;
         }

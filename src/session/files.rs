@@ -2,6 +2,8 @@
 //! checked before anything runs, then each FILE_IN header and its FILE_IN_DATA checked
 //! and queued for the bootstrap on the script's stdin path, within the STDIN window.
 
+use std::time::Duration;
+
 use actix::prelude::*;
 use bytes::Bytes;
 
@@ -63,14 +65,21 @@ pub(super) fn start(hello: &Hello) -> FilesIn {
     }
 }
 
-/// What the bootstrap is told of files (see `bootstrap::request`).
-pub(super) fn request(hello: &Hello, cfg: &Config) -> FilesRequest {
+/// How long after the session's time limit the bootstrap still keeps /tmp for fetches:
+/// past the files' grace and the kill's own time, so that only a daemon gone for good
+/// leaves it to its own bound.
+const KEEP_AFTER_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the bootstrap is told of files (see `bootstrap::request`); `limit` is the
+/// session's time limit.
+pub(super) fn request(hello: &Hello, cfg: &Config, limit: Duration) -> FilesRequest {
     match hello.files.as_ref().filter(|_| asked(hello)) {
         Some(files) => FilesRequest {
             count: files.count,
             get: files.get.clone(),
             get_cap: cfg.max_get_size,
             get_count: cfg.max_files,
+            keep_s: u32::try_from((limit + KEEP_AFTER_LIMIT).as_secs()).unwrap_or(u32::MAX),
         },
         None => FilesRequest::default(),
     }

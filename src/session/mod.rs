@@ -84,8 +84,6 @@ pub struct SessionDeps {
     pub bytes: Arc<ByteCounters>,
 }
 
-/// Starts a Session actor for a connection whose TLS handshake completed (or for a
-/// WebSocket, through its bridge).
 /// Big files out are fetched through the engine (`bootstrap::FLAG_FETCH`) only when the
 /// script's uid is known, which the fetch checks each file's owner against.
 fn fetch_flag(user: &str) -> u32 {
@@ -95,6 +93,8 @@ fn fetch_flag(user: &str) -> u32 {
     }
 }
 
+/// Starts a Session actor for a connection whose TLS handshake completed (or for a
+/// WebSocket, through its bridge).
 pub fn start(
     id: u64,
     peer: SocketAddr,
@@ -431,7 +431,7 @@ impl Session {
             unreachable!("checked above");
         };
         let nonce = bootstrap::new_nonce();
-        let files = files::request(hello, self.cfg());
+        let files = files::request(hello, self.cfg(), self.time_limit());
         let input_wanted = hello::granted(hello, crate::protocol::INPUT_WANTED);
         let request = bootstrap::request(
             &script,
