@@ -585,6 +585,40 @@ fn a_hundred_thousand_files_out_stay_within_the_caps() {
 
 /// A sparse 10 GiB file: skipped by the size cap from its `fstat`, never read (the
 /// session ends at once), nothing written.
+/// Files over the count cap with long names, which any script can make, are listed in
+/// FILES_OUT_END as skipped: 700 of ~250 bytes each once encoded past the 128 KiB a frame
+/// holds, the daemon's writer failed and the client never got its END. The list now
+/// stops short of that and says how many more there were.
+#[test]
+fn many_long_skipped_names_still_end_the_session_cleanly() {
+    let d = Daemon::start(&["--max-files", "800"]);
+    let base = idle_baseline(&d);
+    let work = tempfile::tempdir().unwrap();
+    let script = "import os\n\
+        for i in range(1500):\n    os.close(os.open('%04d' % i + 'x' * 240, os.O_CREAT | os.O_WRONLY))\n";
+    let out = pyexec(&d, work.path(), &["--get", "[0-9]*"], script);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let saved = std::fs::read_dir(work.path()).unwrap().count();
+    assert_eq!(saved, 800, "the announced count");
+    let err = stderr_str(&out);
+    let listed = err.matches("not brought back: ").count();
+    assert!(
+        (100..700).contains(&listed),
+        "{listed} listed\n{}",
+        &err[err.len().saturating_sub(400)..]
+    );
+    assert!(
+        err.contains(&format!(
+            "{} more skipped files or unmatched patterns, not listed",
+            700 - listed
+        )),
+        "{}",
+        &err[err.len().saturating_sub(400)..]
+    );
+    assert_back_to_idle(&d, base, "after many long skipped names");
+    d.stop();
+}
+
 #[test]
 fn a_sparse_ten_gib_file_is_skipped_without_being_read() {
     let d = Daemon::start(&[]);

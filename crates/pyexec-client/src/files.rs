@@ -252,10 +252,10 @@ impl OutDir {
         if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
             return Err(refused(&target, "a directory is there"));
         }
-        let temp = dir.join(format!(
-            ".{base}.pyexec-{}-{}.part",
+        let temp = dir.join(temp_name(
+            base,
             std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
         ));
         // O_EXCL and O_NOFOLLOW: a fresh file of ours, never one someone planted.
         let file = OpenOptions::new()
@@ -317,9 +317,35 @@ impl Drop for Incoming {
     }
 }
 
+/// Longest file name most file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// The temporary name `base` is written under before the rename: hidden, ours, and never
+/// longer than `NAME_MAX`, which a 250-byte name plus the suffix was (the file could not
+/// be saved at all: "File name too long"). The name's start is kept, cut on a character
+/// boundary, so that a user who sees a left-over temporary file knows whose it was.
+fn temp_name(base: &str, pid: u32, seq: u64) -> String {
+    let suffix = format!(".pyexec-{pid}-{seq}.part");
+    let mut keep = base.len().min(NAME_MAX - 1 - suffix.len());
+    while !base.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!(".{}{suffix}", &base[..keep])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_names_fit_name_max_whatever_the_name() {
+        assert_eq!(temp_name("plot.png", 12, 3), ".plot.png.pyexec-12-3.part");
+        for base in ["x".repeat(255), "é".repeat(127), "📈".repeat(63)] {
+            let t = temp_name(&base, u32::MAX, u64::MAX);
+            assert!(t.len() <= NAME_MAX, "{} bytes", t.len());
+            assert!(t.starts_with('.') && t.ends_with(".part"));
+        }
+    }
 
     #[test]
     fn a_dir_with_a_symlink_or_fifo_is_refused_naming_it() {
