@@ -114,6 +114,19 @@ class HostileServerTests(unittest.TestCase):
                 self.assertIn("refused", str(cm.exception))
                 self.assertEqual(tree(base), [])
 
+    def test_a_result_with_a_name_near_name_max_is_saved(self):
+        name = "r/" + "é" * 100 + "x" * 50 + ".csv"  # 254 bytes in its last component
+        with tempfile.TemporaryDirectory() as base:
+            server = self.serve_files(
+                [(w.FILE_OUT, {"name": name, "size": 2}), (w.FILE_OUT_DATA, b"ok"),
+                 (w.FILES_OUT_END, {"unmatched": [], "skipped": []})]
+            )
+            r = px.run("pass", get=["r/*"], out_dir=base, server=server.address, ca=_CA, timeout=WAIT)
+            self.assertEqual(r.exit_code, 0)
+            with open(os.path.join(base, name), "rb") as f:
+                self.assertEqual(f.read(), b"ok")
+            self.assertEqual(tree(base), [name], "no temporary file left")
+
     def test_an_existing_symlink_is_replaced_not_written_through(self):
         with tempfile.TemporaryDirectory() as base:
             victim = os.path.join(base, "victim")

@@ -86,6 +86,18 @@ def collect(files):
     return out
 
 
+NAME_MAX = 255
+
+
+def temp_name(base, pid, seq):
+    """The hidden name a result is written under before the rename, never longer than
+    NAME_MAX bytes: with the whole name in it, a legal 244-byte name could not be saved
+    ("File name too long"). The name's start is kept, cut on a character boundary."""
+    suffix = ".pyexec-%d-%d.part" % (pid, seq)
+    raw = base.encode()[: NAME_MAX - 1 - len(suffix)]
+    return "." + raw.decode(errors="ignore") + suffix
+
+
 class Incoming:
     """A result file being received: a new temporary file beside the target (O_EXCL,
     O_NOFOLLOW), renamed over it when complete, so a symlink already at the name is
@@ -109,9 +121,7 @@ class Incoming:
                 )
         self.name, self.size, self.left = name, size, size
         self.target = os.path.join(directory, parts[-1])
-        self.temp = os.path.join(
-            directory, ".%s.pyexec-%d-%d.part" % (parts[-1], os.getpid(), next(_seq))
-        )
+        self.temp = os.path.join(directory, temp_name(parts[-1], os.getpid(), next(_seq)))
         self.fd = os.open(
             self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
         )
