@@ -372,14 +372,11 @@ async fn files_out(
             }
         };
         // A fetch is the last of its batch (`FilesOut::feed`): the rest is parsed after it.
-        let mut fetched = false;
+        let fetched = matches!(items.last(), Some(Item::Fetch(_)));
         for item in items {
             match (item, fetch) {
                 (Item::Frame(frame), _) => tx.send(frame).await.map_err(|_| PumpEnd::ClientGone)?,
-                (Item::Fetch(header), Some(fetch)) => {
-                    fetch_file(tx, files, header, fetch).await?;
-                    fetched = true;
-                }
+                (Item::Fetch(header), Some(fetch)) => fetch_file(tx, files, header, fetch).await?,
                 (Item::Fetch(_), None) => {
                     return end_files(tx, files, "the sandbox named a file it was to send").await
                 }
